@@ -1,0 +1,11 @@
+//! hninit: the PID 1 of an initramfs that boots a root filesystem image file
+//! (`hn-root.img`) kept on a host partition. The library holds every part of the
+//! boot so that the pure parts (command line, superblock probe, module index) are
+//! testable on the host; `src/bin/init.rs` and `src/bin/hnctl.rs` are thin.
+
+pub mod cmdline;
+pub mod devspec;
+pub mod probe;
+pub mod partition;
+pub mod modindex;
+pub mod modload;
