@@ -3,9 +3,21 @@
 //! boot so that the pure parts (command line, superblock probe, module index) are
 //! testable on the host; `src/bin/init.rs` and `src/bin/hnctl.rs` are thin.
 
+#[macro_use]
+pub mod log;
+pub mod boot;
 pub mod cmdline;
+pub mod devices;
 pub mod devspec;
-pub mod probe;
-pub mod partition;
+pub mod drivers;
+pub mod error;
+pub mod failure;
+pub mod handoff;
+pub mod loopdev;
 pub mod modindex;
 pub mod modload;
+pub mod modprobe;
+pub mod mounts;
+pub mod partition;
+pub mod probe;
+pub mod rootfs;

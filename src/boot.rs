@@ -1,0 +1,204 @@
+//! The boot, step by step as in DESIGN.md. Each step is one method that logs
+//! one line; the first error ends the sequence and goes to `failure`.
+
+use crate::cmdline::{self, Cmdline};
+use crate::devices::{self, WaitReport};
+use crate::devspec::BlockDev;
+use crate::drivers::Drivers;
+use crate::error::{BootError, Result};
+use crate::rootfs::{self, MountedRoot, NEWROOT};
+use crate::{failure, handoff, log, mounts};
+use rustix::mount::MountFlags;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const HOSTPART: &str = "/hostpart";
+
+#[derive(Default)]
+pub struct Boot {
+    cmd: Cmdline,
+    drivers: Drivers,
+    wait: WaitReport,
+    hostpart: Option<BlockDev>,
+    root: Option<MountedRoot>,
+    saved_printk: Option<(String, String)>,
+}
+
+/// Runs the boot; only returns by exec'ing the new init, else fails per policy.
+pub fn boot() -> ! {
+    let mut b = Boot::default();
+    let err = match b.run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let diagnosis = b.diagnose(&err);
+    failure::fail(&b.cmd, &err, &diagnosis)
+}
+
+impl Boot {
+    fn run(&mut self) -> Result<Infallible> {
+        self.api_filesystems()?; //                     1
+        self.command_line()?; //                        2
+        self.kernel_modules(); //                       3
+        let hostpart = self.find_host_partition()?; //  4
+        self.mount_host_partition(&hostpart)?; //       5
+        let image = self.choose_image(); //             6 (rotation: see slots)
+        self.mount_image(&image)?; //                   8
+        self.handoff() //                               10
+    }
+
+    /// 1. /proc /sys /dev /run.
+    fn api_filesystems(&mut self) -> Result<()> {
+        mounts::mount_api_filesystems()?;
+        log::open_kmsg();
+        // Userspace kmsg writes are rate-limited by default; our records must all show.
+        self.saved_printk = Some((read_proc("/proc/sys/kernel/printk_devkmsg"), read_proc("/proc/sys/kernel/printk")));
+        let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
+        info!("hninit {} started: /proc /sys /dev /run mounted", env!("CARGO_PKG_VERSION"));
+        Ok(())
+    }
+
+    /// 2. The kernel command line.
+    fn command_line(&mut self) -> Result<()> {
+        let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let (cmd, warnings) = cmdline::parse(text.trim());
+        self.cmd = cmd;
+        log::set_debug(self.cmd.debug);
+        if self.cmd.debug {
+            // Show our debug records on the console while we run.
+            let _ = std::fs::write("/proc/sys/kernel/printk", "8\n");
+        }
+        for w in &warnings {
+            warn!("{w}");
+        }
+        info!(
+            "command line: image {} on host partition {}{}, root {:?}, init {}",
+            self.cmd.real_root,
+            self.cmd.hostpart,
+            if self.cmd.hostpart_flags.is_empty() { String::new() } else { format!(" ({})", self.cmd.hostpart_flags) },
+            self.cmd.root_mode,
+            self.cmd.init
+        );
+        Ok(())
+    }
+
+    /// 3. Forced modules (and `hn.modules=`); device drivers follow in step 4.
+    fn kernel_modules(&mut self) {
+        let t = Instant::now();
+        let drivers = Drivers::open();
+        let summary = drivers.load_forced(&self.cmd.modules);
+        info!("kernel modules: {summary} in {} ms", t.elapsed().as_millis());
+        self.drivers = drivers;
+    }
+
+    /// 4. Wait for the host partition while loading drivers for what appears.
+    fn find_host_partition(&mut self) -> Result<BlockDev> {
+        let t = Instant::now();
+        let dev = devices::wait_for(&self.cmd.hostpart, self.cmd.timeout, &self.drivers, &mut self.wait)?;
+        info!("host partition {} is {} (found in {} ms)", self.cmd.hostpart, dev.describe(), t.elapsed().as_millis());
+        Ok(dev)
+    }
+
+    /// 5. Mount it read-write at /hostpart.
+    fn mount_host_partition(&mut self, dev: &BlockDev) -> Result<()> {
+        let fstype = match &dev.superblock {
+            Some(sb) if sb.fstype != crate::probe::FsType::Swap => sb.fstype.mount_type(),
+            _ => return Err(BootError::HostpartUnknownFs { dev: dev.path.display().to_string() }),
+        };
+        self.drivers.load_for_fs(fstype);
+        mounts::mount_fs(&dev.path, Path::new(HOSTPART), fstype, &self.cmd.hostpart_flags, MountFlags::empty())?;
+        info!("mounted {} ({fstype}) read-write at {HOSTPART}", dev.path.display());
+        self.hostpart = Some(dev.clone());
+        Ok(())
+    }
+
+    /// 6. Which image to boot. Rotation, revert and validation arrive with the
+    /// slot logic; until then the image named by `real_root=` boots.
+    fn choose_image(&mut self) -> PathBuf {
+        let image = PathBuf::from(HOSTPART).join(self.cmd.real_root.trim_start_matches('/'));
+        info!("image: {} (real_root={})", image.display(), self.cmd.real_root);
+        image
+    }
+
+    /// 8. Loop-attach and mount the image at /newroot; check its init.
+    fn mount_image(&mut self, image: &Path) -> Result<()> {
+        let dev = self.hostpart.as_ref().map(|d| d.path.display().to_string()).unwrap_or_default();
+        let root = rootfs::mount_image(&self.cmd, image, &dev, &self.drivers)?;
+        info!(
+            "root: {} on {} ({}, {}), init {} is executable",
+            root.image.display(),
+            root.loop_device.display(),
+            root.fstype,
+            if root.read_only { "ro" } else { "rw" },
+            self.cmd.init
+        );
+        self.root = Some(root);
+        Ok(())
+    }
+
+    /// 10. Move everything into the new root and exec its init.
+    fn handoff(&mut self) -> Result<Infallible> {
+        let newroot = Path::new(NEWROOT);
+        handoff::move_api_filesystems(newroot)?;
+        let hostpart_at = handoff::move_hostpart(newroot)?;
+        handoff::delete_initramfs(newroot)?;
+        handoff::enter_root(newroot)?;
+        if log::debug_enabled() {
+            debug!("peak memory {}", read_proc("/proc/self/status").lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?"));
+        }
+        info!("switching root: exec {} (host partition at {})", self.cmd.init, hostpart_at.display());
+        if let Some((devkmsg, printk)) = self.saved_printk.take() {
+            let _ = std::fs::write("/proc/sys/kernel/printk", printk);
+            let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", devkmsg);
+        }
+        handoff::exec_init(&self.cmd.init)
+    }
+
+    /// What to show with an error: the block devices and missing drivers.
+    fn diagnose(&mut self, err: &BootError) -> Vec<String> {
+        let mut out = Vec::new();
+        match err {
+            BootError::HostpartNotFound { .. } | BootError::HostpartAmbiguous { .. } | BootError::HostpartUnknownFs { .. } => {
+                out.push(format!("looked for the host partition {} (loopdev_hostpart=)", self.cmd.hostpart));
+            }
+            BootError::ImageMissing { .. } => {
+                out.push(format!("looked for real_root={} on the host partition; it holds:", self.cmd.real_root));
+                let dir = Path::new(HOSTPART).join(self.cmd.real_root.trim_start_matches('/'));
+                let dir = dir.parent().unwrap_or(Path::new(HOSTPART));
+                match std::fs::read_dir(dir) {
+                    Ok(rd) => {
+                        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                        names.sort();
+                        names.truncate(50);
+                        out.push(format!("  {}: {}", dir.display(), names.join(" ")));
+                    }
+                    Err(e) => out.push(format!("  {}: {e}", dir.display())),
+                }
+            }
+            _ => {}
+        }
+        if self.wait.devices.is_empty() {
+            self.wait.devices = devices::BlockScanner::default().scan(true);
+        }
+        if self.wait.devices.is_empty() {
+            out.push("block devices: none at all".into());
+        } else {
+            out.push("block devices:".into());
+            for d in &self.wait.devices {
+                out.push(format!("  {}", d.describe()));
+            }
+        }
+        let aliases = if self.wait.aliases.is_empty() {
+            devices::coldplug_modaliases(Path::new("/sys/devices"))
+        } else {
+            std::mem::take(&mut self.wait.aliases)
+        };
+        out.extend(self.drivers.diagnose(&aliases));
+        out
+    }
+}
+
+fn read_proc(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

@@ -1,0 +1,361 @@
+//! Devices: kernel uevents (netlink, so nothing is missed while we work), the
+//! coldplug walk of /sys/devices for modaliases, the /sys/class/block scan with a
+//! superblock probe per device, and the bounded wait for the host partition.
+//! Module loading for the modaliases found is delegated to `drivers`.
+
+use crate::devspec::{BlockDev, DevSpec};
+use crate::drivers::Drivers;
+use crate::error::{BootError, Result};
+use crate::probe;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fd::OwnedFd;
+use rustix::net::{netlink, AddressFamily, RecvFlags, SocketFlags, SocketType};
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One kernel uevent, the fields hninit uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Uevent {
+    pub action: String,
+    pub devpath: String,
+    pub subsystem: String,
+    pub devname: Option<String>,
+    pub modalias: Option<String>,
+}
+
+/// Parses a kernel uevent datagram (`action@devpath\0KEY=value\0…`). Messages
+/// from udev (`libudev` header) or anything malformed give `None`.
+pub fn parse_uevent(buf: &[u8]) -> Option<Uevent> {
+    let mut fields = buf.split(|b| *b == 0).filter(|f| !f.is_empty());
+    let head = std::str::from_utf8(fields.next()?).ok()?;
+    let (action, devpath) = head.split_once('@')?;
+    let mut ev = Uevent {
+        action: action.to_string(),
+        devpath: devpath.to_string(),
+        ..Default::default()
+    };
+    for f in fields {
+        let Ok(f) = std::str::from_utf8(f) else { continue };
+        let Some((k, v)) = f.split_once('=') else { continue };
+        match k {
+            "ACTION" => ev.action = v.to_string(),
+            "SUBSYSTEM" => ev.subsystem = v.to_string(),
+            "DEVNAME" => ev.devname = Some(v.to_string()),
+            "MODALIAS" => ev.modalias = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some(ev)
+}
+
+/// The kernel's uevent broadcast, opened before anything is loaded so no event is lost.
+pub struct UeventSocket(OwnedFd);
+
+impl UeventSocket {
+    pub fn open() -> std::io::Result<UeventSocket> {
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            Some(netlink::KOBJECT_UEVENT),
+        )?;
+        // A burst of events while modules load must not overflow the queue.
+        if rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, 4 << 20).is_err() {
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 4 << 20);
+        }
+        rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, 1))?;
+        Ok(UeventSocket(fd))
+    }
+
+    /// Waits up to `timeout` for events, then returns every event queued.
+    /// `overflowed` is set when the kernel dropped events (ENOBUFS): rescan then.
+    pub fn wait(&self, timeout: Duration, overflowed: &mut bool) -> Vec<Uevent> {
+        let ts = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as i64,
+        };
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        let _ = poll(&mut fds, Some(&ts));
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            match rustix::net::recv(&self.0, &mut buf[..], RecvFlags::empty()) {
+                Ok((n, _)) => {
+                    if let Some(ev) = buf.get(..n).and_then(parse_uevent) {
+                        out.push(ev);
+                    }
+                }
+                Err(rustix::io::Errno::NOBUFS) => *overflowed = true,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// A device's modalias and whether a driver is bound to it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceAlias {
+    pub modalias: String,
+    pub devpath: String,
+    pub bound: bool,
+}
+
+/// Walks `sys_devices` (normally /sys/devices) for `modalias` files without
+/// following symlinks. Bounded in depth and count.
+pub fn coldplug_modaliases(sys_devices: &Path) -> Vec<DeviceAlias> {
+    let mut out = Vec::new();
+    let mut stack = vec![(sys_devices.to_path_buf(), 0usize)];
+    let mut visited = 0usize;
+    while let Some((dir, depth)) = stack.pop() {
+        visited += 1;
+        if visited > 100_000 {
+            break;
+        }
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for entry in rd.flatten() {
+            let Ok(ft) = entry.file_type() else { continue };
+            let name = entry.file_name();
+            if ft.is_dir() && depth < 24 {
+                stack.push((entry.path(), depth + 1));
+            } else if ft.is_file() && name == "modalias" {
+                if let Ok(text) = fs::read_to_string(entry.path()) {
+                    let alias = text.trim();
+                    if !alias.is_empty() {
+                        out.push(DeviceAlias {
+                            modalias: alias.to_string(),
+                            devpath: dir.to_string_lossy().into_owned(),
+                            bound: dir.join("driver").exists(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Block devices seen so far, probed once per (name, device number, size).
+#[derive(Default)]
+pub struct BlockScanner {
+    cache: HashMap<(String, u32, u32, u64), BlockDev>,
+    partuuids: HashMap<(String, u32), Option<String>>,
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+}
+
+impl BlockScanner {
+    /// Scans `/sys/class/block`, probing new or resized devices via `/dev/<name>`.
+    pub fn scan(&mut self, want_partuuid: bool) -> Vec<BlockDev> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir("/sys/class/block") else { return out };
+        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for name in names {
+            if name.starts_with("ram") {
+                continue;
+            }
+            let sys = PathBuf::from("/sys/class/block").join(&name);
+            let Some((major, minor)) = read_trim(&sys.join("dev")).and_then(|d| {
+                let (a, b) = d.split_once(':')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            }) else {
+                continue;
+            };
+            let size_bytes = read_trim(&sys.join("size")).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) * 512;
+            if size_bytes == 0 {
+                continue;
+            }
+            let key = (name.clone(), major, minor, size_bytes);
+            let mut dev = match self.cache.get(&key) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = describe(&name, &sys, major, minor, size_bytes);
+                    self.cache.insert(key.clone(), d.clone());
+                    d
+                }
+            };
+            if want_partuuid && dev.partuuid.is_none() {
+                if let (Some(parent), Some(partn)) = (dev.parent.clone(), dev.partn) {
+                    let pu = self
+                        .partuuids
+                        .entry((parent.clone(), partn))
+                        .or_insert_with(|| {
+                            let mut f = fs::File::open(Path::new("/dev").join(&parent)).ok()?;
+                            crate::partition::partuuid(&mut f, partn).ok().flatten()
+                        })
+                        .clone();
+                    dev.partuuid = pu;
+                    if let Some(c) = self.cache.get_mut(&key) {
+                        c.partuuid = dev.partuuid.clone();
+                    }
+                }
+            }
+            out.push(dev);
+        }
+        out
+    }
+}
+
+fn describe(name: &str, sys: &Path, major: u32, minor: u32, size_bytes: u64) -> BlockDev {
+    let mut dev = BlockDev {
+        name: name.to_string(),
+        path: PathBuf::from("/dev").join(name),
+        major,
+        minor,
+        size_bytes,
+        ..Default::default()
+    };
+    if let Ok(uevent) = fs::read_to_string(sys.join("uevent")) {
+        for line in uevent.lines() {
+            match line.split_once('=') {
+                Some(("DEVNAME", v)) => dev.path = PathBuf::from("/dev").join(v),
+                Some(("PARTN", v)) => dev.partn = v.parse().ok(),
+                Some(("PARTNAME", v)) if !v.is_empty() => dev.partname = Some(v.to_string()),
+                _ => {}
+            }
+        }
+    }
+    if dev.partn.is_some() {
+        // /sys/class/block/vda2 -> ../../devices/.../vda/vda2: the parent is the directory above.
+        if let Ok(real) = fs::canonicalize(sys) {
+            dev.parent = real.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+        }
+    }
+    match probe::probe_path(&dev.path) {
+        Ok(sb) => dev.superblock = sb,
+        Err(e) => dev.probe_error = Some(e.to_string()),
+    }
+    dev
+}
+
+/// What the wait saw, for the diagnosis when it fails.
+#[derive(Default)]
+pub struct WaitReport {
+    pub devices: Vec<BlockDev>,
+    pub aliases: Vec<DeviceAlias>,
+}
+
+/// Loads drivers for present and arriving devices and waits (bounded by
+/// `timeout`; `None` = forever) for exactly one block device matching `spec`.
+pub fn wait_for(spec: &DevSpec, timeout: Option<Duration>, drivers: &Drivers, report: &mut WaitReport) -> Result<BlockDev> {
+    let start = Instant::now();
+    let socket = match UeventSocket::open() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!("uevent socket unavailable ({e}); rescanning /sys every 250 ms instead");
+            None
+        }
+    };
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let coldplug = |seen: &mut BTreeSet<String>| {
+        let aliases = coldplug_modaliases(Path::new("/sys/devices"));
+        let fresh: Vec<String> = aliases
+            .iter()
+            .filter(|a| !a.bound && seen.insert(a.modalias.clone()))
+            .map(|a| a.modalias.clone())
+            .collect();
+        if !fresh.is_empty() {
+            drivers.load_for_modaliases(&fresh);
+        }
+    };
+    coldplug(&mut seen);
+    let mut scanner = BlockScanner::default();
+    let mut next_progress = Duration::from_secs(5);
+    loop {
+        let devices = scanner.scan(spec.needs_partuuid());
+        let found: Vec<&BlockDev> = devices.iter().filter(|d| spec.matches(d)).collect();
+        match found.as_slice() {
+            [one] => {
+                debug!("found {spec} at {} after {} ms", one.describe(), start.elapsed().as_millis());
+                return Ok((*one).clone());
+            }
+            [] => {}
+            many => {
+                return Err(BootError::HostpartAmbiguous {
+                    spec: spec.to_string(),
+                    devices: many.iter().map(|d| d.path.display().to_string()).collect(),
+                })
+            }
+        }
+        let waited = start.elapsed();
+        let remaining = match timeout {
+            Some(t) if waited >= t => {
+                report.devices = devices;
+                report.aliases = coldplug_modaliases(Path::new("/sys/devices"));
+                return Err(BootError::HostpartNotFound {
+                    spec: spec.to_string(),
+                    waited,
+                });
+            }
+            Some(t) => t - waited,
+            None => Duration::from_secs(3600),
+        };
+        if waited >= next_progress {
+            let left = timeout.map(|t| format!(", {:.0} s left", (t.saturating_sub(waited)).as_secs_f64())).unwrap_or_default();
+            info!("still waiting for host partition {spec} ({} block devices seen{left})", devices.len());
+            next_progress += Duration::from_secs(5);
+        }
+        let slice = remaining.min(next_progress.saturating_sub(waited)).max(Duration::from_millis(1));
+        match &socket {
+            Some(s) => {
+                let mut overflowed = false;
+                let events = s.wait(slice, &mut overflowed);
+                let fresh: Vec<String> = events
+                    .iter()
+                    .filter(|e| e.action == "add" || e.action == "bind" || e.action == "change")
+                    .filter_map(|e| e.modalias.clone())
+                    .filter(|m| seen.insert(m.clone()))
+                    .collect();
+                if !fresh.is_empty() {
+                    drivers.load_for_modaliases(&fresh);
+                }
+                if overflowed {
+                    coldplug(&mut seen);
+                }
+            }
+            None => {
+                std::thread::sleep(slice.min(Duration::from_millis(250)));
+                coldplug(&mut seen);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_uevent() {
+        let msg = b"add@/devices/pci0000:00/0000:00:04.0/virtio1\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:04.0/virtio1\0SUBSYSTEM=virtio\0MODALIAS=virtio:d00000002v00001AF4\0SEQNUM=812\0";
+        let ev = parse_uevent(msg).unwrap();
+        assert_eq!(ev.action, "add");
+        assert_eq!(ev.subsystem, "virtio");
+        assert_eq!(ev.modalias.as_deref(), Some("virtio:d00000002v00001AF4"));
+        assert_eq!(parse_uevent(b"libudev\0\xfe\xed"), None);
+        assert_eq!(parse_uevent(b""), None);
+    }
+
+    #[test]
+    fn coldplug_walk_finds_modaliases_and_binding() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("pci0000:00/0000:00:01.0");
+        let b = t.path().join("pci0000:00/0000:00:02.0");
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(b.join("driver")).unwrap();
+        fs::write(a.join("modalias"), "pci:v00001AF4d00001001\n").unwrap();
+        fs::write(b.join("modalias"), "pci:v00008086d00002922\n").unwrap();
+        std::os::unix::fs::symlink(t.path(), a.join("subsystem")).unwrap();
+        let found = coldplug_modaliases(t.path());
+        assert_eq!(found.len(), 2);
+        assert!(!found.iter().find(|x| x.modalias.contains("1AF4")).unwrap().bound);
+        assert!(found.iter().find(|x| x.modalias.contains("8086")).unwrap().bound);
+    }
+}

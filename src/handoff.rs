@@ -1,0 +1,106 @@
+//! Step 10, the switch to the new root: move the host partition and the API
+//! filesystems into it, delete the initramfs contents (never crossing into
+//! another filesystem, and only if / really is an initramfs), move the new root
+//! over /, chroot and exec its init.
+
+use crate::error::{sys, BootError, Result};
+use crate::mounts;
+use rustix::mount::mount_move;
+use std::convert::Infallible;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+const RAMFS_MAGIC: i64 = 0x858458f6;
+const TMPFS_MAGIC: i64 = 0x01021994;
+
+/// Moves `/hostpart` to `<newroot>/hostpart`, or to `<newroot>/run/hninit/hostpart`
+/// when the image has no such directory and cannot get one (read-only image).
+/// Returns where it is, seen from the new root.
+pub fn move_hostpart(newroot: &Path) -> Result<PathBuf> {
+    let wanted = newroot.join("hostpart");
+    let target = if wanted.is_dir() || std::fs::create_dir(&wanted).is_ok() {
+        PathBuf::from("/hostpart")
+    } else {
+        warn!("the image has no /hostpart directory and is read-only; the host partition is at /run/hninit/hostpart");
+        let fallback = newroot.join("run/hninit/hostpart");
+        mounts::ensure_dir(&fallback)?;
+        PathBuf::from("/run/hninit/hostpart")
+    };
+    let dest = newroot.join(target.strip_prefix("/").unwrap_or(&target));
+    mount_move("/hostpart", &dest).map_err(sys(format!("mount --move /hostpart {}", dest.display())))?;
+    Ok(target)
+}
+
+/// Moves /dev, /proc, /sys and /run under the new root.
+pub fn move_api_filesystems(newroot: &Path) -> Result<()> {
+    for dir in ["/dev", "/proc", "/sys", "/run"] {
+        let dest = newroot.join(&dir[1..]);
+        if !dest.is_dir() {
+            if std::fs::create_dir(&dest).is_err() {
+                // A root without the directory: leave the mount behind and detach it.
+                warn!("the image has no {dir} directory; {dir} is not carried over");
+                let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+                continue;
+            }
+        }
+        mount_move(dir, &dest).map_err(sys(format!("mount --move {dir} {}", dest.display())))?;
+    }
+    Ok(())
+}
+
+/// Deletes everything on the initramfs filesystem under `/` except `keep`.
+pub fn delete_initramfs(keep: &Path) -> Result<()> {
+    let st = rustix::fs::statfs("/").map_err(sys("statfs /"))?;
+    let magic = st.f_type as i64;
+    if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
+        warn!("/ is not an initramfs (filesystem magic {magic:#x}); not deleting anything");
+        return Ok(());
+    }
+    let root_dev = std::fs::symlink_metadata("/").map_err(sys("stat /"))?.dev();
+    let mut freed = 0u64;
+    remove_tree(Path::new("/"), root_dev, keep, &mut freed);
+    debug!("freed {} KiB of initramfs", freed / 1024);
+    Ok(())
+}
+
+fn remove_tree(dir: &Path, root_dev: u64, keep: &Path, freed: &mut u64) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for entry in rd.flatten() {
+        let path = entry.path();
+        if path == keep {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.dev() != root_dev {
+            continue; // a mount point: another filesystem
+        }
+        if meta.is_dir() {
+            remove_tree(&path, root_dev, keep, freed);
+            let _ = std::fs::remove_dir(&path);
+        } else {
+            *freed += meta.len();
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Makes `newroot` the root: MS_MOVE it onto /, chroot, chdir.
+pub fn enter_root(newroot: &Path) -> Result<()> {
+    std::env::set_current_dir(newroot).map_err(sys(format!("chdir {}", newroot.display())))?;
+    rustix::mount::mount_move(".", "/").map_err(sys(format!("mount --move {} /", newroot.display())))?;
+    rustix::process::chroot(".").map_err(sys("chroot ."))?;
+    std::env::set_current_dir("/").map_err(sys("chdir /"))?;
+    Ok(())
+}
+
+/// Replaces this process with the new root's init, passing on our arguments.
+pub fn exec_init(init: &str) -> Result<Infallible> {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new(init).args(args).exec();
+    Err(BootError::Sys {
+        what: format!("exec {init}"),
+        source: err,
+    })
+}
+

@@ -1,0 +1,97 @@
+//! Mounting: the API filesystems of step 1, mount option strings
+//! (`noatime,compress=zstd` → flags + data), and one `mount_fs` used for the
+//! host partition and the image.
+
+use crate::error::{sys, Result};
+use rustix::mount::{mount, MountFlags};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MountFlags,
+    /// Options the kernel passes to the filesystem (comma-separated).
+    pub data: String,
+}
+
+/// Splits an fstab-style option string into generic mount flags and filesystem data.
+pub fn parse_options(s: &str) -> MountOptions {
+    let mut flags = MountFlags::empty();
+    let mut data = Vec::new();
+    for opt in s.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        match opt {
+            "ro" => flags |= MountFlags::RDONLY,
+            "rw" => flags -= MountFlags::RDONLY,
+            "noatime" => flags |= MountFlags::NOATIME,
+            "nodiratime" => flags |= MountFlags::NODIRATIME,
+            "relatime" => flags |= MountFlags::RELATIME,
+            "strictatime" => flags |= MountFlags::STRICTATIME,
+            "lazytime" => flags |= MountFlags::LAZYTIME,
+            "nosuid" => flags |= MountFlags::NOSUID,
+            "nodev" => flags |= MountFlags::NODEV,
+            "noexec" => flags |= MountFlags::NOEXEC,
+            "sync" => flags |= MountFlags::SYNCHRONOUS,
+            "dirsync" => flags |= MountFlags::DIRSYNC,
+            "defaults" | "suid" | "dev" | "exec" | "async" | "atime" | "auto" | "noauto" | "nofail" => {}
+            other => data.push(other),
+        }
+    }
+    MountOptions {
+        flags,
+        data: data.join(","),
+    }
+}
+
+pub fn ensure_dir(path: &Path) -> Result<()> {
+    match std::fs::create_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(sys(format!("mkdir {}", path.display()))(e)),
+    }
+}
+
+/// Mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs). Already-mounted is fine.
+pub fn mount_api_filesystems() -> Result<()> {
+    let nse = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    let table: [(&str, &str, MountFlags, &str); 4] = [
+        ("/proc", "proc", nse, ""),
+        ("/sys", "sysfs", nse, ""),
+        ("/dev", "devtmpfs", MountFlags::NOSUID, "mode=0755"),
+        ("/run", "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, "mode=0755"),
+    ];
+    for (target, fstype, flags, data) in table {
+        ensure_dir(Path::new(target))?;
+        let data = std::ffi::CString::new(data).unwrap_or_default();
+        match mount(fstype, target, fstype, flags, Some(data.as_c_str())) {
+            Ok(()) | Err(rustix::io::Errno::BUSY) => {}
+            Err(e) => return Err(sys(format!("mount -t {fstype} {fstype} {target}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Mounts `source` on `target` with the given type and option string plus `extra` flags.
+pub fn mount_fs(source: &Path, target: &Path, fstype: &str, options: &str, extra: MountFlags) -> Result<()> {
+    ensure_dir(target)?;
+    let o = parse_options(options);
+    let data = std::ffi::CString::new(o.data).unwrap_or_default();
+    mount(source, target, fstype, o.flags | extra, Some(data.as_c_str())).map_err(sys(format!(
+        "mount -t {fstype} -o {} {} {}",
+        if options.is_empty() { "defaults" } else { options },
+        source.display(),
+        target.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_flags_from_data() {
+        let o = parse_options("noatime,compress=zstd,ro,,subvol=@");
+        assert_eq!(o.flags, MountFlags::NOATIME | MountFlags::RDONLY);
+        assert_eq!(o.data, "compress=zstd,subvol=@");
+        let o = parse_options("ro,rw");
+        assert_eq!(o.flags, MountFlags::empty());
+        assert_eq!(parse_options("").data, "");
+    }
+}
