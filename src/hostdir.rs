@@ -1,0 +1,144 @@
+//! A directory on the host partition seen through the few operations the slot
+//! logic needs, each one system call (or one create-write-fsync) on a directory
+//! file descriptor, so that tests can run the same logic against a temporary
+//! directory and inject a crash after any single mutating step.
+
+use rustix::fd::OwnedFd;
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, CWD};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Identity of a file: survives rename, differs between two images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub ino: u64,
+    pub size: u64,
+}
+
+pub trait Dir {
+    /// Where this directory is, for messages.
+    fn label(&self) -> String;
+    fn id(&self, name: &str) -> io::Result<Option<FileId>>;
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        Ok(self.id(name)?.is_some())
+    }
+    fn read(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>>;
+    // Mutating steps: each is one crash point in the tests.
+    fn link(&self, from: &str, to: &str) -> io::Result<()>;
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Creates or truncates `name`, writes `data`, fsyncs the file.
+    fn write_synced(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Appends `data` to `name` (created 0600 if missing) and fsyncs it.
+    fn append_synced(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// fsync of the directory itself, making renames and links durable.
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// Replaces `name` atomically: temp file, fsync, rename, fsync the directory.
+pub fn write_atomic(dir: &dyn Dir, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = format!("{name}.tmp");
+    dir.write_synced(&tmp, data)?;
+    dir.rename(&tmp, name)?;
+    dir.sync()
+}
+
+/// Removes `name` if present; true if something was removed.
+pub fn remove_if_exists(dir: &dyn Dir, name: &str) -> io::Result<bool> {
+    match dir.remove(name) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A real directory, by file descriptor.
+pub struct RealDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl RealDir {
+    /// Opens `path`, creating it (0700) when `create` is set.
+    pub fn open(path: &Path, create: bool) -> io::Result<RealDir> {
+        if create {
+            match rfs::mkdirat(CWD, path, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let fd = rfs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(RealDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_file(&self, name: &str, flags: OFlags, mode: u32) -> io::Result<std::fs::File> {
+        let fd = rfs::openat(&self.fd, name, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(mode))?;
+        Ok(std::fs::File::from(fd))
+    }
+}
+
+impl Dir for RealDir {
+    fn label(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn id(&self, name: &str) -> io::Result<Option<FileId>> {
+        match rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(FileId {
+                ino: st.st_ino,
+                size: st.st_size as u64,
+            })),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
+        let f = match self.open_file(name, OFlags::RDONLY, 0) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = Vec::new();
+        f.take(max as u64 + 1).read_to_end(&mut buf)?;
+        if buf.len() > max {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{name} is larger than {max} bytes")));
+        }
+        Ok(Some(buf))
+    }
+
+    fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        rfs::linkat(&self.fd, from, &self.fd, to, AtFlags::empty()).map_err(Into::into)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        rfs::renameat(&self.fd, from, &self.fd, to).map_err(Into::into)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        rfs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(Into::into)
+    }
+
+    fn write_synced(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let mut f = self.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC, 0o600)?;
+        f.write_all(data)?;
+        f.sync_all()
+    }
+
+    fn append_synced(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let mut f = self.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND, 0o600)?;
+        f.write_all(data)?;
+        f.sync_all()
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        rfs::fsync(&self.fd).map_err(Into::into)
+    }
+}

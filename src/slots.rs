@@ -1,0 +1,342 @@
+//! Image slots on the host partition: which image boots, and the crash-safe
+//! moves between `hn-root.img`, `-new`, `-old`, `-broken` and `-rejected`.
+//! Every mutating step is one `Dir` operation; the sequence is ordered so that
+//! `hn-root.img` names a complete image at every instant and running `settle`
+//! again after a crash at any step converges to the same result.
+
+use crate::cmdline::Revert;
+use crate::hostdir::{remove_if_exists, write_atomic, Dir, FileId};
+use serde::{Deserialize, Serialize};
+use std::io;
+
+/// The names of the slots, derived from `real_root=`'s file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub current: String,
+    pub new: String,
+    pub part: String,
+    pub digest: String,
+    pub old: String,
+    pub broken: String,
+    pub rejected: String,
+    pub revert_flag: String,
+}
+
+impl Names {
+    /// `hn-root.img` → `hn-root-new.img`, `hn-root-old.img`, …
+    pub fn new(file_name: &str) -> Names {
+        let (stem, ext) = match file_name.rfind('.') {
+            Some(i) if i > 0 => (&file_name[..i], &file_name[i..]),
+            _ => (file_name, ""),
+        };
+        let slot = |s: &str| format!("{stem}-{s}{ext}");
+        Names {
+            current: file_name.to_string(),
+            new: slot("new"),
+            part: format!("{}.part", slot("new")),
+            digest: format!("{}.sha256", slot("new")),
+            old: slot("old"),
+            broken: slot("broken"),
+            rejected: slot("rejected"),
+            revert_flag: "system-revert".to_string(),
+        }
+    }
+
+    fn tmp(name: &str) -> String {
+        format!("{name}.tmp")
+    }
+}
+
+/// Name of the trial state in `hn-state/`.
+pub const TRIAL: &str = "trial.json";
+const MAX_STATE: usize = 64 * 1024;
+
+/// A freshly rotated image on trial: it reverts by itself when its tries run out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The image on trial (its identity survives the rename to `hn-root.img`).
+    pub image: FileId,
+    /// Boots still allowed after the current one; at 0 the next boot reverts.
+    pub tries_left: u32,
+    pub tries: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Request {
+    pub revert: Option<Revert>,
+    /// Tries of a new trial.
+    pub tries: u32,
+    /// hninit spends a try per boot (no boot loader counting for it).
+    pub count_tries: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// A different image is now `hn-root.img` than at the start of this boot.
+    pub rotated: bool,
+    pub reverted: bool,
+    pub trial: Option<Trial>,
+    /// One line per decision, for kmsg and `boot.log`.
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("no image to boot in {dir}: none of {names} exists")]
+    NoImage { dir: String, names: String },
+    #[error("{step} in {dir}: {source}")]
+    Io {
+        step: String,
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+struct Ctx<'a> {
+    images: &'a dyn Dir,
+    state: &'a dyn Dir,
+    n: &'a Names,
+    out: Outcome,
+}
+
+impl Ctx<'_> {
+    fn io<T>(&self, dir: &dyn Dir, step: String, r: io::Result<T>) -> Result<T, SlotError> {
+        r.map_err(|source| SlotError::Io {
+            step,
+            dir: dir.label(),
+            source,
+        })
+    }
+    fn exists(&self, name: &str) -> Result<bool, SlotError> {
+        self.io(self.images, format!("stat {name}"), self.images.exists(name))
+    }
+    fn rename(&self, from: &str, to: &str) -> Result<(), SlotError> {
+        self.io(self.images, format!("rename {from} -> {to}"), self.images.rename(from, to))
+    }
+    fn sync(&self) -> Result<(), SlotError> {
+        self.io(self.images, "fsync".into(), self.images.sync())
+    }
+    fn remove(&self, name: &str) -> Result<bool, SlotError> {
+        self.io(self.images, format!("remove {name}"), remove_if_exists(self.images, name))
+    }
+    /// `to` becomes another name of `from`'s image, without a moment where `to` is partial.
+    fn copy_by_link(&self, from: &str, to: &str) -> Result<(), SlotError> {
+        let tmp = Names::tmp(to);
+        self.remove(&tmp)?;
+        self.io(self.images, format!("link {from} -> {tmp}"), self.images.link(from, &tmp))?;
+        self.rename(&tmp, to)
+    }
+    fn event(&mut self, e: String) {
+        self.out.events.push(e);
+    }
+    fn read_trial(&mut self) -> Result<Option<Trial>, SlotError> {
+        let raw = self.io(self.state, format!("read {TRIAL}"), self.state.read(TRIAL, MAX_STATE))?;
+        Ok(match raw.map(|b| serde_json::from_slice::<Trial>(&b)) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                self.event(format!("trial state unreadable ({e}); ignored"));
+                None
+            }
+        })
+    }
+    fn write_trial(&self, t: &Trial) -> Result<(), SlotError> {
+        let data = serde_json::to_vec(t).unwrap_or_default();
+        self.io(self.state, format!("write {TRIAL}"), write_atomic(self.state, TRIAL, &data))
+    }
+    fn clear_trial(&self) -> Result<(), SlotError> {
+        if self.io(self.state, format!("remove {TRIAL}"), remove_if_exists(self.state, TRIAL))? {
+            self.io(self.state, "fsync".into(), self.state.sync())?;
+        }
+        Ok(())
+    }
+}
+
+/// Decides which image boots and makes it `hn-root.img`: cleans up leftovers of an
+/// interrupted run, recovers a missing current image, reverts (flag, command line or
+/// an exhausted trial), or validates and rotates in a staged image.
+pub fn settle(
+    images: &dyn Dir,
+    state: &dyn Dir,
+    names: &Names,
+    req: &Request,
+    validate: &mut dyn FnMut(&str) -> Result<(), String>,
+) -> Result<Outcome, SlotError> {
+    let mut c = Ctx {
+        images,
+        state,
+        n: names,
+        out: Outcome::default(),
+    };
+    clean_leftovers(&mut c)?;
+    recover_current(&mut c, validate)?;
+    let trial = current_trial(&mut c)?;
+
+    let flag = c.exists(&c.n.revert_flag)?;
+    let exhausted = req.count_tries && trial.is_some_and(|t| t.tries_left == 0);
+    if flag || req.revert.is_some() || exhausted {
+        let why = if flag {
+            format!("{} flag present", c.n.revert_flag)
+        } else if let Some(r) = req.revert {
+            format!("hn.revert={}", if r == Revert::Auto { "auto" } else { "1" })
+        } else {
+            format!("{} used all {} tries without being marked good", c.n.current, trial.map(|t| t.tries).unwrap_or(0))
+        };
+        revert(&mut c, &why)?;
+    } else if c.exists(&c.n.new)? {
+        upgrade(&mut c, req, validate)?;
+    } else if let Some(mut t) = trial {
+        if req.count_tries {
+            t.tries_left -= 1;
+            c.write_trial(&t)?;
+            c.event(format!("{} on trial: try {} of {}", c.n.current, t.tries - t.tries_left, t.tries));
+        }
+        c.out.trial = Some(t);
+    }
+    Ok(c.out)
+}
+
+fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
+    let mut removed = Vec::new();
+    for name in [Names::tmp(&c.n.old), Names::tmp(&c.n.broken), c.n.part.clone()] {
+        if c.remove(&name)? {
+            removed.push(name);
+        }
+    }
+    // A digest without its staged image (a crash after the image was moved away)
+    // must not be applied to a later staged image.
+    if !c.exists(&c.n.new)? && c.remove(&c.n.digest)? {
+        removed.push(c.n.digest.clone());
+    }
+    if !removed.is_empty() {
+        c.sync()?;
+        c.event(format!("removed leftovers of an interrupted run: {}", removed.join(" ")));
+    }
+    Ok(())
+}
+
+/// `hn-root.img` missing is repaired from old, then new, then broken: never "no OS".
+fn recover_current(c: &mut Ctx, validate: &mut dyn FnMut(&str) -> Result<(), String>) -> Result<(), SlotError> {
+    if c.exists(&c.n.current)? {
+        return Ok(());
+    }
+    for from in [c.n.old.clone(), c.n.new.clone(), c.n.broken.clone()] {
+        if !c.exists(&from)? {
+            continue;
+        }
+        if from == c.n.new {
+            if let Err(e) = validate(&from) {
+                c.event(format!("{} is missing and {from} is not bootable ({e})", c.n.current));
+                continue;
+            }
+        }
+        c.rename(&from, &c.n.current)?;
+        c.sync()?;
+        c.event(format!("{} was missing: recovered it from {from}", c.n.current));
+        return Ok(());
+    }
+    Err(SlotError::NoImage {
+        dir: c.images.label(),
+        names: [&c.n.current, &c.n.old, &c.n.new, &c.n.broken].map(|s| s.as_str()).join(", "),
+    })
+}
+
+/// The trial state if it is about the current image; a stale one is removed.
+fn current_trial(c: &mut Ctx) -> Result<Option<Trial>, SlotError> {
+    let Some(t) = c.read_trial()? else { return Ok(None) };
+    let cur = c.io(c.images, format!("stat {}", c.n.current), c.images.id(&c.n.current))?;
+    if cur == Some(t.image) {
+        Ok(Some(t))
+    } else {
+        c.clear_trial()?;
+        c.event(format!("trial state was for another image; removed (current {} is not on trial)", c.n.current));
+        Ok(None)
+    }
+}
+
+fn revert(c: &mut Ctx, why: &str) -> Result<(), SlotError> {
+    let n = c.n.clone();
+    if c.exists(&n.new)? {
+        c.rename(&n.new, &n.rejected)?;
+        c.sync()?;
+        c.event(format!("revert requested while {} was staged: moved it to {} (revert wins)", n.new, n.rejected));
+    }
+    if c.exists(&n.old)? {
+        c.copy_by_link(&n.current, &n.broken)?;
+        c.sync()?;
+        c.rename(&n.old, &n.current)?;
+        c.sync()?;
+        c.clear_trial()?;
+        c.out.rotated = true;
+        c.out.reverted = true;
+        c.event(format!("reverted ({why}): {} is now {}, the image reverted from is kept as {}", n.old, n.current, n.broken));
+    } else {
+        c.clear_trial()?;
+        c.event(format!("revert requested ({why}) but there is no {}; booting {}", n.old, n.current));
+    }
+    if c.remove(&n.revert_flag)? {
+        c.sync()?;
+    }
+    Ok(())
+}
+
+fn upgrade(c: &mut Ctx, req: &Request, validate: &mut dyn FnMut(&str) -> Result<(), String>) -> Result<(), SlotError> {
+    let n = c.n.clone();
+    if let Err(reason) = validate(&n.new) {
+        c.rename(&n.new, &n.rejected)?;
+        c.sync()?;
+        c.remove(&n.digest)?;
+        c.event(format!("staged {} rejected ({reason}): moved to {}; booting {}", n.new, n.rejected, n.current));
+        return Ok(());
+    }
+    let Some(id) = c.io(c.images, format!("stat {}", n.new), c.images.id(&n.new))? else {
+        return Ok(());
+    };
+    // The trial is keyed by the staged image's identity, which the rename keeps;
+    // written first, so a crash before the rename leaves a trial that is simply rewritten.
+    let tries = req.tries.max(1);
+    let trial = Trial { image: id, tries_left: tries - 1, tries };
+    c.write_trial(&trial)?;
+    c.copy_by_link(&n.current, &n.old)?;
+    c.sync()?;
+    c.rename(&n.new, &n.current)?;
+    c.sync()?;
+    c.remove(&n.digest)?;
+    c.out.rotated = true;
+    c.out.trial = Some(trial);
+    c.event(format!("upgraded: {} is now {} ({} tries to be marked good), the previous image is {}", n.new, n.current, tries, n.old));
+    Ok(())
+}
+
+/// `hnctl mark-good`: ends the current image's trial.
+pub fn mark_good(images: &dyn Dir, state: &dyn Dir, names: &Names) -> Result<Option<Trial>, SlotError> {
+    let mut c = Ctx {
+        images,
+        state,
+        n: names,
+        out: Outcome::default(),
+    };
+    let t = current_trial(&mut c)?;
+    if t.is_some() {
+        c.clear_trial()?;
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_real_root() {
+        let n = Names::new("hn-root.img");
+        assert_eq!(n.new, "hn-root-new.img");
+        assert_eq!(n.part, "hn-root-new.img.part");
+        assert_eq!(n.old, "hn-root-old.img");
+        assert_eq!(n.broken, "hn-root-broken.img");
+        assert_eq!(n.rejected, "hn-root-rejected.img");
+        let n = Names::new("root");
+        assert_eq!(n.old, "root-old");
+    }
+}
