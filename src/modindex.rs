@@ -1,1 +1,408 @@
-//! (stub)
+//! The kernel module index: parses `modules.dep`, `modules.alias`,
+//! `modules.builtin` (and `modules.builtin.alias`) of `/lib/modules/<release>`,
+//! resolves names and modaliases to modules (fnmatch-style globs, matched
+//! without exponential blow-up) and orders a set of modules so that every module
+//! comes after its dependencies. Pure apart from [`ModIndex::load`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// Why [`ModIndex::load_order`] could not order a set of modules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModError {
+    /// Names neither in `modules.dep` nor built in.
+    #[error("unknown kernel module(s): {}", .0.join(", "))]
+    Unknown(Vec<String>),
+    /// A dependency cycle, listed from a module back to itself.
+    #[error("kernel module dependency cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+struct Module {
+    path: String,
+    deps: Vec<String>,
+}
+
+/// The parsed module index of one kernel release.
+#[derive(Debug, Clone, Default)]
+pub struct ModIndex {
+    modules: HashMap<String, Module>,
+    /// From `modules.alias`, in file order.
+    aliases: Vec<Alias>,
+    builtin: HashSet<String>,
+    /// From `modules.builtin.alias`.
+    builtin_aliases: Vec<Alias>,
+}
+
+#[derive(Debug, Clone)]
+struct Alias {
+    /// Normalised like the queries (see `normalize_alias`).
+    pattern: String,
+    /// Length of the pattern's literal start.
+    prefix: usize,
+    module: String,
+}
+
+impl Alias {
+    fn matches(&self, alias: &str) -> bool {
+        let lit = self
+            .pattern
+            .as_bytes()
+            .get(..self.prefix)
+            .unwrap_or_default();
+        alias.as_bytes().starts_with(lit) && glob_match(&self.pattern, alias)
+    }
+}
+
+/// A module's name from a name or a path: the file name without `.ko`,
+/// `.ko.xz`, `.ko.zst` or `.ko.gz`, with `-` turned into `_`.
+pub fn normalize_name(s: &str) -> String {
+    let base = s.rsplit('/').next().unwrap_or(s);
+    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
+        .iter()
+        .find_map(|suffix| base.strip_suffix(suffix))
+        .unwrap_or(base);
+    stem.replace('-', "_")
+}
+
+/// An alias as modprobe compares it: `-` → `_` except inside `[...]` classes.
+fn normalize_alias(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut in_class = false;
+    for c in s.chars() {
+        match c {
+            '[' => in_class = true,
+            ']' => in_class = false,
+            '-' if !in_class => {
+                out.push('_');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Parses one `[...]` class starting just after the `[` at `pat[start]`.
+/// Returns whether `c` is in it and the index just after the closing `]`, or
+/// `None` when the class is not closed (then `[` is an ordinary character).
+fn match_class(pat: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+    let mut i = start;
+    let negate = matches!(pat.get(i), Some(b'!') | Some(b'^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let mut lo = *pat.get(i)?;
+        if lo == b']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if lo == b'\\' {
+            i += 1;
+            lo = *pat.get(i)?;
+        }
+        i += 1;
+        let mut hi = lo;
+        if pat.get(i) == Some(&b'-') && pat.get(i + 1).is_some_and(|&n| n != b']') {
+            i += 1;
+            hi = *pat.get(i)?;
+            if hi == b'\\' {
+                i += 1;
+                hi = *pat.get(i)?;
+            }
+            i += 1;
+        }
+        if lo <= c && c <= hi {
+            matched = true;
+        }
+    }
+}
+
+/// fnmatch(3)-style matching (no flags): `*`, `?`, `[...]` with ranges and
+/// `!`/`^` negation, `\` escapes. Works on bytes (module aliases are ASCII), does
+/// not allocate, and is iterative with a single backtrack point, so it runs in
+/// O(pattern × text) whatever the number of `*`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (pat, txt) = (pattern.as_bytes(), text.as_bytes());
+    let (mut p, mut t) = (0usize, 0usize);
+    // Where to resume after the last `*`: (pattern index after it, text index).
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(&c) = txt.get(t) {
+        // Does the token at `p` match `c`? If so, where does the pattern continue?
+        let step = match pat.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, t));
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(p + 1),
+            Some(b'[') => match match_class(pat, p + 1, c) {
+                Some((true, next)) => Some(next),
+                Some((false, _)) => None,
+                None => (c == b'[').then_some(p + 1),
+            },
+            Some(b'\\') => match pat.get(p + 1) {
+                Some(&e) => (e == c).then_some(p + 2),
+                None => (c == b'\\').then_some(p + 1),
+            },
+            Some(&l) => (l == c).then_some(p + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
+            }
+            (None, Some((sp, st))) => {
+                // Let the last `*` swallow one more character and retry.
+                star = Some((sp, st + 1));
+                p = sp;
+                t = st + 1;
+            }
+            (None, None) => return false,
+        }
+    }
+    while pat.get(p) == Some(&b'*') {
+        p += 1;
+    }
+    p == pat.len()
+}
+
+/// The literal start of a pattern (before any of `*?[\`), for a cheap pre-check.
+fn literal_prefix_len(pattern: &str) -> usize {
+    pattern
+        .bytes()
+        .position(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+        .unwrap_or(pattern.len())
+}
+
+impl ModIndex {
+    /// Builds the index from the texts of `modules.dep`, `modules.alias` and
+    /// `modules.builtin`. Malformed lines are skipped.
+    pub fn parse(dep: &str, alias: &str, builtin: &str) -> ModIndex {
+        let mut idx = ModIndex::default();
+        for line in dep.lines() {
+            let Some((path, deps)) = line.split_once(':') else {
+                continue;
+            };
+            let path = path.trim();
+            if path.is_empty() || path.contains(char::is_whitespace) {
+                continue;
+            }
+            let name = normalize_name(path);
+            if name.is_empty() {
+                continue;
+            }
+            let deps = deps
+                .split_whitespace()
+                .map(normalize_name)
+                .filter(|d| !d.is_empty());
+            idx.modules.entry(name).or_insert(Module {
+                path: path.to_string(),
+                deps: deps.collect(),
+            });
+        }
+        idx.aliases = parse_aliases(alias);
+        for line in builtin.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            idx.builtin.insert(normalize_name(line));
+        }
+        idx
+    }
+
+    /// Adds the aliases of built-in modules (`modules.builtin.alias`), so that a
+    /// modalias served by a built-in driver resolves to it instead of nothing.
+    pub fn add_builtin_aliases(&mut self, text: &str) {
+        self.builtin_aliases.extend(parse_aliases(text));
+    }
+
+    /// Reads `modules.dep` (required), `modules.alias`, `modules.builtin` and
+    /// `modules.builtin.alias` (each optional) from `dir`.
+    pub fn load(dir: &Path) -> io::Result<ModIndex> {
+        let read = |name: &str, required: bool| -> io::Result<String> {
+            match fs::read(dir.join(name)) {
+                Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+                Err(e) if !required && e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+                Err(e) => Err(e),
+            }
+        };
+        let dep = read("modules.dep", true)?;
+        let alias = read("modules.alias", false)?;
+        let builtin = read("modules.builtin", false)?;
+        let builtin_alias = read("modules.builtin.alias", false)?;
+        let mut idx = ModIndex::parse(&dep, &alias, &builtin);
+        idx.add_builtin_aliases(&builtin_alias);
+        Ok(idx)
+    }
+
+    /// Number of loadable modules in `modules.dep`.
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    /// True when `modules.dep` listed no module.
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// The module's path as written in `modules.dep` (relative to the release
+    /// directory), for a loadable (not built-in) module.
+    pub fn path_of(&self, name: &str) -> Option<&str> {
+        self.modules
+            .get(&normalize_name(name))
+            .map(|m| m.path.as_str())
+    }
+
+    /// The dependencies `modules.dep` lists for the module (depmod writes the
+    /// whole transitive set), as names; empty for unknown or built-in modules.
+    pub fn deps_of(&self, name: &str) -> &[String] {
+        self.modules
+            .get(&normalize_name(name))
+            .map_or(&[], |m| m.deps.as_slice())
+    }
+
+    /// True when the module is built into the kernel.
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&normalize_name(name))
+    }
+
+    /// True when the module is loadable or built in.
+    pub fn is_known(&self, name: &str) -> bool {
+        let n = normalize_name(name);
+        self.modules.contains_key(&n) || self.builtin.contains(&n)
+    }
+
+    /// The modules a name or alias stands for: the name itself (normalised) when it
+    /// is a loadable or built-in module, else every module whose alias pattern
+    /// matches (`modules.alias`, then `modules.builtin.alias`), de-duplicated, in
+    /// file order. Empty when nothing matches.
+    pub fn resolve(&self, name_or_alias: &str) -> Vec<String> {
+        let query = name_or_alias.trim();
+        if query.is_empty() {
+            return Vec::new();
+        }
+        // Module names never contain ':'; modaliases nearly always do.
+        if !query.contains(':') {
+            let name = normalize_name(query);
+            if self.modules.contains_key(&name) || self.builtin.contains(&name) {
+                return vec![name];
+            }
+        }
+        let alias = normalize_alias(query);
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for a in self.aliases.iter().chain(&self.builtin_aliases) {
+            if a.matches(&alias) && seen.insert(a.module.as_str()) {
+                out.push(a.module.clone());
+            }
+        }
+        out
+    }
+
+    /// The transitive closure of `names` (module names, normalised here) in load
+    /// order: every module after all of its dependencies; built-in modules are
+    /// omitted. Unknown names (including dependencies without their own
+    /// `modules.dep` line) and cycles are errors.
+    pub fn load_order(&self, names: &[String]) -> Result<Vec<String>, ModError> {
+        let unknown: Vec<String> = names
+            .iter()
+            .filter(|n| !self.is_known(n))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ModError::Unknown(unknown));
+        }
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            Visiting,
+            Done,
+        }
+        let mut marks: HashMap<&str, Mark> = HashMap::new();
+        let mut order = Vec::new();
+        let mut missing = Vec::new();
+        for root in names {
+            let root = normalize_name(root);
+            let Some((root_name, _)) = self.modules.get_key_value(&root) else {
+                continue; // built in
+            };
+            if marks.contains_key(root_name.as_str()) {
+                continue;
+            }
+            // Depth-first, explicit stack of (module, index of the next dep to visit).
+            marks.insert(root_name, Mark::Visiting);
+            let mut stack: Vec<(&str, usize)> = vec![(root_name, 0)];
+            while let Some(&mut (name, ref mut next)) = stack.last_mut() {
+                let deps = self
+                    .modules
+                    .get(name)
+                    .map_or(&[][..], |m| m.deps.as_slice());
+                // modprobe loads the listed deps from last to first; do the same.
+                let Some(dep) = deps.len().checked_sub(*next + 1).and_then(|i| deps.get(i)) else {
+                    marks.insert(name, Mark::Done);
+                    order.push(name.to_string());
+                    stack.pop();
+                    continue;
+                };
+                *next += 1;
+                let Some((dep_name, _)) = self.modules.get_key_value(dep) else {
+                    if !self.builtin.contains(dep) && !missing.contains(dep) {
+                        missing.push(dep.clone());
+                    }
+                    continue;
+                };
+                match marks.get(dep_name.as_str()) {
+                    Some(Mark::Done) => {}
+                    Some(Mark::Visiting) => {
+                        let from = stack.iter().position(|(n, _)| *n == dep_name.as_str());
+                        let mut cycle: Vec<String> = stack
+                            .get(from.unwrap_or(0)..)
+                            .unwrap_or(&[])
+                            .iter()
+                            .map(|(n, _)| n.to_string())
+                            .collect();
+                        cycle.push(dep_name.clone());
+                        return Err(ModError::Cycle(cycle));
+                    }
+                    None => {
+                        marks.insert(dep_name, Mark::Visiting);
+                        stack.push((dep_name, 0));
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ModError::Unknown(missing));
+        }
+        Ok(order)
+    }
+}
+
+/// Parses `alias PATTERN MODULE` lines; anything else is skipped.
+fn parse_aliases(text: &str) -> Vec<Alias> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some("alias"), Some(pattern), Some(module), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let pattern = normalize_alias(pattern);
+        out.push(Alias {
+            prefix: literal_prefix_len(&pattern),
+            pattern,
+            module: normalize_name(module),
+        });
+    }
+    out
+}
