@@ -1,0 +1,67 @@
+//! Building the hninit `init` binary: a static musl release build of the
+//! workspace's `hninit` package, located through cargo's JSON messages.
+
+use crate::paths::workspace_root;
+use crate::util;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The target triple the init is built for.
+pub const INIT_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The cargo executable that runs us (`$CARGO`), else `cargo` from `PATH`.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// `cargo build --release --target x86_64-unknown-linux-musl -p hninit --bin NAME`;
+/// returns the executable's path. Progress goes to stderr.
+pub fn build_workspace_bin(name: &str) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--target",
+            INIT_TARGET,
+            "-p",
+            "hninit",
+            "--bin",
+            name,
+        ])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    let shown = util::display_cmd(&c);
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    let mut exe = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == name {
+            if let Some(p) = msg["executable"].as_str() {
+                exe = Some(PathBuf::from(p));
+            }
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("`{shown}` failed ({st})");
+    }
+    exe.with_context(|| format!("cargo built no executable named {name}"))
+}
+
+/// Builds the init (static, release) and returns its path, e.g.
+/// `target/x86_64-unknown-linux-musl/release/init`.
+pub fn build_init() -> Result<PathBuf> {
+    let p = build_workspace_bin("init")?;
+    if !util::is_static_elf(&p)? {
+        bail!("{} is not a static executable", p.display());
+    }
+    Ok(p)
+}

@@ -1,0 +1,30 @@
+//! hninit developer tasks as a library: fetch a kernel, build the init, the
+//! initramfs, root images and GPT disks, and QEMU command lines. The `xtask`
+//! binary is a CLI over this; the `qemu-tests` crate uses it to make disks.
+
+pub mod demo;
+pub mod deps;
+pub mod disk;
+pub mod grub;
+pub mod initbin;
+pub mod initramfs;
+pub mod kernel;
+pub mod paths;
+pub mod qemu;
+pub mod rootfs;
+pub mod util;
+
+pub use demo::{build_demo_disk, DemoArtifacts, DemoOptions, DEMO_BASE_CMDLINE};
+pub use deps::ensure_host_packages;
+pub use disk::{
+    build_disk, DiskLayout, DiskSpec, EspSpec, HostFs, HostpartSpec, PartRole, PartitionInfo,
+};
+pub use grub::{grub_efi, render_grub_cfg, GrubVars, GRUB_CFG_TEMPLATE};
+pub use initbin::{build_init, build_workspace_bin};
+pub use initramfs::{build_initramfs, Compression, InitramfsReport, InitramfsSpec, ModuleIndex};
+pub use kernel::{debian_kernel, debian_kernel_refresh, kernel_from_dir, Kernel};
+pub use paths::{build_dir, cache_dir, workspace_root};
+pub use qemu::{
+    fresh_ovmf_vars, qemu_base_args, qemu_command, Boot, DiskIf, Drive, QemuSpec, Serial,
+};
+pub use rootfs::{build_root_image, RootImageSpec, INIT_SCRIPT};

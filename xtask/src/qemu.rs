@@ -1,0 +1,285 @@
+//! QEMU command lines shared by `cargo xtask run` and the boot-test harness:
+//! TCG, memory, OVMF pflash with a fresh vars copy (or direct `-kernel`
+//! boot), disks on virtio/AHCI/NVMe/virtio-scsi, serial wiring, no reboot.
+
+use crate::util;
+use anyhow::{Context, Result};
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Read-only OVMF firmware code.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Template of the writable OVMF variable store (copy it per run).
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// How the machine boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// OVMF from the disks; `vars` is a writable copy made by [`fresh_ovmf_vars`].
+    Uefi { vars: PathBuf },
+    /// SeaBIOS from the disks.
+    Bios,
+    /// `-kernel/-initrd/-append` (SeaBIOS loads the kernel directly).
+    Direct {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        append: String,
+    },
+}
+
+/// The controller a disk hangs off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskIf {
+    /// virtio-blk (`/dev/vdX`).
+    #[default]
+    Virtio,
+    /// AHCI SATA (`/dev/sdX`).
+    Ahci,
+    /// NVMe (`/dev/nvmeXn1`).
+    Nvme,
+    /// virtio-scsi (`/dev/sdX`).
+    VirtioScsi,
+}
+
+/// One disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub interface: DiskIf,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// Writes go to a temporary overlay; the file stays pristine.
+    pub snapshot: bool,
+    pub readonly: bool,
+}
+
+impl Drive {
+    /// A raw virtio disk, writable, changes kept.
+    pub fn virtio(path: &Path) -> Self {
+        Drive {
+            path: path.to_path_buf(),
+            interface: DiskIf::Virtio,
+            format: "raw".into(),
+            snapshot: false,
+            readonly: false,
+        }
+    }
+    /// A raw disk on `interface`.
+    pub fn on(path: &Path, interface: DiskIf) -> Self {
+        Drive {
+            interface,
+            ..Drive::virtio(path)
+        }
+    }
+}
+
+/// Where the first serial port (the console, `ttyS0`) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serial {
+    /// QEMU's stdout (no monitor): for harnesses reading a pipe.
+    Stdio,
+    /// Terminal with the monitor multiplexed (Ctrl-A X quits): interactive.
+    MonStdio,
+    /// Appended to a file.
+    File(PathBuf),
+    /// A raw `-serial` value (e.g. `unix:/tmp/s,server,nowait`).
+    Raw(String),
+}
+
+/// A whole QEMU invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuSpec {
+    pub boot: Boot,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub drives: Vec<Drive>,
+    pub serial: Serial,
+    /// `-nic` value, e.g. `user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22`; `None`: no NIC.
+    pub nic: Option<String>,
+    /// `-machine` value (QEMU's default `pc` when `None`).
+    pub machine: Option<String>,
+    /// `-nodefaults`: no default CD-ROM (OVMF then skips trying it, ~0.5 s),
+    /// no VGA (GRUB then says "no suitable video mode", harmless).
+    pub nodefaults: bool,
+    /// Appended verbatim.
+    pub extra_args: Vec<String>,
+}
+
+impl QemuSpec {
+    /// 512 MiB, one CPU, serial on stdout, no NIC, no disks.
+    pub fn new(boot: Boot) -> Self {
+        QemuSpec {
+            boot,
+            memory_mib: 512,
+            cpus: 1,
+            drives: Vec::new(),
+            serial: Serial::Stdio,
+            nic: None,
+            machine: None,
+            nodefaults: false,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Escapes a value for QEMU's `key=value,...` option syntax (`,` → `,,`).
+pub fn qemu_escape(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// The arguments (without the program name) for `spec`.
+pub fn qemu_base_args(spec: &QemuSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-accel", "tcg", "-no-reboot", "-display", "none"]);
+    push(&[
+        "-m",
+        &spec.memory_mib.to_string(),
+        "-smp",
+        &spec.cpus.to_string(),
+    ]);
+    if let Some(m) = &spec.machine {
+        push(&["-machine", m]);
+    }
+    if spec.nodefaults {
+        push(&["-nodefaults"]);
+    }
+    match &spec.serial {
+        Serial::Stdio => push(&["-serial", "stdio", "-monitor", "none"]),
+        Serial::MonStdio => push(&["-serial", "mon:stdio"]),
+        Serial::File(p) => push(&[
+            "-serial",
+            &format!("file:{}", p.display()),
+            "-monitor",
+            "none",
+        ]),
+        Serial::Raw(s) => push(&["-serial", s, "-monitor", "none"]),
+    }
+    match &spec.nic {
+        Some(n) => push(&["-nic", n]),
+        None => push(&["-nic", "none"]),
+    }
+    match &spec.boot {
+        Boot::Uefi { vars } => {
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            ]);
+            push(&[
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", qemu_escape(vars)),
+            ]);
+        }
+        Boot::Bios => {}
+        Boot::Direct {
+            kernel,
+            initrd,
+            append,
+        } => {
+            push(&["-kernel", &kernel.to_string_lossy()]);
+            if let Some(i) = initrd {
+                push(&["-initrd", &i.to_string_lossy()]);
+            }
+            push(&["-append", append]);
+        }
+    }
+    for (i, d) in spec.drives.iter().enumerate() {
+        let mut opts = format!("file={},format={}", qemu_escape(&d.path), d.format);
+        if d.snapshot {
+            opts.push_str(",snapshot=on");
+        }
+        if d.readonly {
+            opts.push_str(",readonly=on");
+        }
+        let id = format!("hd{i}");
+        match d.interface {
+            DiskIf::Virtio => push(&["-drive", &format!("{opts},if=virtio")]),
+            DiskIf::Ahci => {
+                push(&["-device", &format!("ahci,id=ahci{i}")]);
+                push(&["-drive", &format!("{opts},if=none,id={id}")]);
+                push(&["-device", &format!("ide-hd,drive={id},bus=ahci{i}.0")]);
+            }
+            DiskIf::Nvme => {
+                push(&["-drive", &format!("{opts},if=none,id={id}")]);
+                push(&["-device", &format!("nvme,serial=hn{i},drive={id}")]);
+            }
+            DiskIf::VirtioScsi => {
+                push(&["-device", &format!("virtio-scsi-pci,id=scsi{i}")]);
+                push(&["-drive", &format!("{opts},if=none,id={id}")]);
+                push(&["-device", &format!("scsi-hd,drive={id},bus=scsi{i}.0")]);
+            }
+        }
+    }
+    a.extend(spec.extra_args.iter().cloned());
+    a
+}
+
+/// A [`Command`] running QEMU for `spec`, in a new process group (so that
+/// `kill(-pid, SIGKILL)` takes QEMU and nothing else down).
+pub fn qemu_command(spec: &QemuSpec) -> Command {
+    let mut c = util::cmd(QEMU);
+    c.args(qemu_base_args(spec));
+    c.process_group(0);
+    c
+}
+
+/// Copies the OVMF variable store template into `dir` under a name unique to
+/// this process and call; returns the copy's path.
+pub fn fresh_ovmf_vars(dir: &Path) -> Result<PathBuf> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let p = dir.join(format!(
+        "OVMF_VARS-{}-{}.fd",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::copy(OVMF_VARS, &p).with_context(|| format!("copying {OVMF_VARS} (install ovmf)"))?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uefi_args() {
+        let mut s = QemuSpec::new(Boot::Uefi {
+            vars: "/tmp/v,x.fd".into(),
+        });
+        s.drives.push(Drive::virtio(Path::new("/tmp/disk.img")));
+        s.drives.push(Drive {
+            snapshot: true,
+            ..Drive::on(Path::new("/tmp/b.img"), DiskIf::Nvme)
+        });
+        let a = qemu_base_args(&s).join(" ");
+        assert!(a.starts_with("-accel tcg -no-reboot"), "{a}");
+        assert!(a.contains("-m 512"));
+        assert!(a.contains(
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+        ));
+        assert!(a.contains("file=/tmp/v,,x.fd"));
+        assert!(a.contains("-drive file=/tmp/disk.img,format=raw,if=virtio"));
+        assert!(a.contains("-drive file=/tmp/b.img,format=raw,snapshot=on,if=none,id=hd1 -device nvme,serial=hn1,drive=hd1"));
+        assert!(a.contains("-serial stdio -monitor none"));
+        assert!(a.contains("-nic none"));
+    }
+
+    #[test]
+    fn direct_args() {
+        let s = QemuSpec::new(Boot::Direct {
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            append: "console=ttyS0 a=b".into(),
+        });
+        let a = qemu_base_args(&s);
+        let i = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[i + 1], "console=ttyS0 a=b");
+        assert!(a.windows(2).any(|w| w[0] == "-kernel" && w[1] == "/k"));
+        assert!(!a.iter().any(|x| x.contains("pflash")));
+    }
+}
