@@ -1,7 +1,7 @@
 //! The boot, step by step as in DESIGN.md. Each step is one method that logs
 //! one line; the first error ends the sequence and goes to `failure`.
 
-use crate::cmdline::{self, Cmdline};
+use crate::cmdline::{self, Cmdline, RootMode};
 use crate::devices::{self, WaitReport};
 use crate::devspec::BlockDev;
 use crate::drivers::Drivers;
@@ -73,11 +73,15 @@ impl Boot {
             warn!("{w}");
         }
         info!(
-            "command line: image {} on host partition {}{}, root {:?}, init {}",
+            "command line: image {} on host partition {}{}, root {}, init {}",
             self.cmd.real_root,
             self.cmd.hostpart,
             if self.cmd.hostpart_flags.is_empty() { String::new() } else { format!(" ({})", self.cmd.hostpart_flags) },
-            self.cmd.root_mode,
+            match self.cmd.root_mode {
+                RootMode::Ro => "ro",
+                RootMode::Rw => "rw",
+                RootMode::Default => "ro (default; the system may remount it rw)",
+            },
             self.cmd.init
         );
         Ok(())

@@ -183,9 +183,14 @@ impl Drivers {
         let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
         let full = ModIndex::parse(&read("modules.dep"), &read("modules.alias"), &read("modules.builtin"));
         let mut lacking: Vec<String> = Vec::new();
+        let mut others = 0;
         for a in aliases.iter().filter(|a| !a.bound) {
             let wanted = full.resolve(&a.modalias);
             if wanted.is_empty() || wanted.iter().any(|m| self.present.contains(m) || full.is_builtin(m)) {
+                continue;
+            }
+            if !is_storage_alias(&a.modalias) {
+                others += 1;
                 continue;
             }
             lacking.push(format!("{} for {} ({})", wanted.join(" or "), a.devpath.trim_start_matches("/sys"), a.modalias));
@@ -193,8 +198,13 @@ impl Drivers {
         lacking.sort();
         lacking.dedup();
         if !lacking.is_empty() {
-            out.push("devices without a driver whose module is not in this initramfs:".into());
+            out.push("storage devices without a driver, whose module this initramfs lacks (add it with --module):".into());
             out.extend(lacking.into_iter().take(20).map(|l| format!("  {l}")));
+        } else {
+            out.push("no storage device is missing a driver".into());
+        }
+        if others > 0 {
+            out.push(format!("({others} other devices have no driver: input, sound, cpufreq and the like, not needed to boot)"));
         }
         let asked: Vec<String> = std::fs::read_to_string(crate::modprobe::MISSING_FILE)
             .unwrap_or_default()
@@ -215,9 +225,34 @@ impl Drivers {
     }
 }
 
+/// Whether a modalias is a storage device or controller (PCI class 01, virtio
+/// block/SCSI, SCSI disks and CD-ROMs, USB mass storage, MMC, Xen/Hyper-V disks).
+pub fn is_storage_alias(alias: &str) -> bool {
+    let pci_class = |a: &str| a.find("bc").and_then(|i| a.get(i + 2..i + 4)) == Some("01");
+    match alias.split_once(':') {
+        Some(("pci", rest)) => pci_class(rest),
+        Some(("virtio", rest)) => rest.starts_with("d00000002v") || rest.starts_with("d00000008v"),
+        Some(("scsi", rest)) => rest.starts_with("t-0x00") || rest.starts_with("t-0x05") || rest.starts_with("t-0x0e"),
+        Some(("usb", rest)) => rest.contains("ic08"),
+        Some(("mmc", _)) | Some(("xen", _)) | Some(("vmbus", _)) | Some(("nvme", _)) => true,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_aliases() {
+        assert!(is_storage_alias("pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"));
+        assert!(is_storage_alias("virtio:d00000002v00001AF4"));
+        assert!(is_storage_alias("scsi:t-0x00"));
+        assert!(!is_storage_alias("pci:v00001234d00001111sv00001AF4sd00001100bc03sc00i00"));
+        assert!(!is_storage_alias("virtio:d00000001v00001AF4"));
+        assert!(!is_storage_alias("acpi:PNP0700:"));
+        assert!(!is_storage_alias("input:b0011v0001p0001eAB41-e0"));
+    }
 
     #[test]
     fn trims_index_to_present_modules() {

@@ -1,65 +1,357 @@
-//! The scenario list. Placeholder: two harness self-tests that need no QEMU (the real
-//! boot scenarios replace them).
+//! The boot scenarios: each builds its own disk (no root, no loop devices) from
+//! artifacts shared by all (kernel, initramfs, root images), boots it in QEMU and
+//! checks what a user would see on the console: hninit's lines, the booted
+//! root's `HNROOT:` report, or the failure diagnosis and the on_error policy.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use qemu_tests::{Ctx, Failure, Scenario};
+use qemu_tests::{Ctx, Failure, OrFail, Scenario, Vm};
+use xtask::{
+    build_disk, build_init, build_initramfs, build_root_image, debian_kernel, fresh_ovmf_vars, qemu_command, Boot,
+    DiskIf, DiskLayout, DiskSpec, Drive, EspSpec, GrubVars, HostFs, HostpartSpec, InitramfsSpec, Kernel, QemuSpec,
+    RootImageSpec,
+};
 
-pub fn all() -> Vec<Scenario> {
-    vec![
-        Scenario {
-            name: "selftest-expect",
-            about: "harness self-test: a shell prints lines, expect finds them in order",
-            run: selftest_expect,
-        },
-        Scenario {
-            name: "selftest-missing-line",
-            about: "harness self-test: a missing line is detected and the child is killed",
-            run: selftest_missing_line,
-        },
-    ]
+/// Artifacts every scenario uses, built once per run.
+struct Shared {
+    kernel: Kernel,
+    initramfs: PathBuf,
+    /// Root image "A" (reports, then powers off), with /boot/kernel and /boot/initramfs.
+    image_a: PathBuf,
+    /// A root image without /sbin/init.
+    image_noinit: PathBuf,
+    /// Not a filesystem at all.
+    image_garbage: PathBuf,
 }
 
-fn sh(script: &str) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(script);
-    c
+/// Extra report lines of the test images (sourced by their /sbin/init).
+const PROBE_HOOK: &str = r#"
+if touch /.hn-write-test 2>/dev/null; then rm -f /.hn-write-test; say "root-writable yes"; else say "root-writable no"; fi
+for l in /sys/block/loop*; do [ -e "$l/loop/backing_file" ] && say "loop $(basename $l) ro=$(cat $l/ro) backing=$(cat $l/loop/backing_file)"; done
+[ -e /init ] && say "initramfs-leftover /init" || say "initramfs-leftover none"
+"#;
+
+fn shared() -> Result<&'static Shared, Failure> {
+    static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| build_shared().map_err(|e| format!("building the shared artifacts: {e:#}")))
+        .as_ref()
+        .map_err(|e| Failure::new(e.clone()))
 }
 
-fn selftest_expect(ctx: &mut Ctx) -> Result<(), Failure> {
-    let mut vm = ctx.spawn(
-        sh("echo hello; echo READY; sleep 1; echo done"),
-        Duration::from_secs(30),
+fn build_shared() -> anyhow::Result<Shared> {
+    let dir = qemu_tests::runner::default_out_dir().join("_shared");
+    std::fs::create_dir_all(&dir)?;
+    let init = build_init()?;
+    let kernel = debian_kernel()?;
+    let initramfs = dir.join("initramfs.cpio.zst");
+    let mut spec = InitramfsSpec::new(&init, &kernel.release, &kernel.modules_dir);
+    spec.busybox = Some(PathBuf::from("/bin/busybox"));
+    build_initramfs(&spec, &initramfs)?;
+    let hook = ("/etc/hnroot.d/probe.sh".to_string(), PROBE_HOOK.as_bytes().to_vec(), 0o644);
+    let image_a = dir.join("image-a.img");
+    build_root_image(
+        &RootImageSpec {
+            kernel: Some((kernel.vmlinuz.clone(), initramfs.clone())),
+            image_id: "A".into(),
+            extra_files: vec![hook],
+            ..Default::default()
+        },
+        &image_a,
     )?;
+    let image_noinit = dir.join("image-noinit.img");
+    build_root_image(&RootImageSpec { image_id: "noinit".into(), with_init: false, size_mib: 16, ..Default::default() }, &image_noinit)?;
+    let image_garbage = dir.join("image-garbage.img");
+    let garbage: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&image_garbage, garbage)?;
+    Ok(Shared { kernel, initramfs, image_a, image_noinit, image_garbage })
+}
+
+fn hostpart(files: &[(&str, &Path)]) -> HostpartSpec {
+    HostpartSpec {
+        files: files.iter().map(|(n, p)| (n.to_string(), p.to_path_buf())).collect(),
+        dirs: vec!["data".into(), "hn-state".into()],
+        size_mib: 96,
+        ..Default::default()
+    }
+}
+
+fn make_disk(ctx: &Ctx, spec: DiskSpec) -> Result<(PathBuf, DiskLayout), Failure> {
+    let out = ctx.dir().join("disk.img");
+    let layout = build_disk(&spec, &out).map_err(|e| Failure::new(format!("building the disk: {e:#}")))?;
+    Ok((out, layout))
+}
+
+fn simple_disk(ctx: &Ctx, hp: HostpartSpec) -> Result<(PathBuf, DiskLayout), Failure> {
+    make_disk(ctx, DiskSpec { esp: None, hostpart: hp, extra_hostparts: Vec::new() })
+}
+
+/// Kernel command line of direct boots; scenarios append their own keys.
+const BASE: &str = "console=ttyS0 panic=-1 hn.reboot_delay=0 hn.timeout=15";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_secs(90);
+
+fn boot_direct(ctx: &mut Ctx, disk: &Path, iface: DiskIf, extra: &str) -> Result<Vm, Failure> {
+    let s = shared()?;
+    let spec = QemuSpec {
+        drives: vec![Drive::on(disk, iface)],
+        ..QemuSpec::new(Boot::Direct {
+            kernel: s.kernel.vmlinuz.clone(),
+            initrd: Some(s.initramfs.clone()),
+            append: format!("{BASE} {extra}"),
+        })
+    };
+    let mut vm = ctx.spawn(qemu_command(&spec), BOOT_TIMEOUT)?;
     vm.forbid("Kernel panic");
-    vm.expect("hello", Duration::from_secs(5))?;
-    vm.expect("READY", Duration::from_secs(5))?;
-    ctx.note(format!("READY after {:.2}s", vm.elapsed().as_secs_f64()));
-    vm.expect("done", Duration::from_secs(5))?;
-    let status = vm.wait_exit(Duration::from_secs(5))?;
-    if !status.success() {
-        return Err(Failure::new(format!("shell exited with {status}")));
+    Ok(vm)
+}
+
+/// The booted root's report must show image `id`, mounted with `mode` (ro/rw).
+fn expect_root(vm: &Vm, id: &str, mode: &str) -> Result<(), Failure> {
+    vm.expect("hninit: switching root", STEP)?;
+    vm.expect(&format!("HNROOT: booted image={id}"), STEP)?;
+    let root = vm.expect("HNROOT: root ", STEP)?;
+    if !root.contains(&format!("/dev/loop0 ext4 {mode}")) {
+        return Err(Failure::new(format!("expected the root on /dev/loop0 ext4 {mode}, got {root:?}")));
     }
     Ok(())
 }
 
-/// Expected-to-fail inside: passes only if the harness reports the missing line.
-fn selftest_missing_line(ctx: &mut Ctx) -> Result<(), Failure> {
-    let mut vm = ctx.spawn(sh("echo booting; sleep 100"), Duration::from_secs(30))?;
-    vm.expect("booting", Duration::from_secs(5))?;
-    match vm.expect("login:", Duration::from_millis(500)) {
-        Ok(line) => {
-            return Err(Failure::new(format!(
-                "matched a line never printed: {line:?}"
-            )))
-        }
-        Err(f) if f.message.contains("\"login:\"") => ctx.note(format!("detected: {f}")),
-        Err(f) => return Err(Failure::new(format!("wrong failure message: {f}"))),
+fn expect_clean_poweroff(vm: &mut Vm) -> Result<(), Failure> {
+    vm.expect("HNROOT: poweroff", STEP)?;
+    vm.wait_exit(Duration::from_secs(30))?;
+    vm.check_forbidden()?;
+    Ok(())
+}
+
+/// Kernel timestamp of the console line containing `needle` (`[    1.234567] …`).
+fn stamp(vm: &Vm, needle: &str) -> Option<f64> {
+    let console = vm.console();
+    let line = console.lines().find(|l| l.contains(needle))?;
+    let open = line.find('[')?;
+    let close = line[open..].find(']')? + open;
+    line[open + 1..close].trim().parse().ok()
+}
+
+fn direct_boot(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "")?;
+    vm.forbid("hninit: boot failed");
+    vm.expect("hninit: hninit ", STEP)?;
+    vm.expect("hninit: host partition LABEL=hostpart is /dev/vda1", STEP)?;
+    // Neither ro nor rw: the kernel's default, mounted ro on a writable loop device.
+    expect_root(&vm, "A", "ro")?;
+    vm.expect("HNROOT: hostpart /dev/vda1 ext4 rw", STEP)?;
+    vm.expect("HNROOT: root-writable no", STEP)?;
+    vm.expect("HNROOT: loop loop0 ro=0 backing=/hostpart/hn-root.img", STEP)?;
+    vm.expect("HNROOT: initramfs-leftover none", STEP)?;
+    if let (Some(a), Some(b), Some(c)) = (stamp(&vm, "hninit: hninit "), stamp(&vm, "hninit: switching root"), stamp(&vm, "hnroot: booted")) {
+        ctx.note(format!("kernel time: hninit first line {a:.3} s, last line {b:.3} s (initrd phase {:.3} s), root's first line {c:.3} s", b - a));
     }
+    expect_clean_poweroff(&mut vm)
+}
+
+fn grub_uefi(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let cfg = GrubVars { timeout: 0, hostpart_label: "hostpart".into(), image_dir: String::new(), cmdline: BASE.to_string() + " rw" }.render();
+    let (disk, _) = make_disk(
+        ctx,
+        DiskSpec { esp: Some(EspSpec { grub_cfg: cfg }), hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: Vec::new() },
+    )?;
+    let vars = fresh_ovmf_vars(ctx.dir()).or_fail("copying OVMF vars")?;
+    let spec = QemuSpec { drives: vec![Drive::virtio(&disk)], ..QemuSpec::new(Boot::Uefi { vars }) };
+    let mut vm = ctx.spawn(qemu_command(&spec), Duration::from_secs(180))?;
+    vm.forbid("Kernel panic");
+    vm.forbid("hninit: boot failed");
+    vm.expect("Linux version", STEP)?;
+    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    vm.expect("HNROOT: root-writable yes", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn read_only(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "ro")?;
+    expect_root(&vm, "A", "ro")?;
+    vm.expect("HNROOT: root-writable no", STEP)?;
+    vm.expect("HNROOT: loop loop0 ro=1", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn read_write(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw loopdev_hostpart_flags=noatime")?;
+    expect_root(&vm, "A", "rw")?;
+    let hp = vm.expect("HNROOT: hostpart ", STEP)?;
+    if !hp.contains("noatime") {
+        return Err(Failure::new(format!("loopdev_hostpart_flags=noatime not applied: {hp:?}")));
+    }
+    vm.expect("HNROOT: root-writable yes", STEP)?;
+    vm.expect("HNROOT: loop loop0 ro=0", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn by_uuid(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    // A label that LABEL=hostpart would not find: only the UUID can.
+    let (disk, layout) = simple_disk(ctx, HostpartSpec { label: "somethingelse".into(), ..hostpart(&[("hn-root.img", &s.image_a)]) })?;
+    let uuid = layout.hostpart().fs_uuid.clone();
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, &format!("rw loopdev_hostpart=UUID={}", uuid.to_uppercase()))?;
+    vm.expect(&format!("hninit: host partition UUID={uuid} is /dev/vda1"), STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn by_partlabel(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, HostpartSpec { label: "nolabel".into(), partlabel: "hn host".into(), ..hostpart(&[("hn-root.img", &s.image_a)]) })?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw \"loopdev_hostpart=PARTLABEL=hn host\"")?;
+    vm.expect("hninit: host partition PARTLABEL=hn host is /dev/vda1", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn by_partuuid(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, layout) = simple_disk(ctx, HostpartSpec { label: "nolabel".into(), ..hostpart(&[("hn-root.img", &s.image_a)]) })?;
+    let pu = layout.hostpart().part_uuid.clone();
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, &format!("rw raw_loop_root_host_partition=PARTUUID={pu}"))?;
+    vm.expect(&format!("hninit: host partition PARTUUID={pu} is /dev/vda1"), STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn subdirectory(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("images/hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw real_root=/images/hn-root.img")?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("backing=/hostpart/images/hn-root.img", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn btrfs_hostpart(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, HostpartSpec { fs: HostFs::Btrfs, size_mib: 160, ..hostpart(&[("hn-root.img", &s.image_a)]) })?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.expect("TYPE=btrfs LABEL=\"hostpart\"", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("HNROOT: hostpart /dev/vda1 btrfs rw", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn ahci_disk(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Ahci, "rw")?;
+    vm.expect("hninit: loaded drivers:", STEP)?;
+    vm.expect("hninit: host partition LABEL=hostpart is /dev/sda1", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+/// A failed boot: the error, the diagnosis lines, then a reboot (QEMU exits: -no-reboot).
+fn expect_failure_then_reboot(vm: &mut Vm, error: &str, diagnosis: &[&str]) -> Result<(), Failure> {
+    vm.expect(&format!("hninit: boot failed: {error}"), STEP)?;
+    for d in diagnosis {
+        vm.expect(d, Duration::from_secs(10))?;
+    }
+    vm.expect("hninit: rebooting in 0 s (hn.on_error=reboot", Duration::from_secs(10))?;
+    vm.expect("reboot: Restarting system", Duration::from_secs(20))?;
+    vm.wait_exit(Duration::from_secs(20))?;
+    if vm.console().contains("HNROOT:") {
+        return Err(Failure::new("a root was booted after the failure"));
+    }
+    vm.check_forbidden()
+}
+
+fn hostpart_missing(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "loopdev_hostpart=LABEL=nosuch hn.timeout=3")?;
+    expect_failure_then_reboot(
+        &mut vm,
+        "host partition LABEL=nosuch not found after waiting",
+        &[
+            "looked for the host partition LABEL=nosuch",
+            "block devices:",
+            "/dev/vda1 (96 MiB) TYPE=ext4 LABEL=\"hostpart\"",
+            // ata_piix (the PIIX IDE controller of QEMU's pc machine) is not in the default set.
+            "ata_piix or ata_generic for /devices/pci0000:00/0000:00:01.1",
+        ],
+    )
+}
+
+fn hostpart_ambiguous(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let second = HostpartSpec { partlabel: "second".into(), size_mib: 16, ..Default::default() };
+    let (disk, _) = make_disk(ctx, DiskSpec { esp: None, hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: vec![second] })?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "")?;
+    expect_failure_then_reboot(&mut vm, "host partition LABEL=hostpart is ambiguous: /dev/vda1 and /dev/vda2 all match", &["block devices:"])
+}
+
+fn image_missing(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "real_root=/nothere.img")?;
+    expect_failure_then_reboot(
+        &mut vm,
+        "image /hostpart/nothere.img not found on the host partition /dev/vda1",
+        &["looked for real_root=/nothere.img", "hn-root.img"],
+    )
+}
+
+fn image_garbage(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_garbage)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "")?;
+    expect_failure_then_reboot(&mut vm, "image /hostpart/hn-root.img: no filesystem recognised", &["block devices:"])
+}
+
+fn init_missing(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_noinit)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "")?;
+    expect_failure_then_reboot(&mut vm, "init /sbin/init in image /hostpart/hn-root.img cannot be started: not found in the image", &[])
+}
+
+fn on_error_halt(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "init=/nonexistent hn.on_error=halt hn.frobnicate=1")?;
+    vm.expect("hninit: command line: hn.frobnicate: unknown hninit parameter, ignored", STEP)?;
+    vm.expect("hninit: boot failed: init /nonexistent", STEP)?;
+    vm.expect("hninit: system halted (hn.on_error=halt)", STEP)?;
+    vm.expect("reboot: System halted", Duration::from_secs(20))?;
+    vm.check_forbidden()?;
     vm.kill();
-    match vm.try_status() {
-        Some(s) if !s.success() => Ok(()),
-        other => Err(Failure::new(format!("child not killed: status {other:?}"))),
-    }
+    Ok(())
+}
+
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario { name: "direct-boot", about: "direct kernel boot, ext4 host partition, default mode (ro mount on a writable loop)", run: direct_boot },
+        Scenario { name: "grub-uefi", about: "OVMF + GRUB loopback boot from the ESP menu, rw", run: grub_uefi },
+        Scenario { name: "ro", about: "`ro`: read-only loop device and mount", run: read_only },
+        Scenario { name: "rw", about: "`rw` and loopdev_hostpart_flags=noatime", run: read_write },
+        Scenario { name: "uuid", about: "host partition found by filesystem UUID", run: by_uuid },
+        Scenario { name: "partlabel", about: "host partition found by GPT partition name (quoted, with a space)", run: by_partlabel },
+        Scenario { name: "partuuid", about: "host partition found by PARTUUID via raw_loop_root_host_partition=", run: by_partuuid },
+        Scenario { name: "subdir", about: "image in a subdirectory: real_root=/images/hn-root.img", run: subdirectory },
+        Scenario { name: "btrfs", about: "btrfs host partition", run: btrfs_hostpart },
+        Scenario { name: "ahci", about: "disk on AHCI (ahci + sd_mod loaded by modalias)", run: ahci_disk },
+        Scenario { name: "hostpart-missing", about: "no such host partition: diagnosis lists the devices, then reboot", run: hostpart_missing },
+        Scenario { name: "hostpart-ambiguous", about: "two partitions labelled hostpart: an error naming both", run: hostpart_ambiguous },
+        Scenario { name: "image-missing", about: "real_root names no file: error lists what the partition holds", run: image_missing },
+        Scenario { name: "image-garbage", about: "the image is not a filesystem", run: image_garbage },
+        Scenario { name: "init-missing", about: "the image has no /sbin/init", run: init_missing },
+        Scenario { name: "on-error-halt", about: "hn.on_error=halt halts; unknown hn.* keys warn", run: on_error_halt },
+    ]
 }
