@@ -175,10 +175,17 @@ pub fn settle(
 
     let flag = c.exists(&c.n.revert_flag)?;
     let exhausted = req.count_tries && trial.is_some_and(|t| t.tries_left == 0);
-    if flag || req.revert.is_some() || exhausted {
+    // The boot loader's counter may be late (mark-good could not reach it): an
+    // image that is not on trial is never reverted by `hn.revert=auto`.
+    let mut revert_req = req.revert;
+    if revert_req == Some(Revert::Auto) && trial.is_none() {
+        c.event(format!("hn.revert=auto ignored: {} is not on trial (it was marked good)", c.n.current));
+        revert_req = None;
+    }
+    if flag || revert_req.is_some() || exhausted {
         let why = if flag {
             format!("{} flag present", c.n.revert_flag)
-        } else if let Some(r) = req.revert {
+        } else if let Some(r) = revert_req {
             format!("hn.revert={}", if r == Revert::Auto { "auto" } else { "1" })
         } else {
             format!("{} used all {} tries without being marked good", c.n.current, trial.map(|t| t.tries).unwrap_or(0))

@@ -191,6 +191,13 @@ fn cases() -> Vec<Case> {
             expect: &[("hn-root.img", "IMAGE A"), ("hn-root-broken.img", "IMAGE B")],
         },
         Case {
+            name: "late hn.revert=auto on an image marked good changes nothing",
+            start: &[("hn-root.img", "IMAGE B"), ("hn-root-old.img", "IMAGE A")],
+            trial_left: None,
+            req: req(Some(Revert::Auto), false),
+            expect: &[("hn-root.img", "IMAGE B"), ("hn-root-old.img", "IMAGE A")],
+        },
+        Case {
             name: "missing current image is recovered from old",
             start: &[("hn-root-old.img", "IMAGE A")],
             trial_left: None,
