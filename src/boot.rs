@@ -7,7 +7,7 @@ use crate::devspec::BlockDev;
 use crate::drivers::Drivers;
 use crate::error::{BootError, Result};
 use crate::rootfs::{self, MountedRoot, NEWROOT};
-use crate::{failure, handoff, log, mounts};
+use crate::{failure, handoff, kexec, log, mounts, select, shutdown};
 use rustix::mount::MountFlags;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ pub struct Boot {
     wait: WaitReport,
     hostpart: Option<BlockDev>,
     root: Option<MountedRoot>,
+    rotated: bool,
     saved_printk: Option<(String, String)>,
 }
 
@@ -43,8 +44,10 @@ impl Boot {
         self.kernel_modules(); //                       3
         let hostpart = self.find_host_partition()?; //  4
         self.mount_host_partition(&hostpart)?; //       5
-        let image = self.choose_image(); //             6 (rotation: see slots)
+        let image = self.settle_slots()?; //            6
+        self.kernel_handover(&image)?; //               7
         self.mount_image(&image)?; //                   8
+        // 9: first-boot instantiation arrives with the host config work.
         self.handoff() //                               10
     }
 
@@ -117,17 +120,36 @@ impl Boot {
         Ok(())
     }
 
-    /// 6. Which image to boot. Rotation, revert and validation arrive with the
-    /// slot logic; until then the image named by `real_root=` boots.
-    fn choose_image(&mut self) -> PathBuf {
-        let image = PathBuf::from(HOSTPART).join(self.cmd.real_root.trim_start_matches('/'));
-        info!("image: {} (real_root={})", image.display(), self.cmd.real_root);
-        image
+    /// 6. Slots: recover, revert, validate, rotate; every decision logged.
+    fn settle_slots(&mut self) -> Result<PathBuf> {
+        let image = select::image_path(Path::new(HOSTPART), &self.cmd.real_root);
+        let dev = self.hostpart_dev();
+        if mounts::parse_options(&self.cmd.hostpart_flags).flags.contains(MountFlags::RDONLY) {
+            notice!("host partition mounted read-only (loopdev_hostpart_flags): no rotation, booting {}", image.display());
+            return Ok(image);
+        }
+        let outcome = select::settle_at_boot(&self.cmd, Path::new(HOSTPART), &dev, &self.drivers)?;
+        self.rotated = outcome.rotated;
+        let trial = match outcome.trial {
+            Some(t) => format!(", on trial ({} of {} tries left)", t.tries_left, t.tries),
+            None => String::new(),
+        };
+        info!("image: {} (real_root={}){trial}", image.display(), self.cmd.real_root);
+        Ok(image)
+    }
+
+    /// 7. After a rotation onto another kernel: kexec it (or reboot) per hn.after_rotate.
+    fn kernel_handover(&mut self, image: &Path) -> Result<()> {
+        if !self.rotated {
+            return Ok(());
+        }
+        kexec::handover(&self.cmd, image, &self.drivers);
+        Ok(())
     }
 
     /// 8. Loop-attach and mount the image at /newroot; check its init.
     fn mount_image(&mut self, image: &Path) -> Result<()> {
-        let dev = self.hostpart.as_ref().map(|d| d.path.display().to_string()).unwrap_or_default();
+        let dev = self.hostpart_dev();
         let root = rootfs::mount_image(&self.cmd, image, &dev, &self.drivers)?;
         info!(
             "root: {} on {} ({}, {}), init {} is executable",
@@ -141,9 +163,16 @@ impl Boot {
         Ok(())
     }
 
+    fn hostpart_dev(&self) -> String {
+        self.hostpart.as_ref().map(|d| d.path.display().to_string()).unwrap_or_default()
+    }
+
     /// 10. Move everything into the new root and exec its init.
     fn handoff(&mut self) -> Result<Infallible> {
         let newroot = Path::new(NEWROOT);
+        if let Err(e) = shutdown::prepare() {
+            warn!("cannot install {}/shutdown ({e}): the host partition will not be unmounted cleanly at poweroff", shutdown::DIR);
+        }
         handoff::move_api_filesystems(newroot)?;
         let hostpart_at = handoff::move_hostpart(newroot)?;
         handoff::delete_initramfs(newroot)?;

@@ -69,6 +69,10 @@ pub struct Cmdline {
     pub config_keep: bool,
     /// Extra modules to load before anything else (`hn.modules=a,b`).
     pub modules: Vec<String>,
+    /// `hn.kexec=1`: this boot was kexec'd by hninit after a rotation; do not rotate or count.
+    pub kexeced: bool,
+    /// `hn.tries_by=grub`: the boot loader already spent a try for this boot.
+    pub tries_by_grub: bool,
 }
 
 impl Default for Cmdline {
@@ -92,6 +96,8 @@ impl Default for Cmdline {
             config: None,
             config_keep: false,
             modules: Vec::new(),
+            kexeced: false,
+            tries_by_grub: false,
         }
     }
 }
@@ -320,6 +326,12 @@ pub fn parse(text: &str) -> (Cmdline, Vec<Warning>) {
                     }
                 }
             }
+            "hn.kexec" => c.kexeced = !matches!(value, Some("0")),
+            "hn.tries_by" => match value {
+                Some("grub") => c.tries_by_grub = true,
+                Some("hninit") => c.tries_by_grub = false,
+                v => w.push(warn(key, format!("{v:?} is not grub or hninit"))),
+            },
             k if k.starts_with("hn.") => {
                 w.push(warn(k, "unknown hninit parameter, ignored".into()));
             }

@@ -33,6 +33,51 @@ pub trait Dir {
     fn append_synced(&self, name: &str, data: &[u8]) -> io::Result<()>;
     /// fsync of the directory itself, making renames and links durable.
     fn sync(&self) -> io::Result<()>;
+    /// Creates or truncates `name` (0600), fills it with what `src` yields from its
+    /// current position to its end, fsyncs it: one mutating step however large the
+    /// file (a crash leaves it partial, so the name must be a temporary one).
+    /// `progress` gets the bytes done so far after each chunk.
+    fn create_from(
+        &self,
+        name: &str,
+        src: &std::fs::File,
+        len_hint: Option<u64>,
+        opts: CopyOpts,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<CopyInfo>;
+    /// Opens `name` for reading (not following a symlink).
+    fn open_read(&self, name: &str) -> io::Result<std::fs::File>;
+}
+
+/// How [`Dir::create_from`] may copy; the fastest allowed way that works is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyOpts {
+    /// Try a reflink (`FICLONE`) first: instant, shares the extents of a regular
+    /// source file on the same copy-on-write filesystem.
+    pub reflink: bool,
+    /// Try `copy_file_range` (in-kernel copy) before read/write.
+    pub copy_range: bool,
+    /// Compute the sha256 of the bytes copied (forces read/write unless reflinked,
+    /// in which case the new file is read back).
+    pub sha256: bool,
+}
+
+/// How a [`Dir::create_from`] copy was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyMethod {
+    Reflink,
+    CopyFileRange,
+    ReadWrite,
+}
+
+/// What [`Dir::create_from`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyInfo {
+    pub bytes: u64,
+    pub method: CopyMethod,
+    /// The sha256 of the bytes, when [`CopyOpts::sha256`] was asked.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// Replaces `name` atomically: temp file, fsync, rename, fsync the directory.
@@ -140,5 +185,23 @@ impl Dir for RealDir {
 
     fn sync(&self) -> io::Result<()> {
         rfs::fsync(&self.fd).map_err(Into::into)
+    }
+
+    fn create_from(
+        &self,
+        name: &str,
+        src: &std::fs::File,
+        len_hint: Option<u64>,
+        opts: CopyOpts,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<CopyInfo> {
+        let dst = self.open_file(name, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC, 0o600)?;
+        let info = crate::stage::copy_file(src, &dst, len_hint, opts, progress)?;
+        dst.sync_all()?;
+        Ok(info)
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<std::fs::File> {
+        self.open_file(name, OFlags::RDONLY, 0)
     }
 }

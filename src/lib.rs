@@ -6,6 +6,7 @@
 #[macro_use]
 pub mod log;
 pub mod boot;
+pub mod bootlog;
 pub mod cmdline;
 pub mod devices;
 pub mod devspec;
@@ -15,6 +16,7 @@ pub mod esp;
 pub mod failure;
 pub mod grubenv;
 pub mod handoff;
+pub mod kexec;
 pub mod hostdir;
 pub mod loopdev;
 pub mod modindex;
@@ -24,5 +26,7 @@ pub mod mounts;
 pub mod partition;
 pub mod probe;
 pub mod rootfs;
+pub mod select;
+pub mod shutdown;
 pub mod slots;
 pub mod stage;

@@ -83,6 +83,28 @@ pub fn attach(backing: &Path, read_only: bool) -> Result<LoopDevice> {
     ))
 }
 
+struct ClearFd;
+
+unsafe impl Ioctl for ClearFd {
+    type Output = ();
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> Opcode {
+        ld::LOOP_CLR_FD as Opcode
+    }
+    fn as_ptr(&mut self) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    unsafe fn output_from_ptr(_: IoctlOutput, _: *mut c_void) -> rustix::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Detaches a loop device (if it is still in use, the kernel detaches it on last close).
+pub fn detach(dev: &Path) -> Result<()> {
+    let fd = open(dev, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(sys(format!("open {}", dev.display())))?;
+    unsafe { ioctl(&fd, ClearFd) }.map_err(sys(format!("LOOP_CLR_FD {}", dev.display())))
+}
+
 trait RawFdU32 {
     fn as_raw_fd_u32(&self) -> u32;
 }

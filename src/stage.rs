@@ -1,1 +1,494 @@
-//! (stub)
+//! Staging a new image next to the current one (`hnctl stage`), and the two other
+//! requests the running system makes of the next boot: `unstage` and
+//! `request_revert`. Owns the copy engine behind [`Dir::create_from`] (reflink,
+//! `copy_file_range`, read/write) and the checks a staged image must pass.
+//!
+//! Crash safety: the image is written as `hn-root-new.img.part`, fsynced, checked,
+//! and only then renamed to `hn-root-new.img` (its digest, when given, is written
+//! atomically before that rename); so `hn-root-new.img` only ever names a complete
+//! image, and the boot (`slots::settle`) removes a leftover `.part`. Every mutating
+//! step is one `Dir` operation, which `tests/stage_crash.rs` interrupts in turn.
+
+use crate::hostdir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, CopyOpts, Dir};
+use crate::probe::{self, FsType};
+use crate::slots::Names;
+use rustix::fs::{self as rfs, FileType, SeekFrom};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+/// The smallest image accepted (a filesystem smaller than this is not a root).
+pub const MIN_IMAGE: u64 = 1 << 20;
+/// Kept free on top of the image and its 1 %.
+pub const SPACE_MARGIN: u64 = 16 << 20;
+const CHUNK: usize = 8 << 20;
+const RW_BUF: usize = 1 << 20;
+
+/// The space staging an image of `size` bytes needs: the image, 1 % and 16 MiB.
+pub fn required_space(size: u64) -> u64 {
+    size.saturating_add(size / 100).saturating_add(SPACE_MARGIN)
+}
+
+/// Free bytes for an unprivileged writer in the filesystem of `dir` (statvfs).
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let st = rfs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A sha256 given as 64 hex digits (either case).
+pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    let t = text.trim();
+    if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{text:?} is not a sha256 (64 hex digits)"));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Where the image to stage comes from.
+#[derive(Debug)]
+pub struct StageSource {
+    file: File,
+    label: String,
+    len: Option<u64>,
+    /// A stream (stdin): read/write only.
+    stream: bool,
+}
+
+impl StageSource {
+    /// An image file (or block device) by path.
+    pub fn open(path: &Path) -> io::Result<StageSource> {
+        let file = File::open(path)?;
+        Self::from_file(file, path.display().to_string(), false)
+    }
+
+    /// Standard input (`hnctl stage -`): copied by read/write.
+    pub fn stdin() -> io::Result<StageSource> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(std::io::stdin().as_fd(), 0)?;
+        Self::from_file(File::from(fd), "standard input".into(), true)
+    }
+
+    /// Any open file; `stream` restricts the copy to read/write.
+    pub fn from_file(file: File, label: String, stream: bool) -> io::Result<StageSource> {
+        let st = rfs::fstat(&file)?;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        if ft == FileType::Directory {
+            return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+        }
+        let len = (ft == FileType::RegularFile).then_some(st.st_size as u64);
+        Ok(StageSource { file, label, len, stream })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The size, when known before reading (a regular file).
+    pub fn len(&self) -> Option<u64> {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == Some(0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageOptions {
+    /// The expected sha256 (`--sha256`): checked, then kept as `hn-root-new.img.sha256`.
+    pub sha256: Option<[u8; 32]>,
+    /// Allow a reflink (`--no-reflink` clears it).
+    pub reflink: bool,
+    /// Free bytes in the images directory's filesystem before staging ([`free_bytes`]).
+    pub free_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StageReport {
+    /// The staged name (`hn-root-new.img`).
+    pub name: String,
+    pub bytes: u64,
+    pub method: CopyMethod,
+    /// Hex sha256 of the staged bytes, when computed (`--sha256`, or a read/write copy).
+    pub sha256: Option<String>,
+    /// The digest file written next to it (with `--sha256`).
+    pub digest_file: Option<String>,
+    /// The filesystem found in the image.
+    pub fstype: String,
+    /// A previously staged image was replaced.
+    pub replaced: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("not enough space in {dir}: staging needs {need} bytes ({}, the image's {size} bytes + 1% + 16 MiB), {free} bytes ({}) are free", mib(*need), mib(*free))]
+    NoSpace { dir: String, size: u64, need: u64, free: u64 },
+    #[error("the image is empty (0 bytes)")]
+    Empty,
+    #[error("the image is only {size} bytes; an image is at least 1 MiB")]
+    TooSmall { size: u64 },
+    #[error("the image is {size} bytes, not a whole number of 512-byte sectors (truncated?)")]
+    Truncated { size: u64 },
+    #[error("no filesystem recognised in the image (not ext4, btrfs, xfs, squashfs, erofs or vfat)")]
+    NoFilesystem,
+    #[error("the image is a swap area, not a filesystem")]
+    Swap,
+    #[error("sha256 mismatch: expected {expected}, the image has {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("{step} in {dir}: {source}")]
+    Io {
+        step: String,
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StageError {
+    /// The image or the space was refused (as opposed to an operation that failed).
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, StageError::Io { .. })
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+fn io_err(dir: &dyn Dir, step: String) -> impl FnOnce(io::Error) -> StageError + '_ {
+    move |source| StageError::Io { step, dir: dir.label(), source }
+}
+
+/// Writes `source` as the staged image `names.new` (see the module doc for the
+/// steps). `progress(done, total)` follows the copy; `total` is 0 when unknown.
+/// Refused (nothing left behind): too little space, an empty, short, truncated,
+/// unrecognised or swap image, a sha256 that does not match.
+pub fn stage(
+    images: &dyn Dir,
+    names: &Names,
+    source: &mut StageSource,
+    opts: &StageOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<StageReport, StageError> {
+    // Leftovers of an interrupted stage; their space comes back.
+    let mut reclaimed = 0;
+    if let Some(id) = images.id(&names.part).map_err(io_err(images, format!("stat {}", names.part)))? {
+        remove_if_exists(images, &names.part).map_err(io_err(images, format!("remove stale {}", names.part)))?;
+        reclaimed = id.size;
+    }
+    let digest_tmp = format!("{}.tmp", names.digest);
+    remove_if_exists(images, &digest_tmp).map_err(io_err(images, format!("remove stale {digest_tmp}")))?;
+
+    let free = opts.free_bytes.saturating_add(reclaimed);
+    let check_space = |size: u64| {
+        let need = required_space(size);
+        if need > free {
+            Err(StageError::NoSpace { dir: images.label(), size, need, free })
+        } else {
+            Ok(())
+        }
+    };
+    check_space(source.len.unwrap_or(0))?;
+
+    let total = source.len.unwrap_or(0);
+    let copy = CopyOpts {
+        reflink: opts.reflink && !source.stream,
+        copy_range: !source.stream,
+        sha256: opts.sha256.is_some(),
+    };
+    let info = images
+        .create_from(&names.part, &source.file, source.len, copy, &mut |done| progress(done, total))
+        .map_err(io_err(images, format!("copy {} to {}", source.label, names.part)));
+    let checked = info.and_then(|info| {
+        if source.len.is_none() {
+            check_space(info.bytes)?;
+        }
+        let fstype = check_image(images, names, &info, opts.sha256)?;
+        Ok((info, fstype))
+    });
+    let (info, fstype) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            discard(images, names);
+            return Err(e);
+        }
+    };
+    match finish(images, names, opts.sha256.as_ref()) {
+        Ok((replaced, digest_file)) => Ok(StageReport {
+            name: names.new.clone(),
+            bytes: info.bytes,
+            method: info.method,
+            sha256: info.sha256.map(|d| hex(&d)),
+            digest_file,
+            fstype,
+            replaced,
+        }),
+        Err(e) => {
+            discard(images, names);
+            Err(e)
+        }
+    }
+}
+
+/// The copy is an image: size, filesystem, digest. Returns the filesystem type.
+fn check_image(images: &dyn Dir, names: &Names, info: &CopyInfo, want: Option<[u8; 32]>) -> Result<String, StageError> {
+    let read = |e| StageError::Io { step: format!("read back {}", names.part), dir: images.label(), source: e };
+    let f = images.open_read(&names.part).map_err(read)?;
+    let size = f.metadata().map_err(read)?.len();
+    if size == 0 {
+        return Err(StageError::Empty);
+    }
+    if size < MIN_IMAGE {
+        return Err(StageError::TooSmall { size });
+    }
+    if size % 512 != 0 {
+        return Err(StageError::Truncated { size });
+    }
+    let mut head = Vec::with_capacity(probe::PROBE_LEN);
+    f.take(probe::PROBE_LEN as u64).read_to_end(&mut head).map_err(read)?;
+    let fstype = match probe::probe(&head) {
+        None => return Err(StageError::NoFilesystem),
+        Some(sb) if sb.fstype == FsType::Swap => return Err(StageError::Swap),
+        Some(sb) => sb.fstype,
+    };
+    if let Some(want) = want {
+        let got = info.sha256.map(|d| hex(&d)).unwrap_or_else(|| "no digest".into());
+        if got != hex(&want) {
+            return Err(StageError::DigestMismatch { expected: hex(&want), actual: got });
+        }
+    }
+    Ok(fstype.name().to_string())
+}
+
+/// Digest (or removal of a stale one), then `.part` → new, fsync. Returns
+/// (a staged image was replaced, the digest file written).
+fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>) -> Result<(bool, Option<String>), StageError> {
+    let replaced = images.exists(&names.new).map_err(io_err(images, format!("stat {}", names.new)))?;
+    let digest_file = match sha {
+        Some(d) => {
+            let line = format!("{}  {}\n", hex(d), names.new);
+            write_atomic(images, &names.digest, line.as_bytes()).map_err(io_err(images, format!("write {}", names.digest)))?;
+            Some(names.digest.clone())
+        }
+        None => {
+            // A digest left by a previous stage would reject this image at boot.
+            remove_if_exists(images, &names.digest).map_err(io_err(images, format!("remove {}", names.digest)))?;
+            None
+        }
+    };
+    images
+        .rename(&names.part, &names.new)
+        .map_err(io_err(images, format!("rename {} -> {}", names.part, names.new)))?;
+    images.sync().map_err(io_err(images, "fsync".into()))?;
+    Ok((replaced, digest_file))
+}
+
+/// Best effort after a failure: no `.part` is left (the boot removes it otherwise).
+fn discard(images: &dyn Dir, names: &Names) {
+    if let Ok(true) = remove_if_exists(images, &names.part) {
+        let _ = images.sync();
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UnstageReport {
+    /// What was removed, in order; empty when nothing was staged.
+    pub removed: Vec<String>,
+}
+
+/// Removes the staged image, then its digest (so a crash never leaves the image
+/// without the digest it was staged with), and leftovers of an interrupted stage.
+pub fn unstage(images: &dyn Dir, names: &Names) -> Result<UnstageReport, StageError> {
+    let mut removed = Vec::new();
+    for name in [names.new.clone(), names.digest.clone(), names.part.clone(), format!("{}.tmp", names.digest)] {
+        if remove_if_exists(images, &name).map_err(io_err(images, format!("remove {name}")))? {
+            removed.push(name);
+        }
+    }
+    if !removed.is_empty() {
+        images.sync().map_err(io_err(images, "fsync".into()))?;
+    }
+    Ok(UnstageReport { removed })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RevertReport {
+    /// The flag was there already.
+    pub already_requested: bool,
+    /// There is a previous image to revert to.
+    pub old_present: bool,
+    /// A staged image will be rejected by the revert (revert wins).
+    pub staged_present: bool,
+}
+
+/// Creates the `system-revert` flag: the next boot reverts to the previous image.
+pub fn request_revert(images: &dyn Dir, names: &Names) -> Result<RevertReport, StageError> {
+    let flag = &names.revert_flag;
+    let stat = |name: &str| images.exists(name).map_err(io_err(images, format!("stat {name}")));
+    let already_requested = stat(flag)?;
+    if already_requested {
+        images.sync().map_err(io_err(images, "fsync".into()))?;
+    } else {
+        let tmp = format!("{flag}.tmp");
+        remove_if_exists(images, &tmp).map_err(io_err(images, format!("remove stale {tmp}")))?;
+        write_atomic(images, flag, b"").map_err(io_err(images, format!("create {flag}")))?;
+    }
+    Ok(RevertReport { already_requested, old_present: stat(&names.old)?, staged_present: stat(&names.new)? })
+}
+
+/// The copy engine of [`Dir::create_from`]: fills `dst` (empty, opened read-write)
+/// from `src`'s current position to its end, by reflink, `copy_file_range` or
+/// read/write as `opts` allow, falling back when the faster one is not supported.
+pub fn copy_file(
+    src: &File,
+    dst: &File,
+    len_hint: Option<u64>,
+    opts: CopyOpts,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<CopyInfo> {
+    let regular = rfs::fstat(src).map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)?;
+    let at_start = regular && rfs::seek(src, SeekFrom::Current(0)).map(|p| p == 0).unwrap_or(false);
+    if opts.reflink && at_start && rfs::ioctl_ficlone(dst, src).is_ok() {
+        let bytes = dst.metadata()?.len();
+        // The copy was instant; the digest is of what the new file holds, and
+        // reading it back is what the progress follows.
+        let sha256 = if opts.sha256 {
+            let mut h = Sha256::new();
+            let mut r = dst;
+            rfs::seek(dst, SeekFrom::Start(0))?;
+            pump(&mut r, &mut |chunk, done| {
+                h.update(chunk);
+                progress(done);
+                Ok(())
+            })?;
+            Some(h.finalize().into())
+        } else {
+            progress(bytes);
+            None
+        };
+        return Ok(CopyInfo { bytes, method: CopyMethod::Reflink, sha256 });
+    }
+    if opts.copy_range && !opts.sha256 && regular {
+        if let Some(bytes) = copy_range(src, dst, len_hint, progress)? {
+            return Ok(CopyInfo { bytes, method: CopyMethod::CopyFileRange, sha256: None });
+        }
+    }
+    let mut h = opts.sha256.then(Sha256::new);
+    let mut w = dst;
+    let mut r = src;
+    let bytes = pump(&mut r, &mut |chunk, done| {
+        w.write_all(chunk)?;
+        if let Some(h) = h.as_mut() {
+            h.update(chunk);
+        }
+        progress(done);
+        Ok(())
+    })?;
+    Ok(CopyInfo { bytes, method: CopyMethod::ReadWrite, sha256: h.map(|h| h.finalize().into()) })
+}
+
+/// `copy_file_range` in chunks; `None` when the kernel cannot do it for these
+/// files (before anything was copied), so that the caller falls back.
+fn copy_range(src: &File, dst: &File, len_hint: Option<u64>, progress: &mut dyn FnMut(u64)) -> io::Result<Option<u64>> {
+    use rustix::io::Errno;
+    let mut done = 0u64;
+    loop {
+        match rfs::copy_file_range(src, None, dst, None, CHUNK) {
+            Ok(0) => {
+                // Some filesystems (procfs, …) report 0 for what they cannot copy.
+                if done == 0 && len_hint.unwrap_or(0) > 0 {
+                    return Ok(None);
+                }
+                return Ok(Some(done));
+            }
+            Ok(n) => {
+                done += n as u64;
+                progress(done);
+            }
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF | Errno::PERM) if done == 0 => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads `r` to its end, handing each chunk and the running total to `each`.
+fn pump(r: &mut dyn Read, each: &mut dyn FnMut(&[u8], u64) -> io::Result<()>) -> io::Result<u64> {
+    let mut buf = vec![0u8; RW_BUF];
+    let mut done = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(done),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        done += n as u64;
+        each(&buf[..n], done)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_hex_round_trip() {
+        let d = [0xabu8; 32];
+        assert_eq!(parse_sha256(&hex(&d)).unwrap(), d);
+        assert_eq!(parse_sha256(&hex(&d).to_uppercase()).unwrap(), d);
+        assert!(parse_sha256("abc").is_err());
+        assert!(parse_sha256(&"zz".repeat(32)).is_err());
+        assert!(parse_sha256(&"é".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn space_needed() {
+        assert_eq!(required_space(0), 16 << 20);
+        assert_eq!(required_space(100 << 20), (100 << 20) + (1 << 20) + (16 << 20));
+        assert_eq!(required_space(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn copies_by_every_method_with_the_same_result() {
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let src_path = t.path().join("src");
+        std::fs::write(&src_path, &data).unwrap();
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        for (i, opts) in [
+            CopyOpts { reflink: true, copy_range: true, sha256: false },
+            CopyOpts { reflink: true, copy_range: true, sha256: true },
+            CopyOpts { reflink: false, copy_range: true, sha256: false },
+            CopyOpts { reflink: false, copy_range: false, sha256: true },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let dst_path = t.path().join(format!("dst{i}"));
+            let dst = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&dst_path).unwrap();
+            let src = File::open(&src_path).unwrap();
+            let mut last = 0;
+            let info = copy_file(&src, &dst, Some(data.len() as u64), opts, &mut |d| last = d).unwrap();
+            assert_eq!(info.bytes, data.len() as u64, "{opts:?}");
+            assert_eq!(last, data.len() as u64, "{opts:?}");
+            assert_eq!(std::fs::read(&dst_path).unwrap(), data, "{opts:?}");
+            assert_eq!(info.sha256, opts.sha256.then_some(want), "{opts:?}");
+            if !opts.reflink {
+                assert_ne!(info.method, CopyMethod::Reflink);
+            }
+        }
+    }
+}

@@ -120,9 +120,29 @@ fn expect_root(vm: &Vm, id: &str, mode: &str) -> Result<(), Failure> {
 }
 
 fn expect_clean_poweroff(vm: &mut Vm) -> Result<(), Failure> {
-    vm.expect("HNROOT: poweroff", STEP)?;
+    vm.expect("HNROOT: poweroff via /run/initramfs/shutdown", STEP)?;
+    vm.expect("hninit: shutdown: old root and host partition unmounted cleanly", STEP)?;
     vm.wait_exit(Duration::from_secs(30))?;
     vm.check_forbidden()?;
+    Ok(())
+}
+
+/// The host partition's ext4 was unmounted cleanly (no journal to replay).
+fn expect_hostpart_clean(ctx: &Ctx, disk: &Path, layout: &DiskLayout) -> Result<(), Failure> {
+    let hp = layout.hostpart();
+    let part = ctx.dir().join("hostpart.ext4");
+    let mut src = std::fs::File::open(disk)?;
+    let mut dst = std::fs::File::create(&part)?;
+    use std::io::{Read, Seek, SeekFrom};
+    src.seek(SeekFrom::Start(hp.start_bytes))?;
+    std::io::copy(&mut src.take(hp.size_bytes), &mut dst)?;
+    let out = std::process::Command::new("dumpe2fs").arg("-h").arg(&part).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let features = text.lines().find(|l| l.starts_with("Filesystem features:")).unwrap_or("");
+    let state = text.lines().find(|l| l.starts_with("Filesystem state:")).unwrap_or("");
+    if features.contains("needs_recovery") || !state.contains("clean") {
+        return Err(Failure::new(format!("host partition not cleanly unmounted: {state} / {features}")));
+    }
     Ok(())
 }
 
@@ -137,7 +157,7 @@ fn stamp(vm: &Vm, needle: &str) -> Option<f64> {
 
 fn direct_boot(ctx: &mut Ctx) -> Result<(), Failure> {
     let s = shared()?;
-    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let (disk, layout) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
     let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "")?;
     vm.forbid("hninit: boot failed");
     vm.expect("hninit: hninit ", STEP)?;
@@ -151,7 +171,8 @@ fn direct_boot(ctx: &mut Ctx) -> Result<(), Failure> {
     if let (Some(a), Some(b), Some(c)) = (stamp(&vm, "hninit: hninit "), stamp(&vm, "hninit: switching root"), stamp(&vm, "hnroot: booted")) {
         ctx.note(format!("kernel time: hninit first line {a:.3} s, last line {b:.3} s (initrd phase {:.3} s), root's first line {c:.3} s", b - a));
     }
-    expect_clean_poweroff(&mut vm)
+    expect_clean_poweroff(&mut vm)?;
+    expect_hostpart_clean(ctx, &disk, &layout)
 }
 
 fn grub_uefi(ctx: &mut Ctx) -> Result<(), Failure> {

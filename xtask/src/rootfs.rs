@@ -90,6 +90,7 @@ const APPLETS: &[&str] = &[
     "dd",
     "find",
     "losetup",
+    "pivot_root",
     "blkid",
     "setsid",
     "cttyhack",
@@ -165,6 +166,13 @@ esac
 sync
 mount -o remount,ro / 2> /dev/null
 sync
+# Like systemd-shutdown: hand over to the initramfs's shutdown program, which
+# unmounts the loop root and then the host partition before powering off.
+if [ -x /run/initramfs/shutdown ]; then
+    say "poweroff via /run/initramfs/shutdown"
+    mount --bind /run/initramfs /run/initramfs
+    cd /run/initramfs && pivot_root . oldroot && exec /shutdown poweroff
+fi
 say "poweroff"
 exec busybox poweroff -f
 "#;

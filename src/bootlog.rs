@@ -1,0 +1,83 @@
+//! `hn-state/boot.log`: one line per slot decision, with a UTC timestamp, and one
+//! header line per boot with its command line. Bounded: past `MAX_LOG` bytes the
+//! oldest half is dropped (the rewrite is atomic; an append is one write + fsync).
+
+use crate::hostdir::{write_atomic, Dir};
+use std::io;
+
+pub const BOOT_LOG: &str = "boot.log";
+pub const MAX_LOG: usize = 256 * 1024;
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil-from-days (proleptic Gregorian), after H. Hinnant's algorithm.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    utc(secs)
+}
+
+/// Appends `lines` (each prefixed with `stamp`), trimming the log first if it is too long.
+pub fn append(state: &dyn Dir, stamp: &str, lines: &[String]) -> io::Result<()> {
+    append_bounded(state, stamp, lines, MAX_LOG)
+}
+
+fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize) -> io::Result<()> {
+    let mut text = String::new();
+    for l in lines {
+        let one_line = l.replace('\n', " ");
+        text.push_str(&format!("{stamp} {one_line}\n"));
+    }
+    if let Some(old) = state.read(BOOT_LOG, 4 * max)? {
+        if old.len() + text.len() > max {
+            let keep_from = old.len().saturating_sub(max / 2);
+            let start = old[keep_from..].iter().position(|b| *b == b'\n').map(|p| keep_from + p + 1).unwrap_or(old.len());
+            let mut kept = old[start..].to_vec();
+            kept.extend_from_slice(text.as_bytes());
+            return write_atomic(state, BOOT_LOG, &kept);
+        }
+    }
+    state.append_synced(BOOT_LOG, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostdir::RealDir;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951782400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1795305600 + 3661), "2026-11-22T01:01:01Z");
+    }
+
+    #[test]
+    fn log_stays_bounded_and_keeps_the_newest_lines() {
+        let t = tempfile::tempdir().unwrap();
+        let d = RealDir::open(t.path(), false).unwrap();
+        for i in 0..300 {
+            append_bounded(&d, "T", &[format!("event number {i} {}", "x".repeat(80))], 4096).unwrap();
+        }
+        let text = std::fs::read_to_string(t.path().join(BOOT_LOG)).unwrap();
+        assert!(text.len() <= 4096, "{}", text.len());
+        assert!(text.ends_with(&format!("event number 299 {}\n", "x".repeat(80))));
+        assert!(text.starts_with("T event number "), "trimmed at a line boundary");
+    }
+}

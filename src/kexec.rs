@@ -1,0 +1,169 @@
+//! Step 7, kernel handover after a rotation: when the image now current carries
+//! another kernel than the one running, load it with `kexec_file_load` (its own
+//! /boot/initramfs, the same command line marked `hn.kexec=1` so the next boot
+//! does not rotate or count again) and reboot into it.
+
+use std::ffi::CString;
+use std::path::Path;
+
+/// The version string a bzImage carries in its setup header, if any.
+pub fn bzimage_version(head: &[u8]) -> Option<String> {
+    if head.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let ptr = u16::from_le_bytes([*head.get(0x20E)?, *head.get(0x20F)?]) as usize;
+    if ptr == 0 {
+        return None;
+    }
+    let start = ptr + 0x200;
+    let bytes = head.get(start..head.len().min(start + 512))?;
+    let end = bytes.iter().position(|b| *b == 0)?;
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+/// Whether a bzImage version string names the running kernel
+/// (`osrelease` = `uname -r`, `version` = `uname -v`).
+pub fn is_running_kernel(bz_version: &str, osrelease: &str, version: &str) -> bool {
+    bz_version.split_whitespace().next() == Some(osrelease) && bz_version.contains(version.trim())
+}
+
+/// The command line for the kexec'd kernel: ours without the one-shot keys, plus `hn.kexec=1`.
+pub fn next_cmdline(current: &str) -> String {
+    let mut out: Vec<String> = crate::cmdline::split(current)
+        .into_iter()
+        .filter(|p| {
+            let key = p.split('=').next().unwrap_or("");
+            !matches!(key, "hn.revert" | "hn.tries_by" | "hn.kexec" | "BOOT_IMAGE")
+        })
+        .map(|p| if p.contains(' ') { match p.split_once('=') { Some((k, v)) => format!("{k}=\"{v}\""), None => format!("\"{p}\"") } } else { p })
+        .collect();
+    out.push("hn.kexec=1".into());
+    out.join(" ")
+}
+
+/// Reads the version of the kernel at `path` (first 64 KiB).
+pub fn kernel_version_of(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)?.take(65536).read_to_end(&mut head)?;
+    Ok(bzimage_version(&head))
+}
+
+/// Loads `kernel` + `initrd` with `cmdline` for the next `reboot(KEXEC)`.
+pub fn load(kernel: &Path, initrd: &Path, cmdline: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let k = std::fs::File::open(kernel)?;
+    let i = std::fs::File::open(initrd)?;
+    let c = CString::new(cmdline).map_err(|_| std::io::Error::other("NUL in command line"))?;
+    // rustix has no kexec_file_load wrapper: the one raw syscall of hninit.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            k.as_raw_fd(),
+            i.as_raw_fd(),
+            c.as_bytes_with_nul().len(),
+            c.as_ptr(),
+            0 as libc::c_ulong,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Executes the loaded kernel. Only returns on failure.
+pub fn exec() -> std::io::Error {
+    rustix::fs::sync();
+    match rustix::system::reboot(rustix::system::RebootCommand::Kexec) {
+        Ok(()) => std::io::Error::other("reboot(KEXEC) returned"),
+        Err(e) => e.into(),
+    }
+}
+
+/// Step 7 after a rotation: mounts the now-current image read-only, and when its
+/// /boot/kernel is not the running kernel, kexecs it (or reboots) per
+/// `hn.after_rotate`. Returns when the boot should simply go on.
+pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::drivers::Drivers) {
+    use crate::cmdline::AfterRotate;
+    if cmd.after_rotate == AfterRotate::Continue {
+        info!("rotated; hn.after_rotate=continue: booting the new image on the running kernel");
+        return;
+    }
+    let mnt = Path::new("/run/hninit/next");
+    let fstype = match crate::probe::probe_path(image) {
+        Ok(Some(sb)) => sb.fstype.mount_type(),
+        _ => return,
+    };
+    drivers.load_for_fs(fstype);
+    let Ok(dev) = crate::loopdev::attach(image, true) else { return };
+    let mounted = crate::mounts::mount_fs(&dev.path, mnt, fstype, "", rustix::mount::MountFlags::RDONLY);
+    drop(dev);
+    if let Err(e) = mounted {
+        warn!("cannot mount the new image to look at its kernel ({e}); continuing on the running kernel");
+        return;
+    }
+    let kernel = mnt.join("boot/kernel");
+    let initrd = mnt.join("boot/initramfs");
+    let release = rustix::system::uname().release().to_string_lossy().into_owned();
+    let version = rustix::system::uname().version().to_string_lossy().into_owned();
+    let theirs = kernel_version_of(&kernel).ok().flatten();
+    let umount = || {
+        let _ = rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty());
+    };
+    match &theirs {
+        Some(v) if is_running_kernel(v, &release, &version) => {
+            info!("the new image's kernel is the running one ({release}): no kexec needed");
+            umount();
+            return;
+        }
+        Some(v) => info!("the new image's kernel is {v}; running {release}"),
+        None => info!("the new image's kernel version is unknown; running {release}"),
+    }
+    if cmd.after_rotate == AfterRotate::Kexec {
+        let line = next_cmdline(std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim());
+        match load(&kernel, &initrd, &line) {
+            Ok(()) => {
+                umount();
+                let _ = rustix::mount::unmount(crate::boot::HOSTPART, rustix::mount::UnmountFlags::empty());
+                info!("kexec into the new image's kernel with: {line}");
+                let e = exec();
+                warn!("kexec failed ({e}); rebooting instead");
+            }
+            Err(e) => warn!("kexec_file_load of {} failed ({e}); rebooting instead", kernel.display()),
+        }
+    } else {
+        info!("rebooting into the new image's kernel (hn.after_rotate=reboot)");
+    }
+    umount();
+    let _ = rustix::mount::unmount(crate::boot::HOSTPART, rustix::mount::UnmountFlags::empty());
+    crate::failure::reboot(std::time::Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_setup_header_version() {
+        let mut h = vec![0u8; 0x4000];
+        h[0x202..0x206].copy_from_slice(b"HdrS");
+        h[0x20E..0x210].copy_from_slice(&0x1000u16.to_le_bytes());
+        let v = b"6.1.0-56-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.153-1 (2025-09-20)\0";
+        h[0x1200..0x1200 + v.len()].copy_from_slice(v);
+        let s = bzimage_version(&h).unwrap();
+        assert!(is_running_kernel(&s, "6.1.0-56-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.153-1 (2025-09-20)\n"));
+        assert!(!is_running_kernel(&s, "6.1.0-56-cloud-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.153-1 (2025-09-20)"));
+        assert!(!is_running_kernel(&s, "6.1.0-56-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.160-1 (2026-01-01)"));
+        assert_eq!(bzimage_version(&h[..0x300]), None);
+        assert_eq!(bzimage_version(&[0u8; 10]), None);
+    }
+
+    #[test]
+    fn next_cmdline_drops_one_shot_keys() {
+        assert_eq!(
+            next_cmdline("BOOT_IMAGE=(loop)/boot/kernel real_root=/hn-root.img hn.revert=1 hn.tries_by=grub \"loopdev_hostpart=PARTLABEL=a b\" rw"),
+            "real_root=/hn-root.img loopdev_hostpart=\"PARTLABEL=a b\" rw hn.kexec=1"
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Step 6 at boot: the slots on the mounted host partition. Opens the image
+//! directory and `hn-state/`, validates a staged image (size, superblock,
+//! optional sha256 digest, read-only trial mount with its init checked), runs
+//! `slots::settle`, logs each decision to kmsg and `hn-state/boot.log`, and
+//! starts GRUB's trial counter on the ESP when an image was rotated in.
+
+use crate::cmdline::Cmdline;
+use crate::drivers::Drivers;
+use crate::error::{sys, BootError, Result};
+use crate::hostdir::RealDir;
+use crate::slots::{self, Names, Outcome, Request, SlotError};
+use crate::{bootlog, loopdev, mounts, probe, rootfs};
+use rustix::mount::MountFlags;
+use sha2::Digest;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub const STATE_DIR: &str = "hn-state";
+const TRIAL_MOUNT: &str = "/run/hninit/trial";
+
+/// The image path on the mounted host partition for `real_root=`.
+pub fn image_path(hostpart: &Path, real_root: &str) -> PathBuf {
+    hostpart.join(real_root.trim_start_matches('/'))
+}
+
+/// Settles the slots and returns the outcome (events already logged).
+pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, drivers: &Drivers) -> Result<Outcome> {
+    let image = image_path(hostpart, &cmd.real_root);
+    let dir = image.parent().unwrap_or(hostpart).to_path_buf();
+    let file = image.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let missing = || BootError::ImageMissing {
+        path: image.display().to_string(),
+        dev: hostpart_dev.to_string(),
+    };
+    let images = RealDir::open(&dir, false).map_err(|_| missing())?;
+    let state = RealDir::open(&hostpart.join(STATE_DIR), true).map_err(sys(format!("open {}/{STATE_DIR}", hostpart.display())))?;
+    let names = Names::new(&file);
+    let req = Request {
+        revert: if cmd.kexeced { None } else { cmd.revert },
+        tries: cmd.tries,
+        count_tries: !cmd.kexeced && !cmd.tries_by_grub,
+    };
+    let mut validate = |name: &str| validate_staged(&dir.join(name), drivers, &cmd.init);
+    let result = slots::settle(&images, &state, &names, &req, &mut validate);
+    let mut lines = vec![format!("boot: {}", std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim())];
+    let outcome = match result {
+        Ok(o) => o,
+        Err(SlotError::NoImage { .. }) => return Err(missing()),
+        Err(e) => {
+            // A failing disk must not stop a boot that can still go on with hn-root.img.
+            error!("slots: {e}; booting {} as it is", names.current);
+            lines.push(format!("error: {e}"));
+            let _ = bootlog::append(&state, &bootlog::now(), &lines);
+            return Ok(Outcome::default());
+        }
+    };
+    for e in &outcome.events {
+        notice!("{e}");
+    }
+    lines.extend(outcome.events.iter().cloned());
+    if let Err(e) = bootlog::append(&state, &bootlog::now(), &lines) {
+        warn!("cannot append to {}/{STATE_DIR}/{}: {e}", hostpart.display(), bootlog::BOOT_LOG);
+    }
+    if outcome.reverted {
+        match crate::esp::clear_trial_counter() {
+            Ok(true) => info!("boot counter on the ESP cleared"),
+            Ok(false) => {}
+            Err(e) => warn!("cannot clear the boot counter on the ESP: {e}"),
+        }
+    } else if let Some(t) = outcome.trial.filter(|_| outcome.rotated) {
+        match crate::esp::start_trial_counter(t.tries) {
+            Ok(true) => info!("boot counter on the ESP set: {} tries", t.tries),
+            Ok(false) => debug!("no ESP with a grubenv: hninit counts the tries itself"),
+            Err(e) => warn!("cannot set the boot counter on the ESP: {e}; hninit counts the tries itself"),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Checks a staged image before it may become current. The reason is logged and kept.
+pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+    let size = meta.len();
+    if size < 1 << 20 {
+        return Err(format!("only {size} bytes"));
+    }
+    if size % 512 != 0 {
+        return Err(format!("{size} bytes is not a whole number of 512-byte sectors (truncated?)"));
+    }
+    let sb = probe::probe_path(path).map_err(|e| format!("cannot read: {e}"))?;
+    let fstype = match sb {
+        Some(sb) if sb.fstype != probe::FsType::Swap => sb.fstype.mount_type(),
+        _ => return Err("no filesystem recognised".into()),
+    };
+    let digest_file = PathBuf::from(format!("{}.sha256", path.display()));
+    if let Ok(text) = std::fs::read_to_string(&digest_file) {
+        let want = text.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+        let got = sha256_file(path).map_err(|e| format!("cannot read for its digest: {e}"))?;
+        if want != got {
+            return Err(format!("sha256 {got} does not match {}", digest_file.display()));
+        }
+        info!("{}: sha256 matches", path.display());
+    }
+    trial_mount(path, fstype, drivers, init)
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Mounts the image read-only on a read-only loop device, checks its init, unmounts.
+fn trial_mount(path: &Path, fstype: &str, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
+    drivers.load_for_fs(fstype);
+    let dev = loopdev::attach(path, true).map_err(|e| e.to_string())?;
+    let target = Path::new(TRIAL_MOUNT);
+    let mounted = mounts::mount_fs(&dev.path, target, fstype, "", MountFlags::RDONLY);
+    drop(dev);
+    mounted.map_err(|e| format!("trial mount failed: {e}"))?;
+    let checked = rootfs::check_init(target, init);
+    let _ = rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty());
+    checked.map_err(|e| format!("its init {init} {e}"))
+}

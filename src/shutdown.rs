@@ -1,0 +1,192 @@
+//! Clean poweroff of a loop root: at handoff hninit leaves a copy of itself at
+//! `/run/initramfs/shutdown`; systemd-shutdown (or any init doing the same)
+//! pivots into /run/initramfs and runs it as `shutdown reboot|poweroff|halt|kexec`.
+//! It then moves the host partition out of the old root, unmounts everything under
+//! /oldroot (the loop root last), detaches the loop devices backed by files on the
+//! host partition, unmounts the host partition (read-only remount if it stays busy)
+//! and only then reboots, so no journal replay is needed on the next boot.
+
+use rustix::mount::{mount_change, mount_move, unmount, MountPropagationFlags, UnmountFlags};
+use rustix::system::RebootCommand;
+use std::path::{Path, PathBuf};
+
+pub const DIR: &str = "/run/initramfs";
+
+/// At handoff: install ourselves as /run/initramfs/shutdown.
+pub fn prepare() -> std::io::Result<()> {
+    let dir = Path::new(DIR);
+    std::fs::create_dir_all(dir.join("oldroot"))?;
+    let dest = dir.join("shutdown");
+    std::fs::copy("/init", &dest)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// One line of /proc/self/mountinfo, the fields used here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mountpoint: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Parses /proc/self/mountinfo (octal escapes in paths decoded).
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    let unescape = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+                out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mountpoint = unescape(pre.split(' ').nth(4)?);
+            let mut p = post.split(' ');
+            let fstype = p.next()?.to_string();
+            let source = unescape(p.next()?);
+            Some(MountEntry { mountpoint, fstype, source })
+        })
+        .collect()
+}
+
+/// The order to unmount the mounts under `root`: deepest first, except the ones in `keep`.
+pub fn unmount_order(mounts: &[MountEntry], root: &str, keep: &[String]) -> Vec<String> {
+    let prefix = format!("{}/", root.trim_end_matches('/'));
+    let mut v: Vec<String> = mounts
+        .iter()
+        .map(|m| m.mountpoint.clone())
+        .filter(|p| (p == root || p.starts_with(&prefix)) && !keep.contains(p))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    v.dedup();
+    v
+}
+
+fn mounts() -> Vec<MountEntry> {
+    parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// Runs as PID 1 in /run/initramfs after the pivot. Never returns.
+pub fn main(args: &[String]) -> ! {
+    let _ = std::fs::create_dir_all("/proc");
+    let _ = rustix::mount::mount("proc", "/proc", "proc", rustix::mount::MountFlags::empty(), None);
+    let _ = std::fs::create_dir_all("/dev");
+    let _ = rustix::mount::mount("devtmpfs", "/dev", "devtmpfs", rustix::mount::MountFlags::empty(), None);
+    crate::log::open_kmsg();
+    let verb = args.get(1).map(String::as_str).unwrap_or("reboot");
+    // systemd marks mounts shared; a move out of a shared parent fails.
+    let _ = mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC);
+
+    let root = "/oldroot";
+    let mut kept = Vec::new();
+    let all = mounts();
+    // The host partition holds the loop root's backing file: take it out of the way first.
+    for hp in ["/oldroot/hostpart", "/oldroot/run/hninit/hostpart"] {
+        if all.iter().any(|m| m.mountpoint == hp) {
+            let _ = std::fs::create_dir_all("/hostpart");
+            match mount_move(hp, "/hostpart") {
+                Ok(()) => kept.push(PathBuf::from("/hostpart")),
+                Err(e) => warn!("shutdown: cannot move {hp} out of the old root: {e}"),
+            }
+        }
+    }
+    let order = unmount_order(&mounts(), root, &[]);
+    let mut busy = Vec::new();
+    for m in &order {
+        if let Err(e) = unmount(m.as_str(), UnmountFlags::empty()) {
+            busy.push((m.clone(), e));
+        }
+    }
+    for (m, e) in &busy {
+        warn!("shutdown: {m} busy ({e}); detaching it lazily");
+        let _ = unmount(m.as_str(), UnmountFlags::DETACH);
+    }
+    detach_loops();
+    for hp in kept {
+        let mut done = false;
+        for _ in 0..50 {
+            if unmount(&hp, UnmountFlags::empty()).is_ok() {
+                done = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            detach_loops();
+        }
+        if done {
+            info!("shutdown: old root and host partition unmounted cleanly");
+        } else {
+            warn!("shutdown: host partition still busy; remounting it read-only");
+            let _ = rustix::mount::mount_remount(&hp, rustix::mount::MountFlags::RDONLY, "");
+        }
+    }
+    rustix::fs::sync();
+    let cmd = match verb {
+        "poweroff" => RebootCommand::PowerOff,
+        "halt" => RebootCommand::Halt,
+        "kexec" => RebootCommand::Kexec,
+        _ => RebootCommand::Restart,
+    };
+    info!("shutdown: {verb}");
+    let _ = rustix::system::reboot(cmd);
+    let _ = rustix::system::reboot(RebootCommand::Restart);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Clears every loop device (autoclear makes a busy one go when released).
+fn detach_loops() {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") || !e.path().join("loop/backing_file").exists() {
+            continue;
+        }
+        let _ = crate::loopdev::detach(Path::new("/dev").join(&name).as_path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "\
+22 1 0:20 / /oldroot rw,relatime shared:1 - ext4 /dev/loop0 rw
+23 22 0:5 / /oldroot/dev rw,nosuid shared:2 - devtmpfs devtmpfs rw
+24 22 253:1 / /oldroot/hostpart rw,relatime shared:3 - ext4 /dev/vda1 rw
+25 23 0:21 / /oldroot/dev/pts rw - devpts devpts rw
+26 1 0:22 / /oldroot/mnt/with\\040space rw - tmpfs tmpfs rw
+27 1 0:23 / /run/initramfs rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn parses_mountinfo_with_escapes() {
+        let m = parse_mountinfo(INFO);
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[0], MountEntry { mountpoint: "/oldroot".into(), fstype: "ext4".into(), source: "/dev/loop0".into() });
+        assert_eq!(m[4].mountpoint, "/oldroot/mnt/with space");
+        assert!(parse_mountinfo("garbage\n\n1 2 3").is_empty());
+    }
+
+    #[test]
+    fn unmounts_deepest_first_and_the_root_last() {
+        let m = parse_mountinfo(INFO);
+        let order = unmount_order(&m, "/oldroot", &["/oldroot/hostpart".into()]);
+        assert_eq!(order.last().map(String::as_str), Some("/oldroot"));
+        let pos = |p: &str| order.iter().position(|x| x == p).unwrap();
+        assert!(pos("/oldroot/dev/pts") < pos("/oldroot/dev"));
+        assert!(!order.contains(&"/oldroot/hostpart".to_string()));
+        assert!(!order.contains(&"/run/initramfs".to_string()));
+    }
+}
