@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use qemu_tests::{Ctx, Failure, OrFail, Scenario, Vm};
 use xtask::{
-    build_disk, build_init, build_initramfs, build_root_image, debian_kernel, fresh_ovmf_vars, qemu_command, Boot,
+    build_disk, build_init, build_workspace_bin, debian_kernel_of, build_initramfs, build_root_image, debian_kernel, fresh_ovmf_vars, qemu_command, Boot,
     DiskIf, DiskLayout, DiskSpec, Drive, EspSpec, GrubVars, HostFs, HostpartSpec, InitramfsSpec, Kernel, QemuSpec,
     RootImageSpec,
 };
@@ -20,6 +20,10 @@ struct Shared {
     initramfs: PathBuf,
     /// Root image "A" (reports, then powers off), with /boot/kernel and /boot/initramfs.
     image_a: PathBuf,
+    /// Root image "B": the same kernel, another image id (an upgrade).
+    image_b: PathBuf,
+    /// Image "B-badinit": its /sbin/init exits at once (the kernel panics).
+    image_badinit: PathBuf,
     /// A root image without /sbin/init.
     image_noinit: PathBuf,
     /// Not a filesystem at all.
@@ -31,6 +35,12 @@ const PROBE_HOOK: &str = r#"
 if touch /.hn-write-test 2>/dev/null; then rm -f /.hn-write-test; say "root-writable yes"; else say "root-writable no"; fi
 for l in /sys/block/loop*; do [ -e "$l/loop/backing_file" ] && say "loop $(basename $l) ro=$(cat $l/ro) backing=$(cat $l/loop/backing_file)"; done
 [ -e /init ] && say "initramfs-leftover /init" || say "initramfs-leftover none"
+say "kernel $(uname -r)"
+say "hostpart-files $(ls /hostpart | tr '\n' ' ')"
+[ -e /hostpart/hn-state/trial.json ] && say "trial $(cat /hostpart/hn-state/trial.json)"
+case " $(cat /proc/cmdline) " in
+    *" hntest.mark_good "*) hnctl mark-good; say "mark-good exit=$?" ;;
+esac
 "#;
 
 fn shared() -> Result<&'static Shared, Failure> {
@@ -50,23 +60,36 @@ fn build_shared() -> anyhow::Result<Shared> {
     let mut spec = InitramfsSpec::new(&init, &kernel.release, &kernel.modules_dir);
     spec.busybox = Some(PathBuf::from("/bin/busybox"));
     build_initramfs(&spec, &initramfs)?;
-    let hook = ("/etc/hnroot.d/probe.sh".to_string(), PROBE_HOOK.as_bytes().to_vec(), 0o644);
-    let image_a = dir.join("image-a.img");
-    build_root_image(
-        &RootImageSpec {
-            kernel: Some((kernel.vmlinuz.clone(), initramfs.clone())),
-            image_id: "A".into(),
-            extra_files: vec![hook],
-            ..Default::default()
-        },
-        &image_a,
-    )?;
+    let hnctl = std::fs::read(build_workspace_bin("hnctl")?)?;
+    let extra = vec![
+        ("/etc/hnroot.d/probe.sh".to_string(), PROBE_HOOK.as_bytes().to_vec(), 0o644),
+        ("/usr/sbin/hnctl".to_string(), hnctl, 0o755),
+    ];
+    let image = |id: &str, extra: Vec<(String, Vec<u8>, u32)>, with_init: bool| -> anyhow::Result<PathBuf> {
+        let out = dir.join(format!("image-{id}.img"));
+        build_root_image(
+            &RootImageSpec {
+                kernel: Some((kernel.vmlinuz.clone(), initramfs.clone())),
+                image_id: id.into(),
+                extra_files: extra,
+                with_init,
+                ..Default::default()
+            },
+            &out,
+        )?;
+        Ok(out)
+    };
+    let image_a = image("A", extra.clone(), true)?;
+    let image_b = image("B", extra.clone(), true)?;
+    let mut bad = extra.clone();
+    bad.push(("/sbin/init".into(), b"#!/bin/sh\necho 'HNROOT: booted image=B-badinit, failing'\nexit 1\n".to_vec(), 0o755));
+    let image_badinit = image("B-badinit", bad, false)?;
     let image_noinit = dir.join("image-noinit.img");
     build_root_image(&RootImageSpec { image_id: "noinit".into(), with_init: false, size_mib: 16, ..Default::default() }, &image_noinit)?;
     let image_garbage = dir.join("image-garbage.img");
     let garbage: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(&image_garbage, garbage)?;
-    Ok(Shared { kernel, initramfs, image_a, image_noinit, image_garbage })
+    Ok(Shared { kernel, initramfs, image_a, image_b, image_badinit, image_noinit, image_garbage })
 }
 
 fn hostpart(files: &[(&str, &Path)]) -> HostpartSpec {
@@ -356,6 +379,215 @@ fn on_error_halt(ctx: &mut Ctx) -> Result<(), Failure> {
     Ok(())
 }
 
+// ---- Upgrade and rollback ------------------------------------------------------
+
+/// A second kernel release (Debian's cloud flavour) with its own initramfs, and
+/// image "B-cloud" carrying it: an upgrade that needs a kexec.
+struct Cloud {
+    release: String,
+    image: PathBuf,
+}
+
+fn cloud() -> Result<&'static Cloud, Failure> {
+    static CLOUD: OnceLock<Result<Cloud, String>> = OnceLock::new();
+    CLOUD
+        .get_or_init(|| build_cloud().map_err(|e| format!("building the cloud-kernel image: {e:#}")))
+        .as_ref()
+        .map_err(|e| Failure::new(e.clone()))
+}
+
+fn build_cloud() -> anyhow::Result<Cloud> {
+    let dir = qemu_tests::runner::default_out_dir().join("_shared");
+    let init = build_init()?;
+    let kernel = debian_kernel_of("linux-image-cloud-amd64")?;
+    let initramfs = dir.join("initramfs-cloud.cpio.zst");
+    build_initramfs(&InitramfsSpec::new(&init, &kernel.release, &kernel.modules_dir), &initramfs)?;
+    let image = dir.join("image-B-cloud.img");
+    build_root_image(
+        &RootImageSpec {
+            kernel: Some((kernel.vmlinuz.clone(), initramfs)),
+            image_id: "B-cloud".into(),
+            extra_files: vec![("/etc/hnroot.d/probe.sh".to_string(), PROBE_HOOK.as_bytes().to_vec(), 0o644)],
+            ..Default::default()
+        },
+        &image,
+    )?;
+    Ok(Cloud { release: kernel.release, image })
+}
+
+fn files_line(vm: &Vm) -> Result<String, Failure> {
+    vm.expect("HNROOT: hostpart-files ", STEP)
+}
+
+fn expect_files(line: &str, present: &[&str], absent: &[&str]) -> Result<(), Failure> {
+    let names: Vec<&str> = line.split("hostpart-files ").nth(1).unwrap_or("").split_whitespace().collect();
+    for p in present {
+        if !names.contains(p) {
+            return Err(Failure::new(format!("{p} missing on the host partition: {line:?}")));
+        }
+    }
+    for a in absent {
+        if names.contains(a) {
+            return Err(Failure::new(format!("{a} should be gone from the host partition: {line:?}")));
+        }
+    }
+    Ok(())
+}
+
+fn upgrade_same_kernel(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a), ("hn-root-new.img", &s.image_b)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.forbid("hninit: boot failed");
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img (3 tries to be marked good), the previous image is hn-root-old.img", STEP)?;
+    vm.expect("hninit: the new image's kernel is the running one", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-old.img"], &["hn-root-new.img"])?;
+    vm.expect("HNROOT: trial {", STEP)?;
+    expect_clean_poweroff(&mut vm)?;
+    // The next boot keeps B, spending a try.
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.expect("hninit: hn-root.img on trial: try 2 of 3", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn upgrade_kexec(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let c = cloud()?;
+    let (disk, _) = simple_disk(ctx, HostpartSpec { size_mib: 128, ..hostpart(&[("hn-root.img", &s.image_a), ("hn-root-new.img", &c.image)]) })?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.forbid("hninit: boot failed");
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    vm.expect(&format!("hninit: the new image's kernel is {}", c.release), STEP)?;
+    vm.expect("hninit: kexec into the new image's kernel with: ", STEP)?;
+    vm.expect(&format!("Linux version {}", c.release), STEP)?;
+    vm.expect("hninit: command line:", STEP)?;
+    expect_root(&vm, "B-cloud", "rw")?;
+    vm.expect(&format!("HNROOT: kernel {}", c.release), STEP)?;
+    let files = files_line(&vm)?;
+    expect_files(&files, &["hn-root.img", "hn-root-old.img"], &["hn-root-new.img"])?;
+    if vm.console().matches("hninit: upgraded").count() != 1 {
+        return Err(Failure::new("the kexec'd boot rotated again"));
+    }
+    expect_clean_poweroff(&mut vm)
+}
+
+fn revert_by_flag(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let flag = ctx.dir().join("system-revert");
+    std::fs::write(&flag, "")?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_b), ("hn-root-old.img", &s.image_a), ("system-revert", &flag)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.expect("hninit: reverted (system-revert flag present): hn-root-old.img is now hn-root.img, the image reverted from is kept as hn-root-broken.img", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-broken.img"], &["hn-root-old.img", "system-revert"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn revert_by_cmdline(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_b), ("hn-root-old.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw hn.revert=1")?;
+    vm.expect("hninit: reverted (hn.revert=1)", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-broken.img"], &["hn-root-old.img"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn revert_without_old(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let flag = ctx.dir().join("system-revert");
+    std::fs::write(&flag, "")?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a), ("system-revert", &flag)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.expect("hninit: revert requested (system-revert flag present) but there is no hn-root-old.img; booting hn-root.img", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img"], &["system-revert", "hn-root-broken.img"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn staged_rejected(ctx: &mut Ctx, staged: &Path, reason: &str) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a), ("hn-root-new.img", staged)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.forbid("hninit: boot failed");
+    vm.expect(&format!("hninit: staged hn-root-new.img rejected ({reason}"), STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-rejected.img"], &["hn-root-new.img", "hn-root-old.img"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn staged_garbage(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    staged_rejected(ctx, &s.image_garbage, "no filesystem recognised")
+}
+
+fn staged_truncated(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let cut = ctx.dir().join("truncated.img");
+    let data = std::fs::read(&s.image_b)?;
+    std::fs::write(&cut, &data[..data.len() / 4])?;
+    staged_rejected(ctx, &cut, "trial mount failed")
+}
+
+fn staged_empty(ctx: &mut Ctx) -> Result<(), Failure> {
+    let empty = ctx.dir().join("empty.img");
+    std::fs::write(&empty, b"")?;
+    staged_rejected(ctx, &empty, "only 0 bytes")
+}
+
+fn trial_init_fails(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a), ("hn-root-new.img", &s.image_badinit)]))?;
+    // Boot 1 rotates B-badinit in; its init exits, the kernel panics (QEMU exits: -no-reboot).
+    let boot = |ctx: &mut Ctx| -> Result<Vm, Failure> {
+        let s = shared()?;
+        let spec = QemuSpec {
+            drives: vec![Drive::virtio(&disk)],
+            ..QemuSpec::new(Boot::Direct {
+                kernel: s.kernel.vmlinuz.clone(),
+                initrd: Some(s.initramfs.clone()),
+                append: format!("{BASE} rw hn.tries=2"),
+            })
+        };
+        ctx.spawn(qemu_command(&spec), BOOT_TIMEOUT)
+    };
+    let mut vm = boot(ctx)?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img (2 tries", STEP)?;
+    vm.expect("HNROOT: booted image=B-badinit, failing", STEP)?;
+    vm.expect("Kernel panic", STEP)?;
+    vm.wait_exit(Duration::from_secs(30))?;
+    let mut vm = boot(ctx)?;
+    vm.expect("hninit: hn-root.img on trial: try 2 of 2", STEP)?;
+    vm.expect("Kernel panic", STEP)?;
+    vm.wait_exit(Duration::from_secs(30))?;
+    let mut vm = boot(ctx)?;
+    vm.forbid("Kernel panic");
+    vm.expect("hninit: reverted (hn-root.img used all 2 tries without being marked good)", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-broken.img"], &["hn-root-old.img"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn marked_good_stays(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a), ("hn-root-new.img", &s.image_b)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw hn.tries=1 hntest.mark_good")?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img (1 tries", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    vm.expect("HNROOT: mark-good exit=0", STEP)?;
+    expect_clean_poweroff(&mut vm)?;
+    // With its only try spent, an unmarked image would revert now; a late
+    // hn.revert=auto from a boot loader must not touch it either.
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw hn.revert=auto")?;
+    vm.forbid("hninit: reverted");
+    vm.expect("hninit: hn.revert=auto ignored: hn-root.img is not on trial (it was marked good)", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-old.img"], &["hn-root-broken.img"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "direct-boot", about: "direct kernel boot, ext4 host partition, default mode (ro mount on a writable loop)", run: direct_boot },
@@ -374,5 +606,15 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "image-garbage", about: "the image is not a filesystem", run: image_garbage },
         Scenario { name: "init-missing", about: "the image has no /sbin/init", run: init_missing },
         Scenario { name: "on-error-halt", about: "hn.on_error=halt halts; unknown hn.* keys warn", run: on_error_halt },
+        Scenario { name: "upgrade", about: "staged image with the same kernel rotated in; the next boot spends a try", run: upgrade_same_kernel },
+        Scenario { name: "upgrade-kexec", about: "staged image with another kernel: kexec into it, no second rotation", run: upgrade_kexec },
+        Scenario { name: "revert-flag", about: "system-revert flag: previous image back, the other kept as broken", run: revert_by_flag },
+        Scenario { name: "revert-cmdline", about: "hn.revert=1 on the command line (the GRUB revert entry)", run: revert_by_cmdline },
+        Scenario { name: "revert-no-old", about: "revert requested with no previous image: flag cleared, current boots", run: revert_without_old },
+        Scenario { name: "staged-garbage", about: "a staged image that is no filesystem is rejected", run: staged_garbage },
+        Scenario { name: "staged-truncated", about: "a truncated staged image fails its trial mount and is rejected", run: staged_truncated },
+        Scenario { name: "staged-empty", about: "an empty staged image is rejected", run: staged_empty },
+        Scenario { name: "trial-init-fails", about: "a trial image whose init fails is rolled back after its tries", run: trial_init_fails },
+        Scenario { name: "marked-good", about: "hnctl mark-good ends the trial; a late hn.revert=auto does nothing", run: marked_good_stays },
     ]
 }

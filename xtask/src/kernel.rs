@@ -46,18 +46,36 @@ fn kernel_cache() -> PathBuf {
 /// [`debian_kernel_refresh`] (or `HNINIT_KERNEL_REFRESH=1`) to pick up a newer
 /// package version.
 pub fn debian_kernel() -> Result<Kernel> {
+    debian_kernel_of(META_PACKAGE)
+}
+
+/// Another flavour of Debian kernel by its meta package (e.g.
+/// `linux-image-cloud-amd64`, a second kernel release for the kexec tests).
+pub fn debian_kernel_of(meta: &str) -> Result<Kernel> {
     if std::env::var_os("HNINIT_KERNEL_REFRESH").is_some_and(|v| v != "0") {
-        return debian_kernel_refresh();
+        return refresh_of(meta);
     }
-    if let Some(k) = cached_current() {
+    if let Some(k) = cached_current(meta) {
         return Ok(k);
     }
-    debian_kernel_refresh()
+    refresh_of(meta)
 }
 
 /// Like [`debian_kernel`] but asks apt which version is current first.
 pub fn debian_kernel_refresh() -> Result<Kernel> {
-    let (package, version) = resolve_package()?;
+    refresh_of(META_PACKAGE)
+}
+
+fn current_file(meta: &str) -> PathBuf {
+    if meta == META_PACKAGE {
+        kernel_cache().join("current.json")
+    } else {
+        kernel_cache().join(format!("current-{meta}.json"))
+    }
+}
+
+fn refresh_of(meta: &str) -> Result<Kernel> {
+    let (package, version) = resolve_package(meta)?;
     let dir = kernel_cache().join(format!("{package}_{}", version.replace(':', "%3a")));
     let release = package
         .strip_prefix("linux-image-")
@@ -73,28 +91,28 @@ pub fn debian_kernel_refresh() -> Result<Kernel> {
         kernel: kernel.clone(),
     };
     util::write_atomic(
-        &kernel_cache().join("current.json"),
+        &current_file(meta),
         serde_json::to_string_pretty(&cur)?.as_bytes(),
     )?;
     Ok(kernel)
 }
 
-fn cached_current() -> Option<Kernel> {
-    let text = fs::read_to_string(kernel_cache().join("current.json")).ok()?;
+fn cached_current(meta: &str) -> Option<Kernel> {
+    let text = fs::read_to_string(current_file(meta)).ok()?;
     let cur: Current = serde_json::from_str(&text).ok()?;
     let ok = cur.kernel.vmlinuz.is_file() && cur.kernel.modules_dir.join("modules.dep").is_file();
     ok.then_some(cur.kernel)
 }
 
-/// `(package, version)` of the kernel `linux-image-amd64` currently depends on.
-fn resolve_package() -> Result<(String, String)> {
+/// `(package, version)` of the kernel the meta package `meta` currently depends on.
+fn resolve_package(meta: &str) -> Result<(String, String)> {
     let query = || -> Result<Option<(String, String)>> {
-        let deps = util::run_stdout(Command::new("apt-cache").args(["depends", META_PACKAGE]))?;
+        let deps = util::run_stdout(Command::new("apt-cache").args(["depends", meta]))?;
         let Some(pkg) = deps
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Depends:"))
             .map(|p| p.trim().trim_matches(|c| c == '<' || c == '>').to_string())
-            .find(|p| p.starts_with("linux-image-") && p != META_PACKAGE)
+            .find(|p| p.starts_with("linux-image-") && p != meta)
         else {
             return Ok(None);
         };
@@ -109,7 +127,7 @@ fn resolve_package() -> Result<(String, String)> {
     if let Ok(Some(found)) = query() {
         return Ok(found);
     }
-    eprintln!("xtask: apt does not know {META_PACKAGE}; running apt-get update");
+    eprintln!("xtask: apt does not know {meta}; running apt-get update");
     util::run_inherit(
         Command::new("apt-get")
             .arg("update")
@@ -117,7 +135,7 @@ fn resolve_package() -> Result<(String, String)> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     query()?
-        .with_context(|| format!("apt-cache depends {META_PACKAGE} names no linux-image package"))
+        .with_context(|| format!("apt-cache depends {meta} names no linux-image package"))
 }
 
 fn fetch_and_unpack(package: &str, version: &str, dir: &Path) -> Result<()> {

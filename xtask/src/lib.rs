@@ -2,6 +2,7 @@
 //! initramfs, root images and GPT disks, and QEMU command lines. The `xtask`
 //! binary is a CLI over this; the `qemu-tests` crate uses it to make disks.
 
+pub mod bench;
 pub mod demo;
 pub mod deps;
 pub mod disk;
@@ -21,8 +22,8 @@ pub use disk::{
 };
 pub use grub::{grub_efi, render_grub_cfg, GrubVars, GRUB_CFG_TEMPLATE};
 pub use initbin::{build_init, build_workspace_bin};
-pub use initramfs::{build_initramfs, Compression, InitramfsReport, InitramfsSpec, ModuleIndex};
-pub use kernel::{debian_kernel, debian_kernel_refresh, kernel_from_dir, Kernel};
+pub use initramfs::{build_initramfs, Compression, InitramfsReport, InitramfsSpec};
+pub use kernel::{debian_kernel, debian_kernel_of, debian_kernel_refresh, kernel_from_dir, Kernel};
 pub use paths::{build_dir, cache_dir, workspace_root};
 pub use qemu::{
     fresh_ovmf_vars, qemu_base_args, qemu_command, Boot, DiskIf, Drive, QemuSpec, Serial,
