@@ -190,8 +190,12 @@ struct GptGeom {
 
 /// A valid header (signature, size, CRC, own LBA, entry geometry, entry array CRC) at `lba`.
 fn gpt_at<R: Read + Seek>(r: &mut R, sector: u64, lba: u64) -> io::Result<Option<GptGeom>> {
-    let Some(off) = lba.checked_mul(sector) else { return Ok(None) };
-    let Some(mut hdr) = read_at(r, off, sector as usize)? else { return Ok(None) };
+    let Some(off) = lba.checked_mul(sector) else {
+        return Ok(None);
+    };
+    let Some(mut hdr) = read_at(r, off, sector as usize)? else {
+        return Ok(None);
+    };
     let geom = (|| {
         if hdr.get(0..8)? != b"EFI PART" {
             return None;
@@ -211,14 +215,24 @@ fn gpt_at<R: Read + Seek>(r: &mut R, sector: u64, lba: u64) -> io::Result<Option
             num_entries: le32(&hdr, 80)?,
             entry_size: le32(&hdr, 84)?,
         };
-        let ok = (1..=1024).contains(&g.num_entries) && (128..=4096).contains(&g.entry_size) && g.entry_size % 8 == 0;
+        let ok = (1..=1024).contains(&g.num_entries)
+            && (128..=4096).contains(&g.entry_size)
+            && g.entry_size.is_multiple_of(8);
         ok.then_some((g, le32(&hdr, 88)?))
     })();
-    let Some((g, array_crc)) = geom else { return Ok(None) };
-    let Some(arr_off) = g.entries_lba.checked_mul(sector) else { return Ok(None) };
+    let Some((g, array_crc)) = geom else {
+        return Ok(None);
+    };
+    let Some(arr_off) = g.entries_lba.checked_mul(sector) else {
+        return Ok(None);
+    };
     let len = u64::from(g.num_entries) * u64::from(g.entry_size);
-    let Ok(len) = usize::try_from(len) else { return Ok(None) };
-    let Some(array) = read_at(r, arr_off, len)? else { return Ok(None) };
+    let Ok(len) = usize::try_from(len) else {
+        return Ok(None);
+    };
+    let Some(array) = read_at(r, arr_off, len)? else {
+        return Ok(None);
+    };
     Ok((crc32(&array) == array_crc).then_some(g))
 }
 
@@ -230,7 +244,9 @@ pub fn gpt_partition_type(disk: &mut (impl Read + Seek), partn: u32) -> io::Resu
     if partn == 0 {
         return Ok(None);
     }
-    let Some(mbr) = read_at(disk, 0, 512)? else { return Ok(None) };
+    let Some(mbr) = read_at(disk, 0, 512)? else {
+        return Ok(None);
+    };
     let protective = mbr.get(510..512) == Some(&[0x55, 0xAA][..])
         && (0..4).any(|i| mbr.get(446 + 16 * i + 4) == Some(&0xEE));
     if !protective {
@@ -263,7 +279,9 @@ pub fn gpt_partition_type(disk: &mut (impl Read + Seek), partn: u32) -> io::Resu
         .checked_mul(g.sector)
         .and_then(|o| o.checked_add(u64::from(partn - 1) * u64::from(g.entry_size)));
     let Some(off) = off else { return Ok(None) };
-    let Some(entry) = read_at(disk, off, 16)? else { return Ok(None) };
+    let Some(entry) = read_at(disk, off, 16)? else {
+        return Ok(None);
+    };
     match get_arr::<16>(&entry, 0) {
         Some(t) if t != [0u8; 16] => Ok(Some(crate::partition::parse_gpt_guid(&t))),
         _ => Ok(None),
@@ -281,7 +299,10 @@ pub fn esp_rank(dev: &BlockDev, part_type: Option<&str>) -> Option<u8> {
         return None;
     }
     let esp_type = part_type.is_some_and(|t| t.eq_ignore_ascii_case(ESP_TYPE_GUID));
-    let labelled = sb.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(ESP_LABEL));
+    let labelled = sb
+        .label
+        .as_deref()
+        .is_some_and(|l| l.eq_ignore_ascii_case(ESP_LABEL));
     match (esp_type, labelled) {
         (true, true) => Some(0),
         (true, false) => Some(1),
@@ -316,7 +337,9 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while let Some(&c) = b.get(i) {
-        let digits = b.get(i + 1..i + 4).filter(|d| d.iter().all(|x| (b'0'..=b'7').contains(x)));
+        let digits = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|x| (b'0'..=b'7').contains(x)));
         match (c, digits) {
             (b'\\', Some(d)) => {
                 let v = d.iter().fold(0u32, |acc, x| acc * 8 + u32::from(x - b'0'));
@@ -419,7 +442,9 @@ impl<'a> EspAccess<'a> {
         let devs = candidates();
         let mut first_err = None;
         for i in order_esps(&devs) {
-            let Some((dev, _)) = devs.get(i) else { continue };
+            let Some((dev, _)) = devs.get(i) else {
+                continue;
+            };
             match self.on_device(dev, op) {
                 Ok(Some(Some(counter))) => {
                     return Ok(Some(Found {
@@ -447,7 +472,10 @@ impl<'a> EspAccess<'a> {
     fn on_device(&self, dev: &BlockDev, op: Op) -> Result<Option<Option<Counter>>, EspError> {
         let devname = dev.path.display().to_string();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if let Some(m) = mounts_of(&mountinfo, dev.major, dev.minor).into_iter().next() {
+        if let Some(m) = mounts_of(&mountinfo, dev.major, dev.minor)
+            .into_iter()
+            .next()
+        {
             if m.read_only && op != Op::Read {
                 return Err(EspError::ReadOnly {
                     dev: devname,
@@ -463,10 +491,16 @@ impl<'a> EspAccess<'a> {
         let flags = MountFlags::NOSUID
             | MountFlags::NODEV
             | MountFlags::NOEXEC
-            | if op == Op::Read { MountFlags::RDONLY } else { MountFlags::empty() };
-        crate::mounts::mount_fs(&dev.path, target, "vfat", "", flags).map_err(|e| EspError::Mount {
-            dev: devname.clone(),
-            reason: e.to_string(),
+            | if op == Op::Read {
+                MountFlags::RDONLY
+            } else {
+                MountFlags::empty()
+            };
+        crate::mounts::mount_fs(&dev.path, target, "vfat", "", flags).map_err(|e| {
+            EspError::Mount {
+                dev: devname.clone(),
+                reason: e.to_string(),
+            }
         })?;
         let res = on_root(target, op);
         if unmount(target, UnmountFlags::empty()).is_err() {
@@ -482,7 +516,11 @@ fn candidates() -> Vec<(BlockDev, Option<String>)> {
     crate::devices::BlockScanner::default()
         .scan(false)
         .into_iter()
-        .filter(|d| d.superblock.as_ref().is_some_and(|s| s.fstype == FsType::Vfat))
+        .filter(|d| {
+            d.superblock
+                .as_ref()
+                .is_some_and(|s| s.fstype == FsType::Vfat)
+        })
         .map(|d| {
             let t = match (&d.parent, d.partn) {
                 (Some(parent), Some(partn)) => types
@@ -519,9 +557,15 @@ fn on_root(root: &Path, op: Op) -> Result<Option<Option<Counter>>, EspError> {
             let has_menu = dir.join("grub.cfg").is_file();
             return match op {
                 Op::Write(edit @ Edit::Start { .. }) => {
-                    let block = edit_block(None, edit).map_err(|source| EspError::Env { path: shown.clone(), source })?;
+                    let block = edit_block(None, edit).map_err(|source| EspError::Env {
+                        path: shown.clone(),
+                        source,
+                    })?;
                     create_synced(&dir, &path, &block)?;
-                    let env = grubenv::parse(&block).map_err(|source| EspError::Env { path: shown, source })?;
+                    let env = grubenv::parse(&block).map_err(|source| EspError::Env {
+                        path: shown,
+                        source,
+                    })?;
                     Ok(Some(Some(counter(&env))))
                 }
                 _ if has_menu => Ok(Some(None)),
@@ -536,19 +580,30 @@ fn on_root(root: &Path, op: Op) -> Result<Option<Option<Counter>>, EspError> {
         .read_to_end(&mut old)
         .map_err(io_err(format!("read {shown}")))?;
     let Op::Write(edit) = op else {
-        let env = grubenv::parse(&old).map_err(|source| EspError::Env { path: shown, source })?;
+        let env = grubenv::parse(&old).map_err(|source| EspError::Env {
+            path: shown,
+            source,
+        })?;
         return Ok(Some(Some(counter(&env))));
     };
-    let block = edit_block(Some(&old), edit).map_err(|source| EspError::Env { path: shown.clone(), source })?;
+    let block = edit_block(Some(&old), edit).map_err(|source| EspError::Env {
+        path: shown.clone(),
+        source,
+    })?;
     if block != old {
         // In place: GRUB's save_env writes to these very blocks.
-        file.write_all_at(&block, 0).map_err(io_err(format!("write {shown}")))?;
+        file.write_all_at(&block, 0)
+            .map_err(io_err(format!("write {shown}")))?;
         if old.len() != BLOCK_SIZE {
-            file.set_len(BLOCK_SIZE as u64).map_err(io_err(format!("truncate {shown}")))?;
+            file.set_len(BLOCK_SIZE as u64)
+                .map_err(io_err(format!("truncate {shown}")))?;
         }
         file.sync_all().map_err(io_err(format!("fsync {shown}")))?;
     }
-    let env = grubenv::parse(&block).map_err(|source| EspError::Env { path: shown, source })?;
+    let env = grubenv::parse(&block).map_err(|source| EspError::Env {
+        path: shown,
+        source,
+    })?;
     Ok(Some(Some(counter(&env))))
 }
 
@@ -562,7 +617,8 @@ fn create_synced(dir: &Path, path: &Path, data: &[u8]) -> Result<(), EspError> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_err(format!("create {shown}")))?;
-    file.write_all_at(data, 0).map_err(io_err(format!("write {shown}")))?;
+    file.write_all_at(data, 0)
+        .map_err(io_err(format!("write {shown}")))?;
     file.sync_all().map_err(io_err(format!("fsync {shown}")))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -626,10 +682,10 @@ mod tests {
             sb.fstype = FsType::Ext4;
         }
         let devs = vec![
-            (vfat("vdb1", None), other.clone()),          // 0: not an ESP
-            (vfat("vdb2", Some("efi-boot")), None),       // 1: label only
-            (vfat("vda1", None), esp.clone()),            // 2: type only
-            (ext4, esp.clone()),                          // 3: not vfat
+            (vfat("vdb1", None), other.clone()),           // 0: not an ESP
+            (vfat("vdb2", Some("efi-boot")), None),        // 1: label only
+            (vfat("vda1", None), esp.clone()),             // 2: type only
+            (ext4, esp.clone()),                           // 3: not vfat
             (vfat("vdc1", Some("EFI-BOOT")), esp.clone()), // 4: both
             (vfat("sda1", None), Some(ESP_TYPE_GUID.to_uppercase())), // 5: type only
         ];
@@ -643,10 +699,22 @@ mod tests {
         let env = grubenv::parse(&b).unwrap();
         assert_eq!(env.get("hn_trial"), Some("1"));
         assert_eq!(env.get("hn_tries"), Some("2"));
-        assert_eq!(counter(&env), Counter { trial: true, tries: 2 });
+        assert_eq!(
+            counter(&env),
+            Counter {
+                trial: true,
+                tries: 2
+            }
+        );
         for (tries, left) in [(0, 0), (1, 0), (2, 1), (10, 9), (u32::MAX, 9)] {
             let b = edit_block(Some(&b), Edit::Start { tries }).unwrap();
-            assert_eq!(counter(&grubenv::parse(&b).unwrap()), Counter { trial: true, tries: left });
+            assert_eq!(
+                counter(&grubenv::parse(&b).unwrap()),
+                Counter {
+                    trial: true,
+                    tries: left
+                }
+            );
         }
         // Other variables survive; the trial is cleared.
         let mut other = GrubEnv::new();
@@ -661,7 +729,13 @@ mod tests {
         // Garbage is replaced by a fresh block.
         for junk in [&b""[..], b"garbage", &[0u8; 1024][..]] {
             let b = edit_block(Some(junk), Edit::Start { tries: 3 }).unwrap();
-            assert_eq!(counter(&grubenv::parse(&b).unwrap()), Counter { trial: true, tries: 2 });
+            assert_eq!(
+                counter(&grubenv::parse(&b).unwrap()),
+                Counter {
+                    trial: true,
+                    tries: 2
+                }
+            );
         }
         // A full block keeps only our variables rather than failing.
         let mut full = GrubEnv::new();
@@ -669,7 +743,13 @@ mod tests {
         let b = edit_block(Some(&full.to_block().unwrap()), Edit::Start { tries: 2 }).unwrap();
         let env = grubenv::parse(&b).unwrap();
         assert_eq!(env.get("big"), None);
-        assert_eq!(counter(&env), Counter { trial: true, tries: 1 });
+        assert_eq!(
+            counter(&env),
+            Counter {
+                trial: true,
+                tries: 1
+            }
+        );
     }
 
     #[test]
@@ -677,7 +757,13 @@ mod tests {
         let mut env = GrubEnv::new();
         env.set("hn_trial", "yes").unwrap();
         env.set("hn_tries", "many").unwrap();
-        assert_eq!(counter(&env), Counter { trial: false, tries: 0 });
+        assert_eq!(
+            counter(&env),
+            Counter {
+                trial: false,
+                tries: 0
+            }
+        );
     }
 
     #[test]
@@ -694,8 +780,14 @@ bad line
         assert_eq!(
             mounts_of(mi, 8, 1),
             vec![
-                Mounted { mount_point: "/mnt/with space".into(), read_only: false },
-                Mounted { mount_point: "/boot/efi".into(), read_only: true },
+                Mounted {
+                    mount_point: "/mnt/with space".into(),
+                    read_only: false
+                },
+                Mounted {
+                    mount_point: "/boot/efi".into(),
+                    read_only: true
+                },
             ]
         );
         assert!(mounts_of(mi, 9, 9).is_empty());
@@ -740,10 +832,12 @@ bad line
     }
 
     const ESP_BYTES: [u8; 16] = [
-        0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+        0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9,
+        0x3b,
     ];
     const LINUX_BYTES: [u8; 16] = [
-        0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
+        0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d,
+        0xe4,
     ];
 
     #[test]
@@ -751,7 +845,10 @@ bad line
         let d = gpt_disk(&[ESP_BYTES, LINUX_BYTES], 100);
         let t = |d: &[u8], n| gpt_partition_type(&mut Cursor::new(d.to_vec()), n).unwrap();
         assert_eq!(t(&d, 1).as_deref(), Some(ESP_TYPE_GUID));
-        assert_eq!(t(&d, 2).as_deref(), Some("0fc63daf-8483-4772-8e79-3d69d8477de4"));
+        assert_eq!(
+            t(&d, 2).as_deref(),
+            Some("0fc63daf-8483-4772-8e79-3d69d8477de4")
+        );
         assert_eq!(t(&d, 3), None);
         assert_eq!(t(&d, 0), None);
         assert_eq!(t(&d, 129), None);
@@ -788,7 +885,10 @@ bad line
 
     #[test]
     fn reads_sgdisk_tables() {
-        let Ok(out) = std::process::Command::new("sgdisk").arg("--version").output() else {
+        let Ok(out) = std::process::Command::new("sgdisk")
+            .arg("--version")
+            .output()
+        else {
             eprintln!("sgdisk missing; skipping");
             return;
         };
@@ -799,13 +899,25 @@ bad line
         let p = dir.path().join("disk.img");
         std::fs::write(&p, vec![0u8; 8 << 20]).unwrap();
         let st = std::process::Command::new("sgdisk")
-            .args(["-n", "1:2048:+2M", "-t", "1:ef00", "-n", "2:0:0", "-t", "2:8300"])
+            .args([
+                "-n",
+                "1:2048:+2M",
+                "-t",
+                "1:ef00",
+                "-n",
+                "2:0:0",
+                "-t",
+                "2:8300",
+            ])
             .arg(&p)
             .output()
             .unwrap();
         assert!(st.status.success(), "{st:?}");
         let mut f = File::open(&p).unwrap();
-        assert_eq!(gpt_partition_type(&mut f, 1).unwrap().as_deref(), Some(ESP_TYPE_GUID));
+        assert_eq!(
+            gpt_partition_type(&mut f, 1).unwrap().as_deref(),
+            Some(ESP_TYPE_GUID)
+        );
         assert_eq!(
             gpt_partition_type(&mut f, 2).unwrap().as_deref(),
             Some("0fc63daf-8483-4772-8e79-3d69d8477de4")
@@ -817,7 +929,9 @@ bad line
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         // No /EFI/hninit: not ours.
-        assert!(on_root(root, Op::Write(Edit::Start { tries: 3 })).unwrap().is_none());
+        assert!(on_root(root, Op::Write(Edit::Start { tries: 3 }))
+            .unwrap()
+            .is_none());
         std::fs::create_dir_all(root.join(HNINIT_DIR)).unwrap();
         // No grubenv: read and clear find nothing, start creates it.
         assert_eq!(on_root(root, Op::Read).unwrap(), None);
@@ -825,21 +939,45 @@ bad line
         assert_eq!(on_root(root, Op::Read).unwrap(), Some(None));
         assert_eq!(on_root(root, Op::Write(Edit::Clear)).unwrap(), Some(None));
         let c = on_root(root, Op::Write(Edit::Start { tries: 3 })).unwrap();
-        assert_eq!(c, Some(Some(Counter { trial: true, tries: 2 })));
+        assert_eq!(
+            c,
+            Some(Some(Counter {
+                trial: true,
+                tries: 2
+            }))
+        );
         let path = root.join(GRUBENV);
         use std::os::unix::fs::MetadataExt;
         let ino = std::fs::metadata(&path).unwrap().ino();
         assert_eq!(std::fs::read(&path).unwrap().len(), BLOCK_SIZE);
         let c = on_root(root, Op::Write(Edit::Clear)).unwrap();
         assert_eq!(c, Some(Some(Counter::default())));
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino, "replaced, not updated in place");
-        assert_eq!(on_root(root, Op::Read).unwrap(), Some(Some(Counter::default())));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            ino,
+            "replaced, not updated in place"
+        );
+        assert_eq!(
+            on_root(root, Op::Read).unwrap(),
+            Some(Some(Counter::default()))
+        );
         // An oversized file is rewritten and cut to 1024 bytes, in place.
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all_at(b"xx", 5000).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(b"xx", 5000)
+            .unwrap();
         on_root(root, Op::Write(Edit::Start { tries: 4 })).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), BLOCK_SIZE as u64);
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
-        assert_eq!(on_root(root, Op::Read).unwrap(), Some(Some(Counter { trial: true, tries: 3 })));
+        assert_eq!(
+            on_root(root, Op::Read).unwrap(),
+            Some(Some(Counter {
+                trial: true,
+                tries: 3
+            }))
+        );
         // A malformed block is an error to read, but is repaired by a write.
         std::fs::write(&path, b"junk").unwrap();
         assert!(on_root(root, Op::Read).is_err());

@@ -4,7 +4,8 @@
 //! `slots::settle`, logs each decision to kmsg and `hn-state/boot.log`, and
 //! starts GRUB's trial counter on the ESP when an image was rotated in.
 
-use crate::cmdline::Cmdline;
+use crate::cmdline::{Cmdline, Revert};
+use crate::esp::EspAccess;
 use crate::drivers::Drivers;
 use crate::error::{sys, BootError, Result};
 use crate::hostdir::RealDir;
@@ -61,17 +62,22 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
     if let Err(e) = bootlog::append(&state, &bootlog::now(), &lines) {
         warn!("cannot append to {}/{STATE_DIR}/{}: {e}", hostpart.display(), bootlog::BOOT_LOG);
     }
-    if outcome.reverted {
-        match crate::esp::clear_trial_counter() {
-            Ok(true) => info!("boot counter on the ESP cleared"),
-            Ok(false) => {}
+    let load = |fs: &str| drivers.load_for_fs(fs);
+    let esp = EspAccess::with_module_loader(&load);
+    // After a revert, or when the boot loader's hn.revert=auto was ignored (the image
+    // was marked good), GRUB's counter must stop choosing the revert entry.
+    let auto_ignored = cmd.revert == Some(Revert::Auto) && !outcome.reverted && !cmd.kexeced;
+    if outcome.reverted || auto_ignored {
+        match esp.clear_trial_counter() {
+            Ok(Some(f)) => info!("boot counter in {}'s grubenv cleared", f.device.display()),
+            Ok(None) => {}
             Err(e) => warn!("cannot clear the boot counter on the ESP: {e}"),
         }
     } else if let Some(t) = outcome.trial.filter(|_| outcome.rotated) {
-        match crate::esp::start_trial_counter(t.tries) {
-            Ok(true) => info!("boot counter on the ESP set: {} tries", t.tries),
-            Ok(false) => debug!("no ESP with a grubenv: hninit counts the tries itself"),
-            Err(e) => warn!("cannot set the boot counter on the ESP: {e}; hninit counts the tries itself"),
+        match esp.start_trial_counter(t.tries) {
+            Ok(Some(f)) => info!("boot counter in {}'s grubenv set: GRUB counts the next boots of the trial", f.device.display()),
+            Ok(None) => debug!("no ESP with hninit's grubenv: hninit counts the trial's boots itself"),
+            Err(e) => warn!("cannot set the boot counter on the ESP: {e}; hninit counts the trial's boots itself"),
         }
     }
     Ok(outcome)

@@ -38,8 +38,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         let mut out = Vec::with_capacity(b.len());
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-                out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            if let (b'\\', Some(d)) = (b[i], octal) {
+                let v = (d[0] - b'0') as u32 * 64 + (d[1] - b'0') as u32 * 8 + (d[2] - b'0') as u32;
+                out.push(v.min(255) as u8);
                 i += 4;
             } else {
                 out.push(b[i]);
@@ -177,6 +179,9 @@ mod tests {
         assert_eq!(m[0], MountEntry { mountpoint: "/oldroot".into(), fstype: "ext4".into(), source: "/dev/loop0".into() });
         assert_eq!(m[4].mountpoint, "/oldroot/mnt/with space");
         assert!(parse_mountinfo("garbage\n\n1 2 3").is_empty());
+        // Out-of-range octal escapes and truncated ones never panic.
+        let odd = parse_mountinfo("1 2 0:1 / /a\\777\\4 rw - ext4 /dev/x\\ rw");
+        assert_eq!(odd[0].mountpoint, "/a\u{fffd}\\4");
     }
 
     #[test]
