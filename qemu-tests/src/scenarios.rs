@@ -203,7 +203,7 @@ fn grub_uefi(ctx: &mut Ctx) -> Result<(), Failure> {
     let cfg = GrubVars { timeout: 0, hostpart_label: "hostpart".into(), image_dir: String::new(), cmdline: BASE.to_string() + " rw" }.render();
     let (disk, _) = make_disk(
         ctx,
-        DiskSpec { esp: Some(EspSpec { grub_cfg: cfg }), hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: Vec::new() },
+        DiskSpec { esp: Some(EspSpec { grub_cfg: cfg, grubenv: None }), hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: Vec::new() },
     )?;
     let vars = fresh_ovmf_vars(ctx.dir()).or_fail("copying OVMF vars")?;
     let spec = QemuSpec { drives: vec![Drive::virtio(&disk)], ..QemuSpec::new(Boot::Uefi { vars }) };
@@ -588,6 +588,73 @@ fn marked_good_stays(ctx: &mut Ctx) -> Result<(), Failure> {
     expect_clean_poweroff(&mut vm)
 }
 
+/// Image "B-panic": a root whose own kernel cannot boot (its initramfs is garbage).
+fn image_kernel_panics() -> Result<&'static PathBuf, Failure> {
+    static IMG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let s = shared().map_err(|e| e.to_string())?;
+        let dir = qemu_tests::runner::default_out_dir().join("_shared");
+        let junk = dir.join("garbage-initramfs");
+        std::fs::write(&junk, vec![0x5au8; 4096]).map_err(|e| e.to_string())?;
+        let out = dir.join("image-B-panic.img");
+        build_root_image(
+            &RootImageSpec {
+                kernel: Some((s.kernel.vmlinuz.clone(), junk)),
+                image_id: "B-panic".into(),
+                extra_files: vec![("/etc/hnroot.d/probe.sh".to_string(), PROBE_HOOK.as_bytes().to_vec(), 0o644)],
+                ..Default::default()
+            },
+            &out,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        Ok(out)
+    })
+    .as_ref()
+    .map_err(|e| Failure::new(e.clone()))
+}
+
+fn boot_uefi(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
+    let vars = fresh_ovmf_vars(ctx.dir()).or_fail("copying OVMF vars")?;
+    let spec = QemuSpec { drives: vec![Drive::virtio(disk)], ..QemuSpec::new(Boot::Uefi { vars }) };
+    ctx.spawn(qemu_command(&spec), Duration::from_secs(180))
+}
+
+fn grub_counter_rollback(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let bad = image_kernel_panics()?;
+    let cfg = GrubVars { timeout: 0, hostpart_label: "hostpart".into(), image_dir: String::new(), cmdline: BASE.to_string() + " rw hn.tries=2" }.render();
+    let (disk, _) = make_disk(
+        ctx,
+        DiskSpec {
+            esp: Some(EspSpec { grub_cfg: cfg, grubenv: None }),
+            hostpart: HostpartSpec { size_mib: 128, ..hostpart(&[("hn-root.img", &s.image_a), ("hn-root-new.img", bad)]) },
+            extra_hostparts: Vec::new(),
+        },
+    )?;
+    // Boot 1: A's kernel; hninit rotates B-panic in and starts GRUB's counter (2 tries, this one spent).
+    let mut vm = boot_uefi(ctx, &disk)?;
+    vm.forbid("Kernel panic");
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img (2 tries", STEP)?;
+    vm.expect("hninit: boot counter in /dev/vda1's grubenv set", STEP)?;
+    expect_root(&vm, "B-panic", "rw")?;
+    expect_clean_poweroff(&mut vm)?;
+    // Boot 2: GRUB spends the last try before loading B-panic's kernel, which panics.
+    let mut vm = boot_uefi(ctx, &disk)?;
+    vm.expect("hninit: trial boot, 0 tries left", STEP)?;
+    vm.expect("hn.tries_by=grub", STEP)?;
+    vm.expect("Kernel panic", STEP)?;
+    vm.wait_exit(Duration::from_secs(30))?;
+    // Boot 3: no tries left: GRUB boots the previous image with hn.revert=auto.
+    let mut vm = boot_uefi(ctx, &disk)?;
+    vm.forbid("Kernel panic");
+    vm.expect("hninit: automatic revert to hn-root-old.img", STEP)?;
+    vm.expect("hninit: reverted (hn.revert=auto)", STEP)?;
+    vm.expect("hninit: boot counter in /dev/vda1's grubenv cleared", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-broken.img"], &["hn-root-old.img"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "direct-boot", about: "direct kernel boot, ext4 host partition, default mode (ro mount on a writable loop)", run: direct_boot },
@@ -615,6 +682,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "staged-truncated", about: "a truncated staged image fails its trial mount and is rejected", run: staged_truncated },
         Scenario { name: "staged-empty", about: "an empty staged image is rejected", run: staged_empty },
         Scenario { name: "trial-init-fails", about: "a trial image whose init fails is rolled back after its tries", run: trial_init_fails },
+        Scenario { name: "grub-counter", about: "a trial image whose kernel panics is rolled back by GRUB's counter (OVMF)", run: grub_counter_rollback },
         Scenario { name: "marked-good", about: "hnctl mark-good ends the trial; a late hn.revert=auto does nothing", run: marked_good_stays },
     ]
 }

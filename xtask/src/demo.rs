@@ -99,6 +99,7 @@ pub fn build_demo_disk(opts: &DemoOptions, out: &Path) -> Result<DemoArtifacts> 
     let spec = DiskSpec {
         esp: Some(EspSpec {
             grub_cfg: vars.render(),
+            grubenv: None,
         }),
         hostpart: HostpartSpec {
             fs: opts.hostpart_fs,

@@ -48,6 +48,8 @@ pub struct DiskSpec {
 #[derive(Debug, Clone, Default)]
 pub struct EspSpec {
     pub grub_cfg: String,
+    /// `/EFI/hninit/grubenv` (GRUB's boot counter); an empty block when `None`.
+    pub grubenv: Option<Vec<u8>>,
 }
 
 /// One host partition.
@@ -317,6 +319,12 @@ fn make_esp(esp: &EspSpec, img: &Path, work: &Path) -> Result<String> {
         .arg(&cfg)
         .arg(format!("::{}", grub::ESP_GRUB_CFG));
     util::run(&mut c).context("copying grub.cfg onto the ESP")?;
+    // GRUB's save_env rewrites the file in place: it must exist with its 1024 bytes.
+    let env = work.join("grubenv");
+    fs::write(&env, esp.grubenv.clone().unwrap_or_else(hninit::grubenv::empty_block))?;
+    let mut c = cmd("mcopy");
+    c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(img).arg(&env).arg("::/EFI/hninit/grubenv");
+    util::run(&mut c).context("copying grubenv onto the ESP")?;
     Ok(format!("{:04X}-{:04X}", vol >> 16, vol & 0xffff))
 }
 
@@ -411,6 +419,7 @@ mod tests {
         let spec = DiskSpec {
             esp: Some(EspSpec {
                 grub_cfg: grub::GrubVars::default().render(),
+                grubenv: None,
             }),
             hostpart: HostpartSpec {
                 files: vec![("images/hn-root.img".into(), payload.clone())],
