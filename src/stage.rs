@@ -107,7 +107,7 @@ impl StageSource {
 pub struct StageOptions {
     /// The expected sha256 (`--sha256`): checked, then kept as `hn-root-new.img.sha256`.
     pub sha256: Option<[u8; 32]>,
-    /// Allow a reflink (`--no-reflink` clears it).
+    /// Allow a reflink and `copy_file_range` (`--no-reflink` clears it: read/write only).
     pub reflink: bool,
     /// Free bytes in the images directory's filesystem before staging ([`free_bytes`]).
     pub free_bytes: u64,
@@ -203,7 +203,9 @@ pub fn stage(
     let total = source.len.unwrap_or(0);
     let copy = CopyOpts {
         reflink: opts.reflink && !source.stream,
-        copy_range: !source.stream,
+        // copy_file_range shares extents too where it can (btrfs, xfs): with
+        // reflinks refused, every byte is copied by read/write.
+        copy_range: opts.reflink && !source.stream,
         sha256: opts.sha256.is_some(),
     };
     let info = images

@@ -1,1 +1,340 @@
-fn main(){}
+//! `hnctl`, the operator's tool in the booted system: argument parsing (clap),
+//! printing and exit codes. The logic is in `hninit::ctl` and `hninit::stage`.
+
+use clap::{CommandFactory, Parser, Subcommand};
+use hninit::ctl::{self, CtlError, Host, System};
+use hninit::stage::StageReport;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  the operation failed (e.g. the image to stage does not exist, an I/O error)
+  2  usage error (bad command or arguments)
+  3  refused (not enough free space, not a bootable image, sha256 mismatch)
+
+Errors are printed as `hnctl: <what was tried>: <what was found>`.
+
+Examples:
+  hnctl status
+  hnctl stage /tmp/hn-root-2.img --sha256 9f86d08...   # then reboot to upgrade
+  curl -s https://example.org/hn-root.img | hnctl stage -
+  hnctl revert                                         # the next boot reverts
+  hnctl mark-good                                      # after boot-complete.target";
+
+/// Operator's tool for hninit image-root systems: stage an image, revert, end a trial.
+#[derive(Parser, Debug)]
+#[command(
+    name = "hnctl",
+    version,
+    about,
+    long_about = "hnctl manages the root filesystem images on the host partition of a \
+system booted by hninit: `hn-root.img` (current), `hn-root-new.img` (staged: rotated in \
+at the next boot), `hn-root-old.img` (previous), the `system-revert` flag and the trial \
+state of a freshly rotated image in `hn-state/`.",
+    after_long_help = EXIT_CODES
+)]
+struct Cli {
+    /// The host partition's mount point [default: /hostpart, else /run/hninit/hostpart]
+    #[arg(long, global = true, value_name = "DIR")]
+    hostpart: Option<PathBuf>,
+    /// The image as a path on the host partition [default: real_root= of
+    /// /proc/cmdline, else /hn-root.img]
+    #[arg(long, global = true, value_name = "PATH", value_parser = parse_real_root)]
+    real_root: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Which image booted, the images present, trial, revert flag, the end of boot.log
+    Status {
+        /// Machine-readable output (a stable JSON object)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy an image next to the current one as hn-root-new.img; the next boot rotates it in
+    #[command(long_about = "Copies IMAGE (a file, or - for standard input) to \
+hn-root-new.img.part, checks it (a filesystem, at least 1 MiB, a whole number of \
+512-byte sectors, the sha256 when given), then renames it to hn-root-new.img, replacing \
+an image staged before. The copy is a reflink when the filesystem allows it, else \
+copy_file_range, else read/write. Needs the image's size + 1% + 16 MiB free. \
+Refused (exit 3) leaves nothing behind.")]
+    Stage {
+        /// The image file, or - to read it from standard input
+        #[arg(value_name = "IMAGE|-")]
+        image: String,
+        /// Expected sha256 (64 hex digits); kept as hn-root-new.img.sha256 and checked again at boot
+        #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+        sha256: Option<[u8; 32]>,
+        /// Copy every byte by read/write, sharing no extents (no reflink, no copy_file_range)
+        #[arg(long)]
+        no_reflink: bool,
+    },
+    /// Remove the staged image (and its digest)
+    Unstage,
+    /// Ask the next boot to go back to hn-root-old.img (creates the system-revert flag)
+    Revert,
+    /// End the current image's trial: it stays, the next boots do not count down
+    MarkGood {
+        /// Leave GRUB's boot counter on the EFI system partition alone
+        #[arg(long)]
+        no_grub: bool,
+    },
+    /// Print hn-state/boot.log
+    Log {
+        /// Only the last N lines
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+    },
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff)
+    Man,
+}
+
+fn parse_real_root(v: &str) -> Result<String, String> {
+    hninit::cmdline::check_image_path(v)
+}
+
+fn parse_sha256(v: &str) -> Result<[u8; 32], String> {
+    hninit::stage::parse_sha256(v)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("hnctl: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn out(text: &str) -> Result<(), CtlError> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|_| o.flush())
+        .map_err(|e| CtlError::failed("writing to standard output", e))
+}
+
+fn run(cli: Cli) -> Result<(), CtlError> {
+    let sys = System::default();
+    let host = || ctl::locate(cli.hostpart.as_deref(), cli.real_root.as_deref(), &sys);
+    match &cli.cmd {
+        Cmd::Status { json } => {
+            let host = host()?;
+            let st = ctl::status(&host, &sys)?;
+            if *json {
+                let text = serde_json::to_string_pretty(&st).map_err(|e| CtlError::failed("rendering the status", e))?;
+                out(&format!("{text}\n"))
+            } else {
+                out(&st.render_text(&host.names))
+            }
+        }
+        Cmd::Stage { image, sha256, no_reflink } => stage(&host()?, image, *sha256, !no_reflink),
+        Cmd::Unstage => {
+            let host = host()?;
+            let r = ctl::unstage(&host)?;
+            if r.removed.is_empty() {
+                out(&format!("nothing staged: no {} in {}\n", host.names.new, host.images.display()))
+            } else {
+                out(&format!("removed {}\n", r.removed.join(", ")))
+            }
+        }
+        Cmd::Revert => {
+            let host = host()?;
+            let r = ctl::revert(&host)?;
+            let n = &host.names;
+            let mut s = if r.already_requested {
+                format!("a revert was already requested ({} present)\n", n.revert_flag)
+            } else {
+                format!("revert requested: created {}\n", host.image_path(&n.revert_flag).display())
+            };
+            if r.old_present {
+                s += &format!(
+                    "the next boot reverts to {}; {} is kept as {}\n",
+                    n.old, n.current, n.broken
+                );
+            } else {
+                s += &format!(
+                    "warning: there is no {}: the next boot only clears the flag and boots {} again\n",
+                    n.old, n.current
+                );
+            }
+            if r.staged_present {
+                s += &format!("warning: {} is staged; the revert wins and moves it to {}\n", n.new, n.rejected);
+            }
+            out(&s)
+        }
+        Cmd::MarkGood { no_grub } => {
+            let host = host()?;
+            let m = ctl::mark_good(&host, !no_grub)?;
+            let cur = &host.names.current;
+            let mut s = match m.trial {
+                Some(t) => format!(
+                    "{cur} marked good: its trial is over (it was on try {} of {})\n",
+                    t.tries - t.tries_left,
+                    t.tries
+                ),
+                None => format!("{cur} is not on trial: nothing to end\n"),
+            };
+            let grub_err = match m.grub {
+                None => {
+                    s += "GRUB's boot counter left alone (--no-grub)\n";
+                    None
+                }
+                Some(Ok(true)) => {
+                    s += "GRUB's boot counter cleared on the EFI system partition\n";
+                    None
+                }
+                Some(Ok(false)) => {
+                    s += "no grubenv of hninit's GRUB found on an EFI system partition: no boot counter to clear\n";
+                    None
+                }
+                Some(Err(e)) => Some(e),
+            };
+            out(&s)?;
+            match grub_err {
+                Some(e) => Err(CtlError::failed("clearing GRUB's boot counter", e)),
+                None => Ok(()),
+            }
+        }
+        Cmd::Log { lines } => {
+            let host = host()?;
+            let log = ctl::boot_log(&host, *lines)?;
+            let mut s = log.join("\n");
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            out(&s)
+        }
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "hnctl", &mut buf);
+            out(&String::from_utf8_lossy(&buf))
+        }
+        Cmd::Man => out(&man_page()?),
+    }
+}
+
+/// The roff page, its `.TH` line first (clap_mangen puts a string definition before it).
+fn man_page() -> Result<String, CtlError> {
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut buf)
+        .map_err(|e| CtlError::failed("rendering the manual page", e))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (th, rest): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.starts_with(".TH "));
+    let mut page = String::new();
+    for l in th.iter().chain(rest.iter()) {
+        page.push_str(l);
+        page.push('\n');
+    }
+    Ok(page)
+}
+
+fn stage(host: &Host, image: &str, sha256: Option<[u8; 32]>, reflink: bool) -> Result<(), CtlError> {
+    let start = Instant::now();
+    let mut line = Progress::new(std::io::stderr().is_terminal());
+    let res = ctl::stage(host, image, sha256, reflink, &mut |done, total| line.update(done, total));
+    line.clear();
+    let r = res?;
+    let secs = start.elapsed().as_secs_f64();
+    let from = if image == "-" { "standard input" } else { image };
+    let mut s = summary(&r, from, secs);
+    if ctl::revert_requested(host) {
+        s += &format!(
+            "warning: a revert is requested ({}): the next boot reverts and moves {} to {}\n",
+            host.names.revert_flag, host.names.new, host.names.rejected
+        );
+    } else {
+        s += &format!(
+            "the next boot checks it and rotates it in; {} becomes {}\n",
+            host.names.current, host.names.old
+        );
+    }
+    out(&s)
+}
+
+fn summary(r: &StageReport, image: &str, secs: f64) -> String {
+    let rate = if secs > 0.0 { r.bytes as f64 / 1e6 / secs } else { 0.0 };
+    let how = match r.method {
+        hninit::hostdir::CopyMethod::Reflink => "reflinked",
+        hninit::hostdir::CopyMethod::CopyFileRange => "copied (copy_file_range)",
+        hninit::hostdir::CopyMethod::ReadWrite => "copied (read/write)",
+    };
+    let mut s = format!(
+        "staged {} from {image}: {} bytes in {secs:.2} s ({rate:.1} MB/s), {how}, {}{}\n",
+        r.name,
+        r.bytes,
+        r.fstype,
+        if r.replaced { ", replacing the image staged before" } else { "" }
+    );
+    s += &match (&r.sha256, &r.digest_file) {
+        (Some(d), Some(f)) => format!("sha256 {d} (verified, kept in {f})\n"),
+        (Some(d), None) => format!("sha256 {d}\n"),
+        _ => "sha256 not computed (give --sha256 HEX to verify the copy)\n".to_string(),
+    };
+    s
+}
+
+/// The progress line on a terminal: at most 10 updates a second.
+struct Progress {
+    tty: bool,
+    start: Instant,
+    last: Option<Instant>,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(tty: bool) -> Progress {
+        Progress { tty, start: Instant::now(), last: None, shown: false }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if !self.tty {
+            return;
+        }
+        let now = Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l) < Duration::from_millis(100)) && done != total {
+            return;
+        }
+        self.last = Some(now);
+        let secs = now.duration_since(self.start).as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / 1e6 / secs } else { 0.0 };
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let line = if total > 0 {
+            format!(
+                "staging: {:.0} of {:.0} MiB ({:.0}%), {rate:.0} MB/s",
+                mib(done),
+                mib(total),
+                done as f64 * 100.0 / total as f64
+            )
+        } else {
+            format!("staging: {:.0} MiB, {rate:.0} MB/s", mib(done))
+        };
+        let mut e = std::io::stderr().lock();
+        let _ = write!(e, "\r\x1b[K{line}");
+        let _ = e.flush();
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "\r\x1b[K");
+            let _ = e.flush();
+            self.shown = false;
+        }
+    }
+}
