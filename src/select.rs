@@ -8,7 +8,7 @@ use crate::cmdline::{Cmdline, Revert};
 use crate::esp::EspAccess;
 use crate::drivers::Drivers;
 use crate::error::{sys, BootError, Result};
-use crate::hostdir::RealDir;
+use crate::hostdir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
 use crate::slots::{self, Names, Outcome, Request, SlotError};
 use crate::{bootlog, loopdev, mounts, probe, rootfs};
 use rustix::mount::MountFlags;
@@ -35,6 +35,9 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
     };
     let images = RealDir::open(&dir, false).map_err(|_| missing())?;
     let state = RealDir::open(&hostpart.join(STATE_DIR), true).map_err(sys(format!("open {}/{STATE_DIR}", hostpart.display())))?;
+    let counter = std::cell::Cell::new(0);
+    let images = Stepped { inner: &images, n: &counter };
+    let state = Stepped { inner: &state, n: &counter };
     let names = Names::new(&file);
     let req = Request {
         revert: if cmd.kexeced { None } else { cmd.revert },
@@ -81,6 +84,70 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
         }
     }
     Ok(outcome)
+}
+
+/// Logs each mutating step (debug) before doing it: the power-cut tests kill the
+/// machine when they see a step's line.
+struct Stepped<'a> {
+    inner: &'a dyn Dir,
+    n: &'a std::cell::Cell<usize>,
+}
+
+impl Stepped<'_> {
+    fn step(&self, what: std::fmt::Arguments) {
+        let n = self.n.get();
+        self.n.set(n + 1);
+        debug!("slot step {n}: {what} in {}", self.inner.label());
+    }
+}
+
+impl Dir for Stepped<'_> {
+    fn label(&self) -> String {
+        self.inner.label()
+    }
+    fn id(&self, name: &str) -> std::io::Result<Option<FileId>> {
+        self.inner.id(name)
+    }
+    fn read(&self, name: &str, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+        self.inner.read(name, max)
+    }
+    fn link(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.step(format_args!("link {from} {to}"));
+        self.inner.link(from, to)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.step(format_args!("rename {from} {to}"));
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.step(format_args!("unlink {name}"));
+        self.inner.remove(name)
+    }
+    fn write_synced(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.step(format_args!("write+fsync {name}"));
+        self.inner.write_synced(name, data)
+    }
+    fn append_synced(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.inner.append_synced(name, data)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.step(format_args!("fsync"));
+        self.inner.sync()
+    }
+    fn create_from(
+        &self,
+        name: &str,
+        src: &std::fs::File,
+        len_hint: Option<u64>,
+        opts: CopyOpts,
+        progress: &mut dyn FnMut(u64),
+    ) -> std::io::Result<CopyInfo> {
+        self.step(format_args!("create {name}"));
+        self.inner.create_from(name, src, len_hint, opts, progress)
+    }
+    fn open_read(&self, name: &str) -> std::io::Result<std::fs::File> {
+        self.inner.open_read(name)
+    }
 }
 
 /// Checks a staged image before it may become current. The reason is logged and kept.

@@ -655,6 +655,78 @@ fn grub_counter_rollback(ctx: &mut Ctx) -> Result<(), Failure> {
     expect_clean_poweroff(&mut vm)
 }
 
+// ---- Power cuts ------------------------------------------------------------------
+
+/// A pristine disk with A current and B staged, and a working copy of it.
+fn power_cut_disks(ctx: &mut Ctx) -> Result<(PathBuf, PathBuf), Failure> {
+    let s = shared()?;
+    let (pristine, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a), ("hn-root-new.img", &s.image_b)]))?;
+    Ok((pristine.clone(), ctx.dir().join("work.img")))
+}
+
+/// After a power cut, the next boot must boot a complete image and finish the upgrade.
+fn boot_after_cut(ctx: &mut Ctx, disk: &Path, what: &str) -> Result<(), Failure> {
+    let mut vm = boot_direct(ctx, disk, DiskIf::Virtio, "rw")?;
+    vm.forbid("hninit: boot failed");
+    expect_root(&vm, "B", "rw").map_err(|f| Failure::new(format!("after a power cut {what}: {f}")))?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root-old.img"], &["hn-root-new.img", "hn-root-new.img.part"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn power_cut_at_each_step(ctx: &mut Ctx) -> Result<(), Failure> {
+    let (pristine, work) = power_cut_disks(ctx)?;
+    // An uninterrupted upgrade with hn.debug tells how many slot steps there are.
+    std::fs::copy(&pristine, &work)?;
+    let mut vm = boot_direct(ctx, &work, DiskIf::Virtio, "rw hn.debug")?;
+    expect_root(&vm, "B", "rw")?;
+    expect_clean_poweroff(&mut vm)?;
+    let steps: Vec<String> = vm
+        .console()
+        .lines()
+        .filter_map(|l| l.split("hninit: slot step ").nth(1).map(String::from))
+        .collect();
+    if steps.len() < 8 {
+        return Err(Failure::new(format!("only {} slot steps logged: {steps:?}", steps.len())));
+    }
+    for (k, step) in steps.iter().enumerate() {
+        std::fs::copy(&pristine, &work)?;
+        let mut vm = boot_direct(ctx, &work, DiskIf::Virtio, "rw hn.debug")?;
+        vm.expect(&format!("hninit: slot step {k}: "), STEP)?;
+        vm.kill(); // SIGKILL: the guest's unwritten page cache is lost, like a power cut.
+        boot_after_cut(ctx, &work, &format!("at step {step}"))?;
+    }
+    ctx.note(format!("{} power cuts, one at each slot step: every next boot booted image B", steps.len()));
+    Ok(())
+}
+
+fn power_cut_at_random_moments(ctx: &mut Ctx) -> Result<(), Failure> {
+    let (pristine, work) = power_cut_disks(ctx)?;
+    // Moments spread over the rotation window and the start of the new root,
+    // anchored on the console line that precedes them (a fixed delay after QEMU
+    // starts would depend on the machine's load): milliseconds after "mounted
+    // ... read-write at /hostpart", then some after "switching root".
+    let cuts: [(&str, u64); 7] = [
+        ("read-write at /hostpart", 0),
+        ("read-write at /hostpart", 15),
+        ("read-write at /hostpart", 40),
+        ("read-write at /hostpart", 90),
+        ("read-write at /hostpart", 170),
+        ("hninit: switching root", 0),
+        ("HNROOT: booted", 50),
+    ];
+    for (anchor, ms) in cuts {
+        std::fs::copy(&pristine, &work)?;
+        let mut vm = boot_direct(ctx, &work, DiskIf::Virtio, "rw")?;
+        vm.expect(anchor, STEP)?;
+        std::thread::sleep(Duration::from_millis(ms));
+        vm.kill();
+        let last = vm.console().lines().rev().find(|l| l.contains("hninit:") || l.contains("HNROOT:")).unwrap_or("").to_string();
+        boot_after_cut(ctx, &work, &format!("{ms} ms after {anchor:?} (last line: {last:?})"))?;
+        ctx.note(format!("cut {ms} ms after {anchor:?}; last line seen: {}", last.trim()));
+    }
+    Ok(())
+}
+
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "direct-boot", about: "direct kernel boot, ext4 host partition, default mode (ro mount on a writable loop)", run: direct_boot },
@@ -683,6 +755,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "staged-empty", about: "an empty staged image is rejected", run: staged_empty },
         Scenario { name: "trial-init-fails", about: "a trial image whose init fails is rolled back after its tries", run: trial_init_fails },
         Scenario { name: "grub-counter", about: "a trial image whose kernel panics is rolled back by GRUB's counter (OVMF)", run: grub_counter_rollback },
+        Scenario { name: "power-cut-steps", about: "QEMU killed at each slot step of an upgrade (hn.debug marks them); the next boot completes it", run: power_cut_at_each_step },
+        Scenario { name: "power-cut-random", about: "QEMU killed at moments across the rotation and the root's start; the next boot always boots a complete image", run: power_cut_at_random_moments },
         Scenario { name: "marked-good", about: "hnctl mark-good ends the trial; a late hn.revert=auto does nothing", run: marked_good_stays },
     ]
 }
