@@ -46,7 +46,11 @@ pub struct CtlError {
 
 impl CtlError {
     pub fn failed(what: impl Into<String>, found: impl std::fmt::Display) -> CtlError {
-        CtlError { what: what.into(), found: found.to_string(), kind: ErrorKind::Failed }
+        CtlError {
+            what: what.into(),
+            found: found.to_string(),
+            kind: ErrorKind::Failed,
+        }
     }
 
     pub fn exit_code(&self) -> i32 {
@@ -112,7 +116,10 @@ impl Host {
         match RealDir::open(&dir, create) {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Ok(None),
-            Err(e) => Err(CtlError::failed(format!("opening the state directory {}", dir.display()), e)),
+            Err(e) => Err(CtlError::failed(
+                format!("opening the state directory {}", dir.display()),
+                e,
+            )),
         }
     }
 }
@@ -129,13 +136,22 @@ pub fn locate(hostpart: Option<&Path>, real_root: Option<&str>, sys: &System) ->
                 format!("{} is not a directory", p.display()),
             ))
         }
-        None => sys.hostpart_candidates.iter().find(|p| p.is_dir()).cloned().ok_or_else(|| {
-            let tried: Vec<String> = sys.hostpart_candidates.iter().map(|p| p.display().to_string()).collect();
-            CtlError::failed(
-                "locating the host partition",
-                format!("none of {} is a directory (give --hostpart DIR)", tried.join(", ")),
-            )
-        })?,
+        None => sys
+            .hostpart_candidates
+            .iter()
+            .find(|p| p.is_dir())
+            .cloned()
+            .ok_or_else(|| {
+                let tried: Vec<String> = sys
+                    .hostpart_candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                CtlError::failed(
+                    "locating the host partition",
+                    format!("none of {} is a directory (give --hostpart DIR)", tried.join(", ")),
+                )
+            })?,
     };
     let real_root = match real_root {
         Some(r) => crate::cmdline::check_image_path(r).map_err(|found| CtlError {
@@ -155,7 +171,12 @@ pub fn locate(hostpart: Option<&Path>, real_root: Option<&str>, sys: &System) ->
         Some(p) if !p.as_os_str().is_empty() => hostpart.join(p),
         _ => hostpart.clone(),
     };
-    Ok(Host { names: Names::new(file), hostpart, real_root, images })
+    Ok(Host {
+        names: Names::new(file),
+        hostpart,
+        real_root,
+        images,
+    })
 }
 
 /// Which image the running system booted.
@@ -242,17 +263,24 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
         Some(state) => current_trial(host, &images, &state)?,
         None => None,
     };
-    let revert_requested = images
-        .exists(&host.names.revert_flag)
-        .map_err(|e| CtlError::failed(format!("reading {}", host.image_path(&host.names.revert_flag).display()), e))?;
+    let revert_requested = images.exists(&host.names.revert_flag).map_err(|e| {
+        CtlError::failed(
+            format!("reading {}", host.image_path(&host.names.revert_flag).display()),
+            e,
+        )
+    })?;
     let staged_digest = images
         .read(&host.names.digest, MAX_SMALL)
         .map_err(|e| CtlError::failed(format!("reading {}", host.image_path(&host.names.digest).display()), e))?
-        .map(|b| String::from_utf8_lossy(&b).split_whitespace().next().unwrap_or("").to_string());
-    let boot_log = match boot_log(host, Some(STATUS_LOG_LINES)) {
-        Ok(lines) => lines,
-        Err(_) => Vec::new(),
-    };
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+    // A missing or unreadable log only leaves this part empty (`hnctl log` says why).
+    let boot_log = boot_log(host, Some(STATUS_LOG_LINES)).unwrap_or_default();
     Ok(Status {
         hostpart: host.hostpart.display().to_string(),
         images_dir: host.images.display().to_string(),
@@ -286,38 +314,54 @@ fn current_trial(host: &Host, images: &RealDir, state: &RealDir) -> Result<Optio
 
 /// The root filesystem's loop device and its backing file, from mountinfo and sysfs.
 pub fn booted(sys: &System, host: &Host) -> Booted {
-    let unknown = Booted { image: "unknown".into(), device: None, backing_file: None };
-    let Ok(mountinfo) = std::fs::read_to_string(&sys.mountinfo) else { return unknown };
-    let Some((majmin, source)) = root_mount(&mountinfo) else { return unknown };
-    let Some(name) = loop_name(sys, &majmin, &source) else { return unknown };
+    let unknown = Booted {
+        image: "unknown".into(),
+        device: None,
+        backing_file: None,
+    };
+    let Ok(mountinfo) = std::fs::read_to_string(&sys.mountinfo) else {
+        return unknown;
+    };
+    let Some((majmin, source)) = root_mount(&mountinfo) else {
+        return unknown;
+    };
+    let Some(name) = loop_name(sys, &majmin, &source) else {
+        return unknown;
+    };
     let device = Some(format!("/dev/{name}"));
     let backing = std::fs::read_to_string(sys.sys.join("block").join(&name).join("loop/backing_file"))
         .ok()
         .map(|s| s.trim_end_matches('\n').to_string())
         .filter(|s| !s.is_empty());
-    let Some(backing) = backing else { return Booted { device, ..unknown } };
+    let Some(backing) = backing else {
+        return Booted { device, ..unknown };
+    };
     let image = slot_of(host, &backing).unwrap_or_else(|| backing.clone());
-    Booted { image, device, backing_file: Some(backing) }
+    Booted {
+        image,
+        device,
+        backing_file: Some(backing),
+    }
 }
 
 /// `(major:minor, source)` of the topmost mount on `/`.
 fn root_mount(mountinfo: &str) -> Option<(String, String)> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            if f.get(4) != Some(&"/") {
-                return None;
-            }
-            Some((f.get(2)?.to_string(), f.get(sep + 2)?.to_string()))
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        if f.get(4) != Some(&"/") {
+            return None;
+        }
+        Some((f.get(2)?.to_string(), f.get(sep + 2)?.to_string()))
+    })
 }
 
 /// `loopN` for the root device, from its mount source or its device number.
 fn loop_name(sys: &System, majmin: &str, source: &str) -> Option<String> {
-    let is_loop = |n: &str| n.strip_prefix("loop").is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let is_loop = |n: &str| {
+        n.strip_prefix("loop")
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
     if let Some(n) = source.strip_prefix("/dev/").filter(|n| is_loop(n)) {
         return Some(n.to_string());
     }
@@ -357,7 +401,9 @@ pub fn boot_log(host: &Host, n: Option<usize>) -> Result<Vec<String>, CtlError> 
     let skip = len.saturating_sub(MAX_READ_LOG);
     f.seek(SeekFrom::Start(skip)).map_err(|e| CtlError::failed(what(), e))?;
     let mut buf = Vec::new();
-    f.take(MAX_READ_LOG).read_to_end(&mut buf).map_err(|e| CtlError::failed(what(), e))?;
+    f.take(MAX_READ_LOG)
+        .read_to_end(&mut buf)
+        .map_err(|e| CtlError::failed(what(), e))?;
     let text = String::from_utf8_lossy(&buf);
     let mut lines: Vec<&str> = text.lines().collect();
     if skip > 0 && !lines.is_empty() {
@@ -391,7 +437,9 @@ impl Status {
             let _ = writeln!(s, "images in       {}", self.images_dir);
         }
         let booted = match (&self.booted.device, &self.booted.backing_file) {
-            (Some(d), Some(b)) if *b != self.booted.image => format!("{} (loop device {d}, backing file {b})", self.booted.image),
+            (Some(d), Some(b)) if *b != self.booted.image => {
+                format!("{} (loop device {d}, backing file {b})", self.booted.image)
+            }
             (Some(d), _) => format!("{} (loop device {d})", self.booted.image),
             _ => "unknown (the root filesystem is not on a loop device)".into(),
         };
@@ -460,11 +508,19 @@ pub fn stage(
     let images = host.open_images()?;
     let free_bytes = stage::free_bytes(&host.images)
         .map_err(|e| CtlError::failed(format!("measuring the free space in {}", host.images.display()), e))?;
-    let opts = StageOptions { sha256, reflink, free_bytes };
+    let opts = StageOptions {
+        sha256,
+        reflink,
+        free_bytes,
+    };
     stage::stage(&images, &host.names, &mut source, &opts, progress).map_err(|e| CtlError {
         what,
         found: e.to_string(),
-        kind: if e.is_refusal() { ErrorKind::Refused } else { ErrorKind::Failed },
+        kind: if e.is_refusal() {
+            ErrorKind::Refused
+        } else {
+            ErrorKind::Failed
+        },
     })
 }
 

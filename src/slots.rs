@@ -206,7 +206,14 @@ pub fn settle(
 
 fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
     let mut removed = Vec::new();
-    for name in [Names::tmp(&c.n.old), Names::tmp(&c.n.broken), c.n.part.clone()] {
+    let leftovers = [
+        Names::tmp(&c.n.old),
+        Names::tmp(&c.n.broken),
+        c.n.part.clone(),
+        Names::tmp(&c.n.digest),
+        Names::tmp(&c.n.revert_flag),
+    ];
+    for name in leftovers {
         if c.remove(&name)? {
             removed.push(name);
         }

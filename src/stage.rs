@@ -86,7 +86,12 @@ impl StageSource {
             return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
         }
         let len = (ft == FileType::RegularFile).then_some(st.st_size as u64);
-        Ok(StageSource { file, label, len, stream })
+        Ok(StageSource {
+            file,
+            label,
+            len,
+            stream,
+        })
     }
 
     pub fn label(&self) -> &str {
@@ -132,7 +137,14 @@ pub struct StageReport {
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error("not enough space in {dir}: staging needs {need} bytes ({}, the image's {size} bytes + 1% + 16 MiB), {free} bytes ({}) are free", mib(*need), mib(*free))]
-    NoSpace { dir: String, size: u64, need: u64, free: u64 },
+    NoSpace {
+        dir: String,
+        size: u64,
+        need: u64,
+        free: u64,
+    },
+    #[error("the filesystem of {dir} filled up after {done} bytes of the copy")]
+    DiskFull { dir: String, done: u64 },
     #[error("the image is empty (0 bytes)")]
     Empty,
     #[error("the image is only {size} bytes; an image is at least 1 MiB")]
@@ -166,7 +178,11 @@ fn mib(b: u64) -> String {
 }
 
 fn io_err(dir: &dyn Dir, step: String) -> impl FnOnce(io::Error) -> StageError + '_ {
-    move |source| StageError::Io { step, dir: dir.label(), source }
+    move |source| StageError::Io {
+        step,
+        dir: dir.label(),
+        source,
+    }
 }
 
 /// Writes `source` as the staged image `names.new` (see the module doc for the
@@ -182,7 +198,10 @@ pub fn stage(
 ) -> Result<StageReport, StageError> {
     // Leftovers of an interrupted stage; their space comes back.
     let mut reclaimed = 0;
-    if let Some(id) = images.id(&names.part).map_err(io_err(images, format!("stat {}", names.part)))? {
+    if let Some(id) = images
+        .id(&names.part)
+        .map_err(io_err(images, format!("stat {}", names.part)))?
+    {
         remove_if_exists(images, &names.part).map_err(io_err(images, format!("remove stale {}", names.part)))?;
         reclaimed = id.size;
     }
@@ -193,7 +212,12 @@ pub fn stage(
     let check_space = |size: u64| {
         let need = required_space(size);
         if need > free {
-            Err(StageError::NoSpace { dir: images.label(), size, need, free })
+            Err(StageError::NoSpace {
+                dir: images.label(),
+                size,
+                need,
+                free,
+            })
         } else {
             Ok(())
         }
@@ -208,9 +232,19 @@ pub fn stage(
         copy_range: opts.reflink && !source.stream,
         sha256: opts.sha256.is_some(),
     };
+    let mut copied = 0;
     let info = images
-        .create_from(&names.part, &source.file, source.len, copy, &mut |done| progress(done, total))
-        .map_err(io_err(images, format!("copy {} to {}", source.label, names.part)));
+        .create_from(&names.part, &source.file, source.len, copy, &mut |done| {
+            copied = done;
+            progress(done, total)
+        })
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => StageError::DiskFull {
+                dir: images.label(),
+                done: copied,
+            },
+            _ => io_err(images, format!("copy {} to {}", source.label, names.part))(e),
+        });
     let checked = info.and_then(|info| {
         if source.len.is_none() {
             check_space(info.bytes)?;
@@ -244,7 +278,11 @@ pub fn stage(
 
 /// The copy is an image: size, filesystem, digest. Returns the filesystem type.
 fn check_image(images: &dyn Dir, names: &Names, info: &CopyInfo, want: Option<[u8; 32]>) -> Result<String, StageError> {
-    let read = |e| StageError::Io { step: format!("read back {}", names.part), dir: images.label(), source: e };
+    let read = |e| StageError::Io {
+        step: format!("read back {}", names.part),
+        dir: images.label(),
+        source: e,
+    };
     let f = images.open_read(&names.part).map_err(read)?;
     let size = f.metadata().map_err(read)?.len();
     if size == 0 {
@@ -266,7 +304,10 @@ fn check_image(images: &dyn Dir, names: &Names, info: &CopyInfo, want: Option<[u
     if let Some(want) = want {
         let got = info.sha256.map(|d| hex(&d)).unwrap_or_else(|| "no digest".into());
         if got != hex(&want) {
-            return Err(StageError::DigestMismatch { expected: hex(&want), actual: got });
+            return Err(StageError::DigestMismatch {
+                expected: hex(&want),
+                actual: got,
+            });
         }
     }
     Ok(fstype.name().to_string())
@@ -275,11 +316,14 @@ fn check_image(images: &dyn Dir, names: &Names, info: &CopyInfo, want: Option<[u
 /// Digest (or removal of a stale one), then `.part` → new, fsync. Returns
 /// (a staged image was replaced, the digest file written).
 fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>) -> Result<(bool, Option<String>), StageError> {
-    let replaced = images.exists(&names.new).map_err(io_err(images, format!("stat {}", names.new)))?;
+    let replaced = images
+        .exists(&names.new)
+        .map_err(io_err(images, format!("stat {}", names.new)))?;
     let digest_file = match sha {
         Some(d) => {
             let line = format!("{}  {}\n", hex(d), names.new);
-            write_atomic(images, &names.digest, line.as_bytes()).map_err(io_err(images, format!("write {}", names.digest)))?;
+            write_atomic(images, &names.digest, line.as_bytes())
+                .map_err(io_err(images, format!("write {}", names.digest)))?;
             Some(names.digest.clone())
         }
         None => {
@@ -312,7 +356,12 @@ pub struct UnstageReport {
 /// without the digest it was staged with), and leftovers of an interrupted stage.
 pub fn unstage(images: &dyn Dir, names: &Names) -> Result<UnstageReport, StageError> {
     let mut removed = Vec::new();
-    for name in [names.new.clone(), names.digest.clone(), names.part.clone(), format!("{}.tmp", names.digest)] {
+    for name in [
+        names.new.clone(),
+        names.digest.clone(),
+        names.part.clone(),
+        format!("{}.tmp", names.digest),
+    ] {
         if remove_if_exists(images, &name).map_err(io_err(images, format!("remove {name}")))? {
             removed.push(name);
         }
@@ -345,7 +394,11 @@ pub fn request_revert(images: &dyn Dir, names: &Names) -> Result<RevertReport, S
         remove_if_exists(images, &tmp).map_err(io_err(images, format!("remove stale {tmp}")))?;
         write_atomic(images, flag, b"").map_err(io_err(images, format!("create {flag}")))?;
     }
-    Ok(RevertReport { already_requested, old_present: stat(&names.old)?, staged_present: stat(&names.new)? })
+    Ok(RevertReport {
+        already_requested,
+        old_present: stat(&names.old)?,
+        staged_present: stat(&names.new)?,
+    })
 }
 
 /// The copy engine of [`Dir::create_from`]: fills `dst` (empty, opened read-write)
@@ -378,11 +431,19 @@ pub fn copy_file(
             progress(bytes);
             None
         };
-        return Ok(CopyInfo { bytes, method: CopyMethod::Reflink, sha256 });
+        return Ok(CopyInfo {
+            bytes,
+            method: CopyMethod::Reflink,
+            sha256,
+        });
     }
     if opts.copy_range && !opts.sha256 && regular {
         if let Some(bytes) = copy_range(src, dst, len_hint, progress)? {
-            return Ok(CopyInfo { bytes, method: CopyMethod::CopyFileRange, sha256: None });
+            return Ok(CopyInfo {
+                bytes,
+                method: CopyMethod::CopyFileRange,
+                sha256: None,
+            });
         }
     }
     let mut h = opts.sha256.then(Sha256::new);
@@ -396,7 +457,11 @@ pub fn copy_file(
         progress(done);
         Ok(())
     })?;
-    Ok(CopyInfo { bytes, method: CopyMethod::ReadWrite, sha256: h.map(|h| h.finalize().into()) })
+    Ok(CopyInfo {
+        bytes,
+        method: CopyMethod::ReadWrite,
+        sha256: h.map(|h| h.finalize().into()),
+    })
 }
 
 /// `copy_file_range` in chunks; `None` when the kernel cannot do it for these
@@ -418,7 +483,9 @@ fn copy_range(src: &File, dst: &File, len_hint: Option<u64>, progress: &mut dyn 
                 progress(done);
             }
             Err(Errno::INTR) => {}
-            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF | Errno::PERM) if done == 0 => {
+            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF | Errno::PERM)
+                if done == 0 =>
+            {
                 return Ok(None)
             }
             Err(e) => return Err(e.into()),
@@ -471,16 +538,38 @@ mod tests {
         std::fs::write(&src_path, &data).unwrap();
         let want: [u8; 32] = Sha256::digest(&data).into();
         for (i, opts) in [
-            CopyOpts { reflink: true, copy_range: true, sha256: false },
-            CopyOpts { reflink: true, copy_range: true, sha256: true },
-            CopyOpts { reflink: false, copy_range: true, sha256: false },
-            CopyOpts { reflink: false, copy_range: false, sha256: true },
+            CopyOpts {
+                reflink: true,
+                copy_range: true,
+                sha256: false,
+            },
+            CopyOpts {
+                reflink: true,
+                copy_range: true,
+                sha256: true,
+            },
+            CopyOpts {
+                reflink: false,
+                copy_range: true,
+                sha256: false,
+            },
+            CopyOpts {
+                reflink: false,
+                copy_range: false,
+                sha256: true,
+            },
         ]
         .into_iter()
         .enumerate()
         {
             let dst_path = t.path().join(format!("dst{i}"));
-            let dst = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&dst_path).unwrap();
+            let dst = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&dst_path)
+                .unwrap();
             let src = File::open(&src_path).unwrap();
             let mut last = 0;
             let info = copy_file(&src, &dst, Some(data.len() as u64), opts, &mut |d| last = d).unwrap();

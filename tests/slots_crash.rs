@@ -86,6 +86,21 @@ impl Dir for Faulty<'_> {
         self.plan.step(format!("{}: fsync dir", self.tag))?;
         self.inner.sync()
     }
+    fn create_from(
+        &self,
+        name: &str,
+        src: &std::fs::File,
+        len_hint: Option<u64>,
+        opts: hninit::hostdir::CopyOpts,
+        progress: &mut dyn FnMut(u64),
+    ) -> io::Result<hninit::hostdir::CopyInfo> {
+        self.plan.step(format!("{}: create+copy+fsync {name}", self.tag))?;
+        self.inner.create_from(name, src, len_hint, opts, progress)
+    }
+    fn open_read(&self, name: &str) -> io::Result<std::fs::File> {
+        self.plan.alive()?;
+        self.inner.open_read(name)
+    }
 }
 
 const IMAGES: &[&str] = &["IMAGE A", "IMAGE B", "IMAGE C"];

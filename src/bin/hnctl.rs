@@ -30,7 +30,6 @@ Examples:
 #[command(
     name = "hnctl",
     version,
-    about,
     long_about = "hnctl manages the root filesystem images on the host partition of a \
 system booted by hninit: `hn-root.img` (current), `hn-root-new.img` (staged: rotated in \
 at the next boot), `hn-root-old.img` (previous), the `system-revert` flag and the trial \
@@ -135,18 +134,27 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             let host = host()?;
             let st = ctl::status(&host, &sys)?;
             if *json {
-                let text = serde_json::to_string_pretty(&st).map_err(|e| CtlError::failed("rendering the status", e))?;
+                let text =
+                    serde_json::to_string_pretty(&st).map_err(|e| CtlError::failed("rendering the status", e))?;
                 out(&format!("{text}\n"))
             } else {
                 out(&st.render_text(&host.names))
             }
         }
-        Cmd::Stage { image, sha256, no_reflink } => stage(&host()?, image, *sha256, !no_reflink),
+        Cmd::Stage {
+            image,
+            sha256,
+            no_reflink,
+        } => stage(&host()?, image, *sha256, !no_reflink),
         Cmd::Unstage => {
             let host = host()?;
             let r = ctl::unstage(&host)?;
             if r.removed.is_empty() {
-                out(&format!("nothing staged: no {} in {}\n", host.names.new, host.images.display()))
+                out(&format!(
+                    "nothing staged: no {} in {}\n",
+                    host.names.new,
+                    host.images.display()
+                ))
             } else {
                 out(&format!("removed {}\n", r.removed.join(", ")))
             }
@@ -158,7 +166,10 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             let mut s = if r.already_requested {
                 format!("a revert was already requested ({} present)\n", n.revert_flag)
             } else {
-                format!("revert requested: created {}\n", host.image_path(&n.revert_flag).display())
+                format!(
+                    "revert requested: created {}\n",
+                    host.image_path(&n.revert_flag).display()
+                )
             };
             if r.old_present {
                 s += &format!(
@@ -172,7 +183,10 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 );
             }
             if r.staged_present {
-                s += &format!("warning: {} is staged; the revert wins and moves it to {}\n", n.new, n.rejected);
+                s += &format!(
+                    "warning: {} is staged; the revert wins and moves it to {}\n",
+                    n.new, n.rejected
+                );
             }
             out(&s)
         }
@@ -246,7 +260,9 @@ fn man_page() -> Result<String, CtlError> {
 fn stage(host: &Host, image: &str, sha256: Option<[u8; 32]>, reflink: bool) -> Result<(), CtlError> {
     let start = Instant::now();
     let mut line = Progress::new(std::io::stderr().is_terminal());
-    let res = ctl::stage(host, image, sha256, reflink, &mut |done, total| line.update(done, total));
+    let res = ctl::stage(host, image, sha256, reflink, &mut |done, total| {
+        line.update(done, total)
+    });
     line.clear();
     let r = res?;
     let secs = start.elapsed().as_secs_f64();
@@ -278,7 +294,11 @@ fn summary(r: &StageReport, image: &str, secs: f64) -> String {
         r.name,
         r.bytes,
         r.fstype,
-        if r.replaced { ", replacing the image staged before" } else { "" }
+        if r.replaced {
+            ", replacing the image staged before"
+        } else {
+            ""
+        }
     );
     s += &match (&r.sha256, &r.digest_file) {
         (Some(d), Some(f)) => format!("sha256 {d} (verified, kept in {f})\n"),
@@ -298,7 +318,12 @@ struct Progress {
 
 impl Progress {
     fn new(tty: bool) -> Progress {
-        Progress { tty, start: Instant::now(), last: None, shown: false }
+        Progress {
+            tty,
+            start: Instant::now(),
+            last: None,
+            shown: false,
+        }
     }
 
     fn update(&mut self, done: u64, total: u64) {
@@ -306,7 +331,11 @@ impl Progress {
             return;
         }
         let now = Instant::now();
-        if self.last.is_some_and(|l| now.duration_since(l) < Duration::from_millis(100)) && done != total {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < Duration::from_millis(100))
+            && done != total
+        {
             return;
         }
         self.last = Some(now);
