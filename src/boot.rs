@@ -47,7 +47,7 @@ impl Boot {
         let image = self.settle_slots()?; //            6
         self.kernel_handover(&image)?; //               7
         self.mount_image(&image)?; //                   8
-        // 9: first-boot instantiation arrives with the host config work.
+        self.first_boot()?; //                          9
         self.handoff() //                               10
     }
 
@@ -161,6 +161,26 @@ impl Boot {
         );
         self.root = Some(root);
         Ok(())
+    }
+
+    /// 9. Instantiate the image as this host if a configuration applies.
+    #[cfg(not(feature = "firstboot"))]
+    fn first_boot(&mut self) -> Result<()> {
+        debug!("first boot: not built into this init (cargo feature firstboot)");
+        Ok(())
+    }
+
+    /// 9. Instantiate the image as this host if a configuration applies.
+    #[cfg(feature = "firstboot")]
+    fn first_boot(&mut self) -> Result<()> {
+        let Some(root) = self.root.as_mut() else { return Ok(()) };
+        if self.wait.devices.is_empty() || self.cmd.config.as_deref().is_some_and(|c| c.starts_with("PARTUUID=")) {
+            self.wait.devices = devices::BlockScanner::default().scan(true);
+        } else {
+            // Devices may have appeared since step 4 (a swap disk behind the host disk).
+            self.wait.devices = devices::BlockScanner::default().scan(false);
+        }
+        crate::instantiate::first_boot(&self.cmd, Path::new(HOSTPART), &self.wait.devices, &self.drivers, root)
     }
 
     fn hostpart_dev(&self) -> String {

@@ -23,6 +23,8 @@ pub enum BootError {
     ImageMissing { path: String, dev: String },
     #[error("image {path}: {reason}")]
     ImageBad { path: String, reason: String },
+    #[error("first boot: {0}")]
+    FirstBoot(String),
     #[error("init {init} in image {image} cannot be started: {reason}")]
     InitNotExecutable {
         init: String,

@@ -22,6 +22,7 @@ pub mod firstboot;
 pub mod grubenv;
 pub mod handoff;
 pub mod identity;
+pub mod instantiate;
 pub mod hostconfig;
 pub mod kexec;
 pub mod hostdir;

@@ -56,12 +56,20 @@ pub fn build_workspace_bin(name: &str) -> Result<PathBuf> {
     exe.with_context(|| format!("cargo built no executable named {name}"))
 }
 
+/// The size /init must stay under (stripped, static).
+pub const INIT_BUDGET: u64 = 1 << 20;
+
 /// Builds the init (static, release) and returns its path, e.g.
-/// `target/x86_64-unknown-linux-musl/release/init`.
+/// `target/x86_64-unknown-linux-musl/release/init`; fails if it is not static or
+/// is over the 1 MiB budget.
 pub fn build_init() -> Result<PathBuf> {
     let p = build_workspace_bin("init")?;
     if !util::is_static_elf(&p)? {
         bail!("{} is not a static executable", p.display());
+    }
+    let size = std::fs::metadata(&p)?.len();
+    if size >= INIT_BUDGET {
+        bail!("{} is {size} bytes: over the 1 MiB budget for /init", p.display());
     }
     Ok(p)
 }

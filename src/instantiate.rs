@@ -1,0 +1,95 @@
+//! Step 9 at boot: find the host configuration (`configsource`), and when the
+//! image is not yet instantiated for it, make the new root writable for the
+//! time of `firstboot::instantiate`, remember the config in `hn-state/` (so every
+//! later image becomes the same host), and wipe the secrets from the swap device.
+
+use crate::cmdline::{Cmdline, RootMode};
+use crate::configsource::{self, Origin};
+use crate::devspec::BlockDev;
+use crate::drivers::Drivers;
+use crate::error::{BootError, Result};
+use crate::firstboot::{self, Options};
+use crate::rootfs::{self, MountedRoot, NEWROOT};
+use rustix::mount::{mount_remount, MountFlags};
+use std::path::Path;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn failed(what: impl std::fmt::Display) -> BootError {
+    BootError::FirstBoot(what.to_string())
+}
+
+/// Instantiates the mounted new root if a configuration applies. `root` is
+/// replaced when the image had to be re-attached writable (`ro`).
+pub fn first_boot(cmd: &Cmdline, hostpart: &Path, devs: &[BlockDev], drivers: &Drivers, root: &mut MountedRoot) -> Result<()> {
+    let found = configsource::find_config(cmd.config.as_deref(), devs, hostpart).map_err(failed)?;
+    let Some(found) = found else {
+        info!("first boot: no host configuration (hn.config=, swap device, hn-state/host.json): the image boots as it is");
+        return Ok(());
+    };
+    for w in &found.parsed.warnings {
+        warn!("config ({}): {w}", found.source);
+    }
+    let state = crate::identity::open_state_dir(hostpart).map_err(|e| failed(format!("opening {}/hn-state/identity: {e}", hostpart.display())))?;
+    let config = &found.parsed.config;
+    let digest = &found.parsed.digest;
+    let probe = firstboot::instantiate(Path::new(NEWROOT), &state, config, digest, &Options { dry_run: true, now: now() }).map_err(failed)?;
+    if probe.already_instantiated {
+        info!("first boot: already instantiated as {} from {} (identity {})", config.vm_hostname, found.source, probe.identity_id);
+    } else {
+        let report = with_writable_root(cmd, root, drivers, || {
+            firstboot::instantiate(Path::new(NEWROOT), &state, config, digest, &Options { dry_run: false, now: now() })
+        })?
+        .map_err(failed)?;
+        notice!("first boot: instantiated as {} from {}: {}", config.vm_hostname, found.source, report.summary().trim_end().replace('\n', "; "));
+        for w in &report.warnings {
+            warn!("first boot: {w}");
+        }
+    }
+    if found.source.origin != Origin::LastApplied {
+        let hn_state = crate::hostdir::RealDir::open(&hostpart.join(crate::select::STATE_DIR), true)
+            .map_err(|e| failed(format!("opening hn-state: {e}")))?;
+        if let Err(e) = configsource::save_last_applied(&hn_state, &crate::configparse::canonical_json(config)) {
+            warn!("cannot keep the applied configuration in hn-state: {e}");
+        }
+    }
+    if cmd.config_keep {
+        info!("first boot: hn.config.keep: the configuration stays on {}", found.source.path.display());
+    } else {
+        match found.source.wipe() {
+            Ok(0) => {}
+            Ok(n) => info!("first boot: wiped the configuration ({n} bytes) from {}", found.source.path.display()),
+            Err(e) => warn!("first boot: could not wipe the configuration: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` with /newroot mounted read-write, then restores the mode asked for.
+fn with_writable_root<T>(cmd: &Cmdline, root: &mut MountedRoot, drivers: &Drivers, f: impl FnOnce() -> T) -> Result<T> {
+    let newroot = Path::new(NEWROOT);
+    match cmd.root_mode {
+        RootMode::Rw => Ok(f()),
+        RootMode::Default => {
+            mount_remount(newroot, MountFlags::empty(), "").map_err(crate::error::sys("remount /newroot read-write for the first boot"))?;
+            let out = f();
+            mount_remount(newroot, MountFlags::RDONLY, "").map_err(crate::error::sys("remount /newroot read-only"))?;
+            Ok(out)
+        }
+        RootMode::Ro => {
+            // The loop device itself is read-only: attach the image writable for the
+            // instantiation, then again read-only as asked.
+            let image = root.image.clone();
+            rustix::mount::unmount(newroot, rustix::mount::UnmountFlags::empty()).map_err(crate::error::sys("unmount /newroot"))?;
+            let rw = Cmdline { root_mode: RootMode::Rw, ..cmd.clone() };
+            let hostpart_dev = String::new();
+            rootfs::mount_image(&rw, &image, &hostpart_dev, drivers)?;
+            let out = f();
+            rustix::mount::unmount(newroot, rustix::mount::UnmountFlags::empty()).map_err(crate::error::sys("unmount /newroot"))?;
+            *root = rootfs::mount_image(cmd, &image, &hostpart_dev, drivers)?;
+            Ok(out)
+        }
+    }
+}
