@@ -291,3 +291,42 @@ fn man_and_completions() {
     let zsh = ok(hnctl(&h, &["completions", "zsh"]));
     assert!(zsh.contains("mark-good"));
 }
+
+/// A minimal valid configuration (the full format is in docs/config.md).
+const CONFIG: &str = r#"{"vm_hostname": "web1", "nameservers": ["192.0.2.53"],
+  "vif": [{"vif_number": 0, "pna": [{"pna_address": "192.0.2.10", "pbn": {"pbn_network": "192.0.2.0/24", "pbn_gateway": "192.0.2.1"}}]}],
+  "vm_conf": {"user": "admin", "ssh_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQ9yL0sEr2sSMGkL4Y6UomzWpLW4eEqvXB6M7AqEo3y admin@example"}}"#;
+
+#[test]
+fn config_validate_and_offline_firstboot() {
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good.json");
+    std::fs::write(&good, CONFIG).unwrap();
+    let bad = t.path().join("bad.json");
+    std::fs::write(&bad, r#"{"vm_hostname": "x", "vm_conf": {"user": "bob", "password": "hunter2"}}"#).unwrap();
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_hnctl")).args(args).output().unwrap();
+
+    let o = run(&["config", "validate", good.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("valid, host web1"));
+    let o = run(&["config", "validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("vm_conf.password") && !err.contains("hunter2"), "{err}");
+
+    let root = t.path().join("root");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/roots/debian-networkd");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&root).status().unwrap().success());
+    let state = t.path().join("identity");
+    let before = std::fs::read(root.join("etc/hostname")).ok();
+    let o = run(&["firstboot", "--config", good.to_str().unwrap(), "--root", root.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("write /etc/hostname"));
+    assert_eq!(std::fs::read(root.join("etc/hostname")).ok(), before, "a dry run wrote");
+    let o = run(&["firstboot", "--config", good.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state", state.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "web1\n");
+    assert!(root.join("etc/hninit/instance.json").exists());
+    let o = run(&["firstboot", "--config", good.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state", state.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already instantiated"), "{}", String::from_utf8_lossy(&o.stdout));
+}

@@ -90,6 +90,27 @@ Refused (exit 3) leaves nothing behind.")]
         #[arg(short = 'n', long = "lines", value_name = "N")]
         lines: Option<usize>,
     },
+    /// Host configurations (Gandi's JSON format plus hninit's keys)
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Instantiate an unpacked image root offline from a host configuration
+    /// (identity kept in STATE_DIR, like hn-state/identity at boot)
+    Firstboot {
+        /// The host configuration (JSON)
+        #[arg(long)]
+        config: PathBuf,
+        /// The unpacked image root to instantiate
+        #[arg(long)]
+        root: PathBuf,
+        /// Where the host identity (ssh host key, machine-id) is kept [default: ROOT/../hn-state-identity]
+        #[arg(long, value_name = "STATE_DIR")]
+        state: Option<PathBuf>,
+        /// Print the planned file changes; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -97,6 +118,12 @@ Refused (exit 3) leaves nothing behind.")]
     },
     /// Print the manual page (roff)
     Man,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Check a configuration file: every error names its JSON path; exit 3 if refused
+    Validate { file: PathBuf },
 }
 
 fn parse_real_root(v: &str) -> Result<String, String> {
@@ -238,7 +265,38 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             out(&String::from_utf8_lossy(&buf))
         }
         Cmd::Man => out(&man_page()?),
+        Cmd::Config { cmd: ConfigCmd::Validate { file } } => {
+            let parsed = hninit::configparse::parse_file(file).map_err(refused)?;
+            let mut text = String::new();
+            for w in &parsed.warnings {
+                text.push_str(&format!("warning: {w}\n"));
+            }
+            text.push_str(&format!("{}: valid, host {} (digest {})\n", file.display(), parsed.config.vm_hostname, parsed.digest));
+            out(&text)
+        }
+        Cmd::Firstboot { config, root, state, dry_run } => {
+            let parsed = hninit::configparse::parse_file(config).map_err(refused)?;
+            let mut state_dir = state.clone().unwrap_or_else(|| root.join("..").join("hn-state-identity"));
+            if *dry_run && !state_dir.is_dir() {
+                // Nothing may be written: plan against an empty, throwaway identity directory.
+                state_dir = std::env::temp_dir().join(format!("hnctl-dry-run-{}", std::process::id()));
+            }
+            std::fs::create_dir_all(&state_dir).map_err(|e| CtlError::failed(format!("creating {}", state_dir.display()), e))?;
+            let dir = hninit::hostdir::RealDir::open(&state_dir, !*dry_run)
+                .map_err(|e| CtlError::failed(format!("opening {}", state_dir.display()), e))?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let report = hninit::firstboot::instantiate(root, &dir, &parsed.config, &parsed.digest, &hninit::firstboot::Options { dry_run: *dry_run, now })
+                .map_err(|e| CtlError::failed(format!("instantiating {}", root.display()), e))?;
+            if state_dir.starts_with(std::env::temp_dir()) && state.is_none() {
+                let _ = std::fs::remove_dir_all(&state_dir);
+            }
+            out(&report.summary())
+        }
     }
+}
+
+fn refused(e: impl std::fmt::Display) -> CtlError {
+    CtlError { what: "checking the configuration".into(), found: e.to_string(), kind: hninit::ctl::ErrorKind::Refused }
 }
 
 /// The roff page, its `.TH` line first (clap_mangen puts a string definition before it).
