@@ -1,9 +1,11 @@
 //! The product's initramfs builder: resolves kernel modules (names or aliases,
-//! with their dependency closure from `modules.dep`) and writes the hninit
-//! newc cpio archive, deterministically, optionally compressed.
+//! with their dependency closure from `modules.dep`, using the init's own
+//! [`hninit::modindex::ModIndex`]) and writes the hninit newc cpio archive,
+//! deterministically, optionally compressed.
 
 use crate::util;
 use anyhow::{bail, Context, Result};
+use hninit::modindex::ModIndex;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -101,279 +103,49 @@ fn list_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A module's canonical name: file name without `.ko[.xz|.zst|.gz]`, `-` → `_`.
-pub fn module_name(s: &str) -> String {
-    let base = s.rsplit('/').next().unwrap_or(s);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
-        .iter()
-        .find_map(|x| base.strip_suffix(x))
-        .unwrap_or(base);
-    stem.replace('-', "_")
-}
-
-/// An alias (or alias pattern) as modprobe compares it: `-` → `_` outside `[...]`.
-fn alias_key(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut class = false;
-    for c in s.chars() {
-        match c {
-            '[' => class = true,
-            ']' => class = false,
-            _ => {}
-        }
-        out.push(if c == '-' && !class { '_' } else { c });
-    }
-    out
-}
-
-/// fnmatch(3) without flags: `*`, `?`, `[...]` (with `!`/`^` and ranges).
-/// Iterative with single backtracking point, so linear-ish in practice.
-pub fn glob_match(pat: &str, s: &str) -> bool {
-    let p: Vec<char> = pat.chars().collect();
-    let t: Vec<char> = s.chars().collect();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi, ti));
-                    pi += 1;
-                    continue;
-                }
-                '?' => {
-                    pi += 1;
-                    ti += 1;
-                    continue;
-                }
-                '[' => {
-                    if let Some((ok, next)) = class_match(&p, pi, t[ti]) {
-                        if ok {
-                            pi = next;
-                            ti += 1;
-                            continue;
-                        }
-                    } else if t[ti] == '[' {
-                        pi += 1;
-                        ti += 1;
-                        continue;
-                    }
-                }
-                c if c == t[ti] => {
-                    pi += 1;
-                    ti += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Matches `c` against the class starting at `p[start] == '['`; returns
-/// (matched, index after `]`), or `None` when the class is unterminated.
-fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = matches!(p.get(i), Some('!') | Some('^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while i < p.len() {
-        if p[i] == ']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-            if p[i] <= c && c <= p[i + 2] {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if p[i] == c {
-                matched = true;
-            }
-            i += 1;
-        }
-    }
-    None
-}
-
-/// One loadable module from `modules.dep`.
-#[derive(Debug, Clone)]
-struct ModEntry {
-    /// Path relative to the modules dir, as written in modules.dep.
-    path: String,
-    deps: Vec<String>,
-}
-
 /// How a requested name resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    /// Loadable modules (one for a name, maybe several for an alias).
+    /// Loadable modules (one for a name, maybe several for an alias), sorted.
     Modules(Vec<String>),
     /// Built into the kernel.
     Builtin,
 }
 
-/// The module index of one kernel: `modules.dep`, `modules.alias`,
-/// `modules.builtin` (and `modules.builtin.alias` when present).
-#[derive(Debug, Clone, Default)]
-pub struct ModuleIndex {
-    modules: BTreeMap<String, ModEntry>,
-    aliases: Vec<(String, String)>,
-    builtin: BTreeSet<String>,
-    builtin_aliases: Vec<(String, String)>,
+/// Resolves a module name or alias the way the init does at boot
+/// ([`ModIndex::resolve`]): loadable modules win over built-in ones; `None`
+/// when the kernel has no such thing.
+pub fn resolve(index: &ModIndex, request: &str) -> Option<Resolved> {
+    let found = index.resolve(request);
+    let mut loadable: Vec<String> = found
+        .iter()
+        .filter(|m| index.path_of(m).is_some())
+        .cloned()
+        .collect();
+    if !loadable.is_empty() {
+        loadable.sort();
+        loadable.dedup();
+        return Some(Resolved::Modules(loadable));
+    }
+    found
+        .iter()
+        .any(|m| index.is_builtin(m))
+        .then_some(Resolved::Builtin)
 }
 
-impl ModuleIndex {
-    /// Reads the index files of `modules_dir` (`modules.dep` is required).
-    pub fn load(modules_dir: &Path) -> Result<Self> {
-        let read = |name: &str, required: bool| -> Result<String> {
-            let p = modules_dir.join(name);
-            match fs::read_to_string(&p) {
-                Ok(s) => Ok(s),
-                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-                    Ok(String::new())
-                }
-                Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-            }
-        };
-        Ok(Self::parse(
-            &read("modules.dep", true)?,
-            &read("modules.alias", false)?,
-            &read("modules.builtin", false)?,
-            &read("modules.builtin.alias", false)?,
-        ))
-    }
-
-    /// Builds an index from the texts of the index files.
-    pub fn parse(dep: &str, alias: &str, builtin: &str, builtin_alias: &str) -> Self {
-        let mut modules = BTreeMap::new();
-        for line in dep.lines() {
-            let Some((path, rest)) = line.split_once(':') else {
-                continue;
-            };
-            let path = path.trim();
-            if path.is_empty() {
-                continue;
-            }
-            let deps = rest.split_whitespace().map(module_name).collect();
-            modules.insert(
-                module_name(path),
-                ModEntry {
-                    path: path.to_string(),
-                    deps,
-                },
-            );
-        }
-        let parse_alias = |text: &str| -> Vec<(String, String)> {
-            text.lines()
-                .filter_map(|l| {
-                    let mut w = l.split_whitespace();
-                    (w.next()? == "alias").then_some(())?;
-                    Some((alias_key(w.next()?), module_name(w.next()?)))
-                })
-                .collect()
-        };
-        let builtin = builtin
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(module_name)
-            .collect();
-        ModuleIndex {
-            modules,
-            aliases: parse_alias(alias),
-            builtin,
-            builtin_aliases: parse_alias(builtin_alias),
-        }
-    }
-
-    /// Whether `name` is a loadable module.
-    pub fn contains(&self, name: &str) -> bool {
-        self.modules.contains_key(&module_name(name))
-    }
-
-    /// The path of module `name` relative to the modules dir.
-    pub fn path_of(&self, name: &str) -> Option<&str> {
-        self.modules
-            .get(&module_name(name))
-            .map(|m| m.path.as_str())
-    }
-
-    /// Resolves a module name or alias; `None` when the kernel has no such thing.
-    pub fn resolve(&self, request: &str) -> Option<Resolved> {
-        let name = module_name(request);
-        if self.modules.contains_key(&name) {
-            return Some(Resolved::Modules(vec![name]));
-        }
-        if self.builtin.contains(&name) {
-            return Some(Resolved::Builtin);
-        }
-        let key = alias_key(request);
-        let pick = |list: &[(String, String)], exact: bool| -> BTreeSet<String> {
-            list.iter()
-                .filter(|(pat, _)| {
-                    if exact {
-                        *pat == key
-                    } else {
-                        glob_match(pat, &key)
-                    }
-                })
-                .map(|(_, m)| m.clone())
-                .collect()
-        };
-        for exact in [true, false] {
-            let mods: Vec<String> = pick(&self.aliases, exact)
-                .into_iter()
-                .filter(|m| self.modules.contains_key(m))
-                .collect();
-            if !mods.is_empty() {
-                return Some(Resolved::Modules(mods));
-            }
-            if !pick(&self.builtin_aliases, exact).is_empty() {
-                return Some(Resolved::Builtin);
-            }
-        }
-        None
-    }
-
-    /// `names` plus everything they depend on, transitively.
-    pub fn closure<'a>(
-        &self,
-        names: impl IntoIterator<Item = &'a String>,
-    ) -> Result<BTreeSet<String>> {
-        let mut out = BTreeSet::new();
-        let mut stack: Vec<String> = names.into_iter().cloned().collect();
-        while let Some(n) = stack.pop() {
-            if out.contains(&n) {
-                continue;
-            }
-            let m = self
-                .modules
-                .get(&n)
-                .with_context(|| format!("module {n} is not in modules.dep"))?;
-            stack.extend(m.deps.iter().filter(|d| !out.contains(*d)).cloned());
-            out.insert(n);
-        }
-        Ok(out)
-    }
+/// Reads the module index of `modules_dir` (`modules.dep` is required).
+pub fn load_index(modules_dir: &Path) -> Result<ModIndex> {
+    ModIndex::load(modules_dir).with_context(|| {
+        format!(
+            "reading the module index (modules.dep, modules.alias, modules.builtin) in {}",
+            modules_dir.display()
+        )
+    })
 }
 
 /// One archive member.
 #[derive(Debug, Clone)]
-enum Node {
+pub(crate) enum Node {
     Dir,
     File { data: Vec<u8>, mode: u32 },
     Symlink(String),
@@ -382,12 +154,12 @@ enum Node {
 
 /// A deterministic newc archive under construction (paths without a leading `/`).
 #[derive(Debug, Default)]
-struct Archive {
+pub(crate) struct Archive {
     nodes: BTreeMap<String, Node>,
 }
 
 impl Archive {
-    fn add(&mut self, path: &str, node: Node) {
+    pub(crate) fn add(&mut self, path: &str, node: Node) {
         let path = path.trim_start_matches('/').to_string();
         let mut parent = Path::new(&path).parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
@@ -399,7 +171,7 @@ impl Archive {
         self.nodes.insert(path, node);
     }
 
-    fn add_file(&mut self, path: &str, src: &Path, mode: u32) -> Result<()> {
+    pub(crate) fn add_file(&mut self, path: &str, src: &Path, mode: u32) -> Result<()> {
         let data =
             fs::read(src).with_context(|| format!("reading {} for {path}", src.display()))?;
         self.add(path, Node::File { data, mode });
@@ -407,7 +179,7 @@ impl Archive {
     }
 
     /// Serialises in path order: parents come before children.
-    fn to_cpio(&self) -> Result<Vec<u8>> {
+    pub(crate) fn to_cpio(&self) -> Result<Vec<u8>> {
         use cpio::newc::{Builder, ModeFileType};
         let mut out = Vec::new();
         for (i, (path, node)) in self.nodes.iter().enumerate() {
@@ -473,8 +245,7 @@ struct Manifest<'a> {
 /// Builds the initramfs described by `spec` into `out` (written atomically).
 pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsReport> {
     let mdir = &spec.modules_dir;
-    let index = ModuleIndex::load(mdir)
-        .with_context(|| format!("loading the module index of {}", mdir.display()))?;
+    let index = load_index(mdir)?;
 
     let explicit = !spec.modules.is_empty();
     let requested = if explicit {
@@ -491,7 +262,7 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
     let mut roots = BTreeSet::new();
     let (mut builtin, mut skipped) = (BTreeSet::new(), Vec::new());
     for name in &requested {
-        match index.resolve(name) {
+        match resolve(&index, name) {
             Some(Resolved::Modules(m)) => roots.extend(m),
             Some(Resolved::Builtin) => {
                 builtin.insert(name.clone());
@@ -505,7 +276,7 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
     }
     let mut force = Vec::new();
     for name in &force_req {
-        match index.resolve(name) {
+        match resolve(&index, name) {
             Some(Resolved::Modules(m)) => {
                 for m in m {
                     if !force.contains(&m) {
@@ -523,7 +294,13 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
             ),
         }
     }
-    let modules: Vec<String> = index.closure(&roots)?.into_iter().collect();
+    let roots: Vec<String> = roots.into_iter().collect();
+    let closure: BTreeSet<String> = index
+        .load_order(&roots)
+        .with_context(|| format!("module dependencies in {}/modules.dep", mdir.display()))?
+        .into_iter()
+        .collect();
+    let modules: Vec<String> = closure.into_iter().collect();
 
     let mut ar = Archive::default();
     for d in DIRS {
@@ -602,7 +379,8 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
     })
 }
 
-fn compress(raw: &[u8], c: Compression) -> Result<Vec<u8>> {
+/// `raw` compressed as the product's initramfs is.
+pub(crate) fn compress(raw: &[u8], c: Compression) -> Result<Vec<u8>> {
     Ok(match c {
         Compression::None => raw.to_vec(),
         Compression::Zstd => {
@@ -663,51 +441,46 @@ alias virtio:d00000002v* virtio_blk\nalias devname:loop-control loop\n";
     }
 
     #[test]
-    fn globs() {
-        assert!(glob_match(
-            "virtio:d00000002v*",
-            "virtio:d00000002v00001AF4"
-        ));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b*c", "aXXbYY"));
-        assert!(glob_match("pci:v[0-9]?", "pci:v7x"));
-        assert!(!glob_match("pci:v[!0-9]?", "pci:v7x"));
-        assert!(glob_match("*", ""));
-    }
-
-    #[test]
-    fn resolves_names_aliases_and_closure() {
-        let idx = ModuleIndex::parse(DEP, ALIAS, BUILTIN, "");
+    fn resolves_names_aliases_builtins() {
+        let idx = ModIndex::parse(DEP, ALIAS, BUILTIN);
+        let r = |q: &str| resolve(&idx, q);
+        assert_eq!(r("fs-ext4"), Some(Resolved::Modules(vec!["ext4".into()])));
         assert_eq!(
-            idx.resolve("fs-ext4"),
-            Some(Resolved::Modules(vec!["ext4".into()]))
-        );
-        assert_eq!(
-            idx.resolve("dummy-x"),
+            r("dummy-x"),
             Some(Resolved::Modules(vec!["dummy_x".into()]))
         );
         assert_eq!(
-            idx.resolve("crypto-crc32c"),
+            r("crypto-crc32c"),
             Some(Resolved::Modules(vec!["crc32c_generic".into()]))
         );
-        assert_eq!(idx.resolve("vfat"), Some(Resolved::Builtin));
-        assert_eq!(idx.resolve("nope"), None);
-        let c = idx
-            .closure(&["virtio_blk".to_string(), "ext4".to_string()])
-            .unwrap();
-        let c: Vec<_> = c.into_iter().collect();
         assert_eq!(
-            c,
-            [
-                "crc16",
-                "ext4",
-                "jbd2",
-                "mbcache",
-                "virtio",
-                "virtio_blk",
-                "virtio_ring"
-            ]
+            r("virtio:d00000002v00001AF4"),
+            Some(Resolved::Modules(vec!["virtio_blk".into()]))
         );
+        assert_eq!(r("vfat"), Some(Resolved::Builtin));
+        assert_eq!(r("nope"), None);
+    }
+
+    #[test]
+    fn closure_includes_dependencies() {
+        let d = tempfile::tempdir().unwrap();
+        let m = fake_kernel(d.path());
+        let mut s = spec(d.path(), &m, Compression::None);
+        s.modules = vec!["virtio_blk".into(), "ext4".into()];
+        let rep = build_initramfs(&s, &d.path().join("x")).unwrap();
+        let mut want = vec![
+            "crc16",
+            "crc32c_generic",
+            "ext4",
+            "jbd2",
+            "loop",
+            "mbcache",
+            "virtio",
+            "virtio_blk",
+            "virtio_ring",
+        ];
+        want.sort();
+        assert_eq!(rep.modules, want);
     }
 
     #[test]

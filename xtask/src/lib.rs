@@ -6,6 +6,7 @@ pub mod bench;
 pub mod demo;
 pub mod deps;
 pub mod disk;
+pub mod factory;
 pub mod grub;
 pub mod initbin;
 pub mod initramfs;
@@ -13,10 +14,12 @@ pub mod kernel;
 pub mod paths;
 pub mod qemu;
 pub mod rootfs;
+pub mod swapdisk;
 pub mod util;
 
 pub use demo::{build_demo_disk, DemoArtifacts, DemoOptions, DEMO_BASE_CMDLINE};
 pub use deps::ensure_host_packages;
+pub use factory::{build_image, default_mirror, ImageReport, ImageSpec};
 pub use disk::{
     build_disk, DiskLayout, DiskSpec, EspSpec, HostFs, HostpartSpec, PartRole, PartitionInfo,
 };
@@ -29,3 +32,4 @@ pub use qemu::{
     fresh_ovmf_vars, qemu_base_args, qemu_command, Boot, DiskIf, Drive, QemuSpec, Serial,
 };
 pub use rootfs::{build_root_image, RootImageSpec, INIT_SCRIPT};
+pub use swapdisk::{gandi_swap_disk, inspect_swap_disk, SwapDisk, SwapDiskState};

@@ -97,6 +97,32 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Debian root images for hninit (the image factory) and Gandi-style config disks.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Benchmark hninit against initramfs-tools and a busybox script; write BENCHMARKS.md.
+    Bench {
+        /// Boots per variant.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// CI: one boot per variant and a small staging image; fails only when a boot fails.
+        #[arg(long)]
+        smoke: bool,
+        /// The report [default: BENCHMARKS.md; with --smoke target/xtask/bench/BENCHMARKS.md].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Skip the staging measurement.
+        #[arg(long)]
+        no_staging: bool,
+        /// Size of the image staged [default: 2048; with --smoke 256].
+        #[arg(long, value_name = "MIB")]
+        staging_mib: Option<u64>,
+        /// Repetitions of each staging method.
+        #[arg(long, default_value_t = 3)]
+        staging_runs: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -257,6 +283,44 @@ fn real_main() -> Result<()> {
                 bail!("QEMU exited with {st}");
             }
         }
+        Cmd::Bench {
+            runs,
+            smoke,
+            out,
+            no_staging,
+            staging_mib,
+            staging_runs,
+        } => {
+            let out = out.unwrap_or_else(|| {
+                if smoke {
+                    build_dir().join("bench/BENCHMARKS.md")
+                } else {
+                    workspace_root().join("BENCHMARKS.md")
+                }
+            });
+            let command = std::iter::once("cargo xtask bench".to_string())
+                .chain(std::env::args().skip(2))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let opts = xtask::bench::BenchOptions {
+                runs,
+                smoke,
+                out,
+                staging: !no_staging,
+                staging_mib: staging_mib.unwrap_or(if smoke { 256 } else { 2048 }),
+                staging_runs,
+                command,
+            };
+            let outcome = xtask::bench::run_bench(&opts)?;
+            println!("bench: report written to {}", outcome.report.display());
+            if !outcome.failed_boots.is_empty() {
+                for f in &outcome.failed_boots {
+                    eprintln!("bench: boot failed: {f}");
+                }
+                std::process::exit(1);
+            }
+        }
+        Cmd::Image { cmd } => image_cmd(cmd)?,
         Cmd::Test { args } => {
             let root = workspace_root();
             let st = cargo()
@@ -312,4 +376,143 @@ fn print_demo(a: &xtask::DemoArtifacts) {
         );
     }
     println!("cmdline (direct boot): {}", a.direct_cmdline);
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build a generic Debian root image (debootstrap base cached in ~/.cache/hninit).
+    Build {
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        /// Debian mirror [default: the one apt on this machine uses].
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Extra packages, comma-separated (repeatable).
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
+        /// Directory of hooks run run-parts style with TARGET, SUITE, ARCH (repeatable).
+        #[arg(long = "hooks", value_name = "DIR")]
+        hooks: Vec<PathBuf>,
+        /// Filesystem size, e.g. 2G or 1536M (the file is sparse).
+        #[arg(long, default_value = "2G", value_parser = parse_size_mib)]
+        size: u64,
+        /// Rebuild the cached debootstrap tarball when older than this.
+        #[arg(long, default_value_t = xtask::factory::DEFAULT_MAX_AGE_DAYS)]
+        max_age_days: u64,
+        /// Leave out /usr/sbin/hnctl and its mark-good unit.
+        #[arg(long)]
+        no_hnctl: bool,
+        /// Leave out the DHCP-on-every-interface networkd fallback.
+        #[arg(long)]
+        no_dhcp_fallback: bool,
+        /// Use this init binary instead of building it.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        #[arg(long, default_value = "hn-root.img")]
+        out: PathBuf,
+    },
+    /// Make a Gandi-style swap disk: mkswap plus a ustar with gandi/config at byte 524288.
+    SwapDisk {
+        /// The JSON host configuration.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Swap label ("" for none).
+        #[arg(long, default_value = "swap")]
+        label: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `2G`, `1536M`, `1536` (MiB) → MiB.
+fn parse_size_mib(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let (num, mul) = match v.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&v[..i], 1024),
+        Some((i, 'M' | 'm')) => (&v[..i], 1),
+        _ => (v, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| n * mul)
+        .ok_or_else(|| format!("{v:?} is not a size like 2G or 1536M"))
+}
+
+fn image_cmd(cmd: ImageCmd) -> Result<()> {
+    match cmd {
+        ImageCmd::Build {
+            suite,
+            arch,
+            mirror,
+            include,
+            hooks,
+            size,
+            max_age_days,
+            no_hnctl,
+            no_dhcp_fallback,
+            init,
+            out,
+        } => {
+            let spec = xtask::ImageSpec {
+                suite,
+                arch,
+                mirror,
+                include,
+                hooks,
+                size_mib: size,
+                max_age_days,
+                init,
+                hnctl: None,
+                with_hnctl: !no_hnctl,
+                dhcp_fallback: !no_dhcp_fallback,
+            };
+            let r = xtask::build_image(&spec, &out)?;
+            println!(
+                "image:   {} ({} MiB filesystem, {} MiB allocated, tree {} MiB)",
+                r.out.display(),
+                r.image_bytes >> 20,
+                r.image_allocated_bytes >> 20,
+                r.tree_bytes >> 20
+            );
+            println!("kernel:  {}", r.kernel_release);
+            println!(
+                "base:    {} ({})",
+                r.base_tarball.display(),
+                if r.base_cached { "cached" } else { "built" }
+            );
+            println!("mirror:  {}", r.mirror);
+            println!("packages: {}", r.packages.join(" "));
+            for h in &r.hooks_run {
+                println!("hook:    {}", h.display());
+            }
+            print!("steps:\n{}", r.timings());
+        }
+        ImageCmd::SwapDisk {
+            config,
+            size_mib,
+            label,
+            out,
+        } => {
+            let json =
+                std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+            serde_json::from_slice::<serde_json::Value>(&json)
+                .with_context(|| format!("{} is not JSON", config.display()))?;
+            let label = (!label.is_empty()).then_some(label.as_str());
+            let d = xtask::gandi_swap_disk(&out, size_mib, label, &json)?;
+            println!(
+                "{}: swap {} MiB (uuid {}), config archive {} bytes at byte {}",
+                out.display(),
+                d.size_bytes >> 20,
+                d.swap_uuid,
+                d.archive_len,
+                d.archive_offset
+            );
+        }
+    }
+    Ok(())
 }
