@@ -26,7 +26,7 @@ use crate::probe::FsType;
 use rustix::mount::{unmount, MountFlags, UnmountFlags};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -144,149 +144,8 @@ pub fn edit_block(old: Option<&[u8]>, edit: Edit) -> Result<Vec<u8>, GrubEnvErro
     }
 }
 
-// ---------------------------------------------------------------- GPT partition type (pure)
-
-fn read_at<R: Read + Seek>(r: &mut R, off: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
-    r.seek(SeekFrom::Start(off))?;
-    let mut buf = vec![0u8; len];
-    match r.read_exact(&mut buf) {
-        Ok(()) => Ok(Some(buf)),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn get_arr<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
-    buf.get(off..off.checked_add(N)?)?.try_into().ok()
-}
-
-fn le32(buf: &[u8], off: usize) -> Option<u32> {
-    get_arr(buf, off).map(u32::from_le_bytes)
-}
-
-fn le64(buf: &[u8], off: usize) -> Option<u64> {
-    get_arr(buf, off).map(u64::from_le_bytes)
-}
-
-/// CRC-32 (IEEE, reflected), as GPT uses.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
-}
-
-struct GptGeom {
-    sector: u64,
-    entries_lba: u64,
-    num_entries: u32,
-    entry_size: u32,
-}
-
-/// A valid header (signature, size, CRC, own LBA, entry geometry, entry array CRC) at `lba`.
-fn gpt_at<R: Read + Seek>(r: &mut R, sector: u64, lba: u64) -> io::Result<Option<GptGeom>> {
-    let Some(off) = lba.checked_mul(sector) else {
-        return Ok(None);
-    };
-    let Some(mut hdr) = read_at(r, off, sector as usize)? else {
-        return Ok(None);
-    };
-    let geom = (|| {
-        if hdr.get(0..8)? != b"EFI PART" {
-            return None;
-        }
-        let hsize = usize::try_from(le32(&hdr, 12)?).ok()?;
-        if hsize < 92 || hsize > hdr.len() {
-            return None;
-        }
-        let crc = le32(&hdr, 16)?;
-        hdr.get_mut(16..20)?.fill(0);
-        if crc32(hdr.get(..hsize)?) != crc || le64(&hdr, 24)? != lba {
-            return None;
-        }
-        let g = GptGeom {
-            sector,
-            entries_lba: le64(&hdr, 72)?,
-            num_entries: le32(&hdr, 80)?,
-            entry_size: le32(&hdr, 84)?,
-        };
-        let ok = (1..=1024).contains(&g.num_entries)
-            && (128..=4096).contains(&g.entry_size)
-            && g.entry_size.is_multiple_of(8);
-        ok.then_some((g, le32(&hdr, 88)?))
-    })();
-    let Some((g, array_crc)) = geom else {
-        return Ok(None);
-    };
-    let Some(arr_off) = g.entries_lba.checked_mul(sector) else {
-        return Ok(None);
-    };
-    let len = u64::from(g.num_entries) * u64::from(g.entry_size);
-    let Ok(len) = usize::try_from(len) else {
-        return Ok(None);
-    };
-    let Some(array) = read_at(r, arr_off, len)? else {
-        return Ok(None);
-    };
-    Ok((crc32(&array) == array_crc).then_some(g))
-}
-
-/// The GPT partition *type* GUID of partition `partn` (1-based) of the disk read
-/// through `disk`, formatted like [`crate::partition::parse_gpt_guid`]
-/// (e.g. [`ESP_TYPE_GUID`]). `Ok(None)` without a protective MBR and a valid
-/// GPT (primary, else backup; 512- or 4096-byte sectors), or for an unused slot.
-pub fn gpt_partition_type(disk: &mut (impl Read + Seek), partn: u32) -> io::Result<Option<String>> {
-    if partn == 0 {
-        return Ok(None);
-    }
-    let Some(mbr) = read_at(disk, 0, 512)? else {
-        return Ok(None);
-    };
-    let protective = mbr.get(510..512) == Some(&[0x55, 0xAA][..])
-        && (0..4).any(|i| mbr.get(446 + 16 * i + 4) == Some(&0xEE));
-    if !protective {
-        return Ok(None);
-    }
-    let mut found = None;
-    for sector in [512u64, 4096] {
-        if let Some(g) = gpt_at(disk, sector, 1)? {
-            found = Some(g);
-            break;
-        }
-    }
-    if found.is_none() {
-        let size = disk.seek(SeekFrom::End(0))?;
-        for sector in [512u64, 4096] {
-            if size / sector >= 2 {
-                if let Some(g) = gpt_at(disk, sector, size / sector - 1)? {
-                    found = Some(g);
-                    break;
-                }
-            }
-        }
-    }
-    let Some(g) = found else { return Ok(None) };
-    if partn > g.num_entries {
-        return Ok(None);
-    }
-    let off = g
-        .entries_lba
-        .checked_mul(g.sector)
-        .and_then(|o| o.checked_add(u64::from(partn - 1) * u64::from(g.entry_size)));
-    let Some(off) = off else { return Ok(None) };
-    let Some(entry) = read_at(disk, off, 16)? else {
-        return Ok(None);
-    };
-    match get_arr::<16>(&entry, 0) {
-        Some(t) if t != [0u8; 16] => Ok(Some(crate::partition::parse_gpt_guid(&t))),
-        _ => Ok(None),
-    }
-}
+/// The GPT partition type GUID of partition `partn`: see [`crate::partition::gpt_partition_type`].
+pub use crate::partition::gpt_partition_type;
 
 // ---------------------------------------------------------------- choosing the ESP (pure)
 

@@ -293,7 +293,8 @@ fn parse_gpt_header(hdr: &mut [u8], lba: u64) -> Option<Gpt> {
     })
 }
 
-fn gpt_entry_guid<R: Read + Seek>(r: &mut R, gpt: &Gpt, partn: u32) -> io::Result<Option<String>> {
+/// Raw 16-byte type and unique GUIDs of entry `partn`; `None` for an unused slot.
+fn gpt_entry_raw<R: Read + Seek>(r: &mut R, gpt: &Gpt, partn: u32) -> io::Result<Option<([u8; 16], [u8; 16])>> {
     if partn > gpt.num_entries {
         return Ok(None);
     }
@@ -307,11 +308,35 @@ fn gpt_entry_guid<R: Read + Seek>(r: &mut R, gpt: &Gpt, partn: u32) -> io::Resul
     let Some(entry) = read_at(r, off, 32)? else {
         return Ok(None);
     };
-    let Some(type_guid) = get_arr::<16>(&entry, 0) else {
+    let (Some(type_guid), Some(unique)) = (get_arr::<16>(&entry, 0), get_arr::<16>(&entry, 16)) else {
         return Ok(None);
     };
     if type_guid == [0u8; 16] {
         return Ok(None); // unused slot
     }
-    Ok(get_arr::<16>(&entry, 16).map(|g| parse_gpt_guid(&g)))
+    Ok(Some((type_guid, unique)))
+}
+
+fn gpt_entry_guid<R: Read + Seek>(r: &mut R, gpt: &Gpt, partn: u32) -> io::Result<Option<String>> {
+    Ok(gpt_entry_raw(r, gpt, partn)?.map(|(_, unique)| parse_gpt_guid(&unique)))
+}
+
+/// The GPT partition *type* GUID of partition `partn` (1-based), formatted like
+/// [`parse_gpt_guid`] (e.g. the ESP's `c12a7328-f81f-11d2-ba4b-00a0c93ec93b`).
+/// `Ok(None)` without a protective MBR and a valid GPT (primary, else backup;
+/// 512- or 4096-byte sectors), or for an unused slot.
+pub fn gpt_partition_type(disk: &mut (impl Read + Seek), partn: u32) -> io::Result<Option<String>> {
+    if partn == 0 {
+        return Ok(None);
+    }
+    let Some(mbr) = read_at(disk, 0, 512)? else {
+        return Ok(None);
+    };
+    if !Mbr::parse(&mbr).is_some_and(|m| m.is_protective()) {
+        return Ok(None);
+    }
+    let Some(gpt) = find_gpt(disk)? else {
+        return Ok(None);
+    };
+    Ok(gpt_entry_raw(disk, &gpt, partn)?.map(|(t, _)| parse_gpt_guid(&t)))
 }
