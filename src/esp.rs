@@ -515,6 +515,7 @@ pub fn read_counter() -> Result<Option<(bool, u32)>, String> {
 
 #[cfg(test)]
 mod tests {
+    use crate::partition::crc32;
     use super::*;
     use crate::probe::Superblock;
     use std::io::Cursor;

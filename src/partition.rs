@@ -77,7 +77,7 @@ fn le64(buf: &[u8], off: usize) -> Option<u64> {
 }
 
 /// CRC-32 (IEEE 802.3, reflected), as GPT uses.
-fn crc32(data: &[u8]) -> u32 {
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);
