@@ -1,6 +1,7 @@
 //! `qemu-tests [-j N] [--list] [--fail-fast] [--out DIR] [FILTER...]`: runs the boot
 //! scenarios from `scenarios.rs`; exits non-zero if any failed or none ran.
 
+mod debian;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ fn main() {
     if let Some(out) = cli.out {
         args.out_dir = out;
     }
-    let ok = run_all(&scenarios::all(), args);
+    // The long scenarios first, so the two job slots finish together.
+    const LONG: [&str; 4] = ["debian-e2e", "power-cut-steps", "debian-boot", "power-cut-random"];
+    let mut all = debian::scenarios();
+    all.extend(scenarios::all());
+    all.sort_by_key(|s| LONG.iter().position(|l| *l == s.name).unwrap_or(LONG.len()));
+    let ok = run_all(&all, args);
     std::process::exit(if ok { 0 } else { 1 });
 }
