@@ -13,7 +13,7 @@
 use crate::util::{self, cmd};
 use anyhow::{bail, Context, Result};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -222,14 +222,7 @@ pub fn inspect_swap_disk(path: &Path) -> Result<SwapDiskState> {
 
 fn read_at(f: &mut fs::File, off: u64, buf: &mut [u8]) -> Result<usize> {
     f.seek(SeekFrom::Start(off))?;
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
+    Ok(crate::util::read_full(f, buf)?)
 }
 
 /// The data of member `name` in the ustar archive at the start of `ar`.

@@ -178,7 +178,8 @@ pub fn copy_into_at(src: &Path, dst: &mut fs::File, offset: u64) -> Result<u64> 
     Ok(pos - offset)
 }
 
-fn read_full(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+pub fn read_full(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
