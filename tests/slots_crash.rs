@@ -5,103 +5,13 @@
 //! converge to the same slots as an uninterrupted run; a further run changes nothing.
 
 use hninit::cmdline::Revert;
-use hninit::hostdir::{Dir, FileId, RealDir};
+mod common;
+
+use common::faulty::{Faulty, Plan};
+use hninit::hostdir::{FileId, RealDir};
 use hninit::slots::{settle, Names, Request, Trial, TRIAL};
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::io;
 use std::path::Path;
-
-struct Plan {
-    count: Cell<usize>,
-    fail_at: Option<usize>,
-    crashed: Cell<bool>,
-    steps: RefCell<Vec<String>>,
-}
-
-impl Plan {
-    fn new(fail_at: Option<usize>) -> Plan {
-        Plan { count: Cell::new(0), fail_at, crashed: Cell::new(false), steps: RefCell::new(Vec::new()) }
-    }
-    fn alive(&self) -> io::Result<()> {
-        if self.crashed.get() {
-            Err(io::Error::other("power cut"))
-        } else {
-            Ok(())
-        }
-    }
-    /// Called before each mutating step; the step at `fail_at` never happens.
-    fn step(&self, what: String) -> io::Result<()> {
-        self.alive()?;
-        let n = self.count.get();
-        self.count.set(n + 1);
-        self.steps.borrow_mut().push(what);
-        if Some(n) == self.fail_at {
-            self.crashed.set(true);
-            return Err(io::Error::other("power cut"));
-        }
-        Ok(())
-    }
-}
-
-struct Faulty<'a> {
-    inner: RealDir,
-    plan: &'a Plan,
-    tag: &'static str,
-}
-
-impl Dir for Faulty<'_> {
-    fn label(&self) -> String {
-        self.inner.label()
-    }
-    fn id(&self, name: &str) -> io::Result<Option<FileId>> {
-        self.plan.alive()?;
-        self.inner.id(name)
-    }
-    fn read(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
-        self.plan.alive()?;
-        self.inner.read(name, max)
-    }
-    fn link(&self, from: &str, to: &str) -> io::Result<()> {
-        self.plan.step(format!("{}: link {from} {to}", self.tag))?;
-        self.inner.link(from, to)
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.plan.step(format!("{}: rename {from} {to}", self.tag))?;
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.plan.step(format!("{}: unlink {name}", self.tag))?;
-        self.inner.remove(name)
-    }
-    fn write_synced(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        self.plan.step(format!("{}: write+fsync {name}", self.tag))?;
-        self.inner.write_synced(name, data)
-    }
-    fn append_synced(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        self.plan.step(format!("{}: append+fsync {name}", self.tag))?;
-        self.inner.append_synced(name, data)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.plan.step(format!("{}: fsync dir", self.tag))?;
-        self.inner.sync()
-    }
-    fn create_from(
-        &self,
-        name: &str,
-        src: &std::fs::File,
-        len_hint: Option<u64>,
-        opts: hninit::hostdir::CopyOpts,
-        progress: &mut dyn FnMut(u64),
-    ) -> io::Result<hninit::hostdir::CopyInfo> {
-        self.plan.step(format!("{}: create+copy+fsync {name}", self.tag))?;
-        self.inner.create_from(name, src, len_hint, opts, progress)
-    }
-    fn open_read(&self, name: &str) -> io::Result<std::fs::File> {
-        self.plan.alive()?;
-        self.inner.open_read(name)
-    }
-}
 
 const IMAGES: &[&str] = &["IMAGE A", "IMAGE B", "IMAGE C"];
 

@@ -7,140 +7,17 @@
 //! complete or nothing happened; running again converges. Also: every refusal
 //! (space, garbage, empty, truncated, swap, wrong sha256) leaves nothing behind.
 
-use hninit::hostdir::{CopyInfo, CopyMethod, CopyOpts, Dir, FileId, RealDir};
+mod common;
+
+use common::faulty::{Faulty, Plan};
+use hninit::hostdir::{CopyMethod, RealDir};
 use hninit::probe::{self, FsType};
 use hninit::slots::{settle, Names, Request};
 use hninit::stage::{self, StageError, StageOptions, StageSource};
 use sha2::{Digest, Sha256};
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-struct Plan {
-    count: Cell<usize>,
-    fail_at: Option<usize>,
-    crashed: Cell<bool>,
-    steps: RefCell<Vec<String>>,
-}
-
-impl Plan {
-    fn new(fail_at: Option<usize>) -> Plan {
-        Plan {
-            count: Cell::new(0),
-            fail_at,
-            crashed: Cell::new(false),
-            steps: RefCell::new(Vec::new()),
-        }
-    }
-    fn alive(&self) -> io::Result<()> {
-        if self.crashed.get() {
-            Err(io::Error::other("power cut"))
-        } else {
-            Ok(())
-        }
-    }
-    /// Called before each mutating step. `Ok(false)`: the power is cut at this
-    /// very step (the caller may leave it torn); `Err`: it was cut before.
-    fn step(&self, what: String) -> io::Result<bool> {
-        self.alive()?;
-        let n = self.count.get();
-        self.count.set(n + 1);
-        self.steps.borrow_mut().push(what);
-        if Some(n) == self.fail_at {
-            self.crashed.set(true);
-            return Ok(false);
-        }
-        Ok(true)
-    }
-}
-
-fn cut() -> io::Error {
-    io::Error::other("power cut")
-}
-
-struct Faulty<'a> {
-    inner: RealDir,
-    plan: &'a Plan,
-    tag: &'static str,
-}
-
-impl Faulty<'_> {
-    fn go(&self, what: String) -> io::Result<()> {
-        if self.plan.step(format!("{}: {what}", self.tag))? {
-            Ok(())
-        } else {
-            Err(cut())
-        }
-    }
-    /// The power went out in the middle of writing `name`: half of it is there.
-    fn torn(&self, name: &str, data: &[u8]) -> io::Error {
-        let _ = std::fs::write(self.inner.path().join(name), &data[..data.len() / 2]);
-        cut()
-    }
-}
-
-impl Dir for Faulty<'_> {
-    fn label(&self) -> String {
-        self.inner.label()
-    }
-    fn id(&self, name: &str) -> io::Result<Option<FileId>> {
-        self.plan.alive()?;
-        self.inner.id(name)
-    }
-    fn read(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
-        self.plan.alive()?;
-        self.inner.read(name, max)
-    }
-    fn link(&self, from: &str, to: &str) -> io::Result<()> {
-        self.go(format!("link {from} {to}"))?;
-        self.inner.link(from, to)
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.go(format!("rename {from} {to}"))?;
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.go(format!("unlink {name}"))?;
-        self.inner.remove(name)
-    }
-    fn write_synced(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        if !self.plan.step(format!("{}: write+fsync {name}", self.tag))? {
-            return Err(self.torn(name, data));
-        }
-        self.inner.write_synced(name, data)
-    }
-    fn append_synced(&self, name: &str, data: &[u8]) -> io::Result<()> {
-        self.go(format!("append+fsync {name}"))?;
-        self.inner.append_synced(name, data)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.go("fsync dir".into())?;
-        self.inner.sync()
-    }
-    fn create_from(
-        &self,
-        name: &str,
-        src: &std::fs::File,
-        len_hint: Option<u64>,
-        opts: CopyOpts,
-        progress: &mut dyn FnMut(u64),
-    ) -> io::Result<CopyInfo> {
-        if !self.plan.step(format!("{}: create+copy+fsync {name}", self.tag))? {
-            let mut data = vec![0u8; len_hint.unwrap_or(0) as usize];
-            let n = src.read_at(&mut data, 0).unwrap_or(0);
-            data.truncate(n);
-            return Err(self.torn(name, &data));
-        }
-        self.inner.create_from(name, src, len_hint, opts, progress)
-    }
-    fn open_read(&self, name: &str) -> io::Result<std::fs::File> {
-        self.plan.alive()?;
-        self.inner.open_read(name)
-    }
-}
 
 /// The images of the scenarios, built once: three ext4 filesystems and junk.
 struct Images {
