@@ -4,12 +4,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use hninit::modindex::ModIndex;
 use hninit::modload::{parse_proc_modules, KernelLoader, LoadReport, ModuleLoader, ModuleSet};
+
+mod common;
 
 /// Records every load; checks at the start of each load that the module's deps
 /// are done; fails or reports missing the modules it is told to; modules in
@@ -388,41 +390,11 @@ fn kernel_loader_reports_absent_files_as_missing() {
     assert!(r.loaded.is_empty() && r.failed.is_empty());
 }
 
-/// Release directories (with `modules.dep`) under the xtask kernel cache:
-/// `<cache>/kernel/<pkg>_<ver>/{,root/,root/usr/}lib/modules/<release>`.
-fn cached_trees() -> Vec<PathBuf> {
-    let mut caches = vec![PathBuf::from("/root/.cache/hninit")];
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        caches.insert(0, PathBuf::from(x).join("hninit"));
-    }
-    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        caches.insert(0, PathBuf::from(h).join(".cache/hninit"));
-    }
-    let mut found: Vec<PathBuf> = caches
-        .iter()
-        .filter_map(|c| std::fs::read_dir(c.join("kernel")).ok())
-        .flat_map(|r| r.flatten().map(|e| e.path()))
-        .flat_map(|v| {
-            ["lib/modules", "root/lib/modules", "root/usr/lib/modules"].map(|s| v.join(s))
-        })
-        .filter_map(|m| std::fs::read_dir(m).ok())
-        .flat_map(|r| r.flatten().map(|e| e.path()))
-        .filter(|p| p.join("modules.dep").is_file())
-        .collect();
-    found.sort();
-    found.dedup();
-    found
-}
-
 /// With a real Debian tree (see tests/modindex.rs), the fake loader sees the
 /// documented virtio + ext4 order constraints.
 #[test]
 fn real_tree_orders() {
-    let dir = std::env::var("HNINIT_MODULES_DIR")
-        .ok()
-        .map(PathBuf::from)
-        .or_else(|| cached_trees().pop());
-    let Some(dir) = dir.filter(|d| d.join("modules.dep").is_file()) else {
+    let Some(dir) = common::kernel_tree::real_tree() else {
         eprintln!("note: no real module tree, skipping");
         return;
     };
