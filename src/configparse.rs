@@ -22,9 +22,11 @@
 //! configuration: stable across key order, whitespace and ignored fields.
 
 use crate::hostconfig::{HostConfig, User};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::value::BorrowedStrDeserializer;
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde_json::{Map, Value};
 use sha2::Digest;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Read;
@@ -136,13 +138,13 @@ pub fn parse(text: &[u8]) -> Result<Parsed, ConfigError> {
         warnings.truncate(MAX_WARNINGS);
         warnings.push(format!("… and {more} more unknown fields ignored"));
     }
-    let mut config: HostConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = json_path(e.path());
+    let mut config = HostConfig::deserialize(ValueDe { value: &value, path: &JsonPath::Root }).map_err(|e| {
+        let path = e.path.unwrap_or_default();
         let message = if path.ends_with("password") {
             // A type error would quote the value: never for a password.
             "must be a crypt hash string (the value is not shown)".to_string()
         } else {
-            e.into_inner().to_string()
+            e.message
         };
         err(path, message)
     })?;
@@ -231,20 +233,6 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn json_path(p: &serde_path_to_error::Path) -> String {
-    let mut out = String::new();
-    for seg in p.iter() {
-        match seg {
-            serde_path_to_error::Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            serde_path_to_error::Segment::Map { key } => push_key(&mut out, key),
-            serde_path_to_error::Segment::Enum { variant } => push_key(&mut out, variant),
-            // A key not read yet (a syntax error inside an object): the object's path.
-            serde_path_to_error::Segment::Unknown => {}
-        }
-    }
-    out
-}
-
 /// Appends `.key`, or `["key"]` for a key that is not a plain identifier.
 fn push_key(out: &mut String, key: &str) {
     if !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
@@ -263,18 +251,58 @@ fn key_path(base: &str, key: &str) -> String {
     s
 }
 
+// ------------------------------------------------------------- paths
+
+/// Where a value sits in the document: a chain of frames on the stack of the
+/// deserialisers below, turned into text (`vif[0].pna[1].pna_address`) only
+/// when an error needs it. Tracking the path here, in the two places that walk
+/// the document, replaces a wrapper around every visitor (serde_path_to_error),
+/// which cost /init about 50 KB of monomorphised code.
+#[derive(Clone, Copy)]
+enum JsonPath<'a> {
+    Root,
+    Key(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl JsonPath<'_> {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) {
+        match *self {
+            JsonPath::Root => {}
+            JsonPath::Key(parent, key) => {
+                parent.write(out);
+                push_key(out, key);
+            }
+            JsonPath::Index(parent, i) => {
+                parent.write(out);
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------- strict JSON
 
 /// JSON text to a `Value`, refusing duplicate keys and trailing data; a syntax
 /// error names the path where it happened.
 fn parse_strict(text: &[u8]) -> Result<Value, ConfigError> {
+    let failed_at = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(text);
-    let Strict(v) = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = json_path(e.path());
+    let seed = Strict { path: &JsonPath::Root, failed_at: &failed_at };
+    let v = seed.deserialize(&mut de).map_err(|e| {
+        let path = failed_at.take().unwrap_or_default();
         let message = if path.ends_with("password") {
             "is not valid JSON (the value is not shown)".to_string()
         } else {
-            format!("invalid JSON: {}", e.into_inner())
+            format!("invalid JSON: {e}")
         };
         err(path, message)
     })?;
@@ -282,17 +310,29 @@ fn parse_strict(text: &[u8]) -> Result<Value, ConfigError> {
     Ok(v)
 }
 
-struct Strict(Value);
+/// Reads one JSON value at `path`. The first (innermost) failure records its
+/// path in `failed_at`: the error type is serde_json's, which has no room for it.
+/// A syntax error between an object's members names the object.
+struct Strict<'p> {
+    path: &'p JsonPath<'p>,
+    failed_at: &'p RefCell<Option<String>>,
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        let (path, failed_at) = (self.path, self.failed_at);
+        d.deserialize_any(self).inspect_err(|_| {
+            let mut f = failed_at.borrow_mut();
+            if f.is_none() {
+                *f = Some(path.render());
+            }
+        })
     }
 }
 
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -321,29 +361,212 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Strict::deserialize(d).map(|s| s.0)
-    }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            out.push(v);
+        loop {
+            let path = JsonPath::Index(self.path, out.len());
+            match seq.next_element_seed(Strict { path: &path, failed_at: self.failed_at })? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
         }
-        Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
             if out.contains_key(&k) {
-                return Err(de::Error::custom(format!("duplicate key {}", show(&k))));
+                return Err(de::Error::custom(format_args!("duplicate key {}", show(&k))));
             }
-            let Strict(v) = map.next_value()?;
+            let path = JsonPath::Key(self.path, &k);
+            let v = map.next_value_seed(Strict { path: &path, failed_at: self.failed_at })?;
             out.insert(k, v);
         }
         Ok(Value::Object(out))
+    }
+}
+
+// ------------------------------------------------------------- Value to HostConfig
+
+/// A type or field error while reading a [`HostConfig`] from a `Value`, with
+/// the path of the value it is about (set by the innermost deserialiser).
+#[derive(Debug)]
+struct DeError {
+    message: String,
+    path: Option<String>,
+}
+
+impl DeError {
+    fn at(mut self, path: &JsonPath) -> Self {
+        if self.path.is_none() {
+            self.path = Some(path.render());
+        }
+        self
+    }
+}
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DeError { message: msg.to_string(), path: None }
+    }
+
+    fn invalid_type(unexp: Unexpected, exp: &dyn de::Expected) -> Self {
+        Self::custom(format_args!("invalid type: {}, expected {exp}", JsonUnexpected(unexp)))
+    }
+
+    fn invalid_value(unexp: Unexpected, exp: &dyn de::Expected) -> Self {
+        Self::custom(format_args!("invalid value: {}, expected {exp}", JsonUnexpected(unexp)))
+    }
+}
+
+/// Values named as serde_json names them: `null`, and floats in JSON's own
+/// notation (`1e+300`).
+struct JsonUnexpected<'a>(Unexpected<'a>);
+
+impl fmt::Display for JsonUnexpected<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Unexpected::Unit => f.write_str("null"),
+            Unexpected::Float(v) => match serde_json::Number::from_f64(v) {
+                Some(n) => write!(f, "floating point `{n}`"),
+                None => f.write_str("floating point"),
+            },
+            other => other.fmt(f),
+        }
+    }
+}
+
+/// What serde's messages call a value ("invalid type: string \"0\", expected u32").
+fn unexpected(v: &Value) -> Unexpected<'_> {
+    match v {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Unexpected::Unsigned(u),
+            (None, Some(i)) => Unexpected::Signed(i),
+            _ => Unexpected::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    }
+}
+
+/// Deserialises from a borrowed `Value`, knowing its path (serde_json's own
+/// `Value` deserialiser, without it, is then not needed in /init).
+struct ValueDe<'de, 'p> {
+    value: &'de Value,
+    path: &'p JsonPath<'p>,
+}
+
+impl<'de> Deserializer<'de> for ValueDe<'de, '_> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        let path = self.path;
+        let r = match self.value {
+            Value::Null => visitor.visit_unit(),
+            Value::Bool(b) => visitor.visit_bool(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => visitor.visit_u64(u),
+                (None, Some(i)) => visitor.visit_i64(i),
+                _ => visitor.visit_f64(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => visitor.visit_borrowed_str(s),
+            Value::Array(a) => visitor.visit_seq(Elements { iter: a.iter(), index: 0, path }),
+            Value::Object(m) => visitor.visit_map(Members { iter: m.iter(), value: None, path }),
+        };
+        r.map_err(|e| e.at(path))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        match self.value {
+            Value::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    /// Structs only from objects (serde would also take an array).
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let path = self.path;
+        let r = match self.value {
+            Value::Object(m) => visitor.visit_map(Members { iter: m.iter(), value: None, path }),
+            other => Err(de::Error::invalid_type(unexpected(other), &visitor)),
+        };
+        r.map_err(|e| e.at(path))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_unit()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier
+    }
+}
+
+struct Elements<'de, 'p> {
+    iter: std::slice::Iter<'de, Value>,
+    index: usize,
+    path: &'p JsonPath<'p>,
+}
+
+impl<'de> SeqAccess<'de> for Elements<'de, '_> {
+    type Error = DeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+        let Some(value) = self.iter.next() else { return Ok(None) };
+        let path = JsonPath::Index(self.path, self.index);
+        self.index += 1;
+        seed.deserialize(ValueDe { value, path: &path }).map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.iter.len())
+    }
+}
+
+struct Members<'de, 'p> {
+    iter: serde_json::map::Iter<'de>,
+    value: Option<(&'de str, &'de Value)>,
+    path: &'p JsonPath<'p>,
+}
+
+impl<'de> MapAccess<'de> for Members<'de, '_> {
+    type Error = DeError;
+
+    /// An unknown field is refused by the key's visitor: the error names the key.
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+        let Some((key, value)) = self.iter.next() else { return Ok(None) };
+        self.value = Some((key, value));
+        seed.deserialize(BorrowedStrDeserializer::new(key))
+            .map(Some)
+            .map_err(|e: DeError| e.at(&JsonPath::Key(self.path, key)))
+    }
+
+    fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, DeError> {
+        let Some((key, value)) = self.value.take() else {
+            return Err(de::Error::custom("a value without its key"));
+        };
+        seed.deserialize(ValueDe { value, path: &JsonPath::Key(self.path, key) })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.iter.len())
     }
 }
 
