@@ -222,7 +222,7 @@ impl Boot {
                 match std::fs::read_dir(dir) {
                     Ok(rd) => {
                         let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-                        names.sort();
+                        crate::util::sort(&mut names);
                         names.truncate(50);
                         out.push(format!("  {}: {}", dir.display(), names.join(" ")));
                     }

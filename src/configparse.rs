@@ -184,7 +184,7 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
+            crate::util::sort(&mut keys);
             out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {

@@ -135,7 +135,7 @@ pub fn coldplug_modaliases(sys_devices: &Path) -> Vec<DeviceAlias> {
             }
         }
     }
-    out.sort();
+    crate::util::sort(&mut out);
     out
 }
 
@@ -156,7 +156,7 @@ impl BlockScanner {
         let mut out = Vec::new();
         let Ok(rd) = fs::read_dir("/sys/class/block") else { return out };
         let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
+        crate::util::sort(&mut names);
         for name in names {
             if name.starts_with("ram") {
                 continue;

@@ -195,7 +195,7 @@ impl Drivers {
             }
             lacking.push(format!("{} for {} ({})", wanted.join(" or "), a.devpath.trim_start_matches("/sys"), a.modalias));
         }
-        lacking.sort();
+        crate::util::sort(&mut lacking);
         lacking.dedup();
         if !lacking.is_empty() {
             out.push("storage devices without a driver, whose module this initramfs lacks (add it with --module):".into());
@@ -206,13 +206,13 @@ impl Drivers {
         if others > 0 {
             out.push(format!("({others} other devices have no driver: input, sound, cpufreq and the like, not needed to boot)"));
         }
-        let asked: Vec<String> = std::fs::read_to_string(crate::modprobe::MISSING_FILE)
+        let mut asked: Vec<String> = std::fs::read_to_string(crate::modprobe::MISSING_FILE)
             .unwrap_or_default()
             .lines()
             .map(String::from)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
             .collect();
+        crate::util::sort(&mut asked);
+        asked.dedup();
         if !asked.is_empty() {
             out.push(format!("the kernel asked for modules this initramfs lacks: {}", asked.join(" ")));
         }
