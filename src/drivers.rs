@@ -21,8 +21,12 @@ pub struct Drivers {
     failed: Mutex<Vec<(String, String)>>,
 }
 
+/// Loader threads: the CPUs we may run on, 2 to 4. (The affinity mask is all
+/// there is to know in an initramfs; `available_parallelism` would also read
+/// cgroup quotas, ~4 KB of /init.)
 fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(2, 4)
+    let cpus = rustix::thread::sched_getaffinity(None).map(|s| s.count()).unwrap_or(1);
+    (cpus as usize).clamp(2, 4)
 }
 
 /// Module names and relative paths of the `.ko` files under `dir`.
