@@ -164,14 +164,6 @@ impl Boot {
     }
 
     /// 9. Instantiate the image as this host if a configuration applies.
-    #[cfg(not(feature = "firstboot"))]
-    fn first_boot(&mut self) -> Result<()> {
-        debug!("first boot: not built into this init (cargo feature firstboot)");
-        Ok(())
-    }
-
-    /// 9. Instantiate the image as this host if a configuration applies.
-    #[cfg(feature = "firstboot")]
     fn first_boot(&mut self) -> Result<()> {
         let Some(root) = self.root.as_mut() else { return Ok(()) };
         if self.wait.devices.is_empty() || self.cmd.config.as_deref().is_some_and(|c| c.starts_with("PARTUUID=")) {
