@@ -166,12 +166,11 @@ impl Boot {
     /// 9. Instantiate the image as this host if a configuration applies.
     fn first_boot(&mut self) -> Result<()> {
         let Some(root) = self.root.as_mut() else { return Ok(()) };
-        if self.wait.devices.is_empty() || self.cmd.config.as_deref().is_some_and(|c| c.starts_with("PARTUUID=")) {
-            self.wait.devices = devices::BlockScanner::default().scan(true);
-        } else {
-            // Devices may have appeared since step 4 (a swap disk behind the host disk).
-            self.wait.devices = devices::BlockScanner::default().scan(false);
-        }
+        // Devices may have appeared since step 4 (a swap disk behind the host disk):
+        // step 4's scanner probes only those. Partition tables are read for PARTUUIDs
+        // only when hn.config= asks for one.
+        let partuuid = self.cmd.config.as_deref().is_some_and(|c| c.starts_with("PARTUUID="));
+        self.wait.devices = self.wait.scanner.scan(partuuid);
         crate::instantiate::first_boot(&self.cmd, Path::new(HOSTPART), &self.wait.devices, &self.drivers, root)
     }
 
