@@ -164,22 +164,13 @@ impl Boot {
     }
 
     /// 9. Instantiate the image as this host if a configuration applies.
-    #[cfg(not(feature = "firstboot"))]
-    fn first_boot(&mut self) -> Result<()> {
-        debug!("first boot: not built into this init (cargo feature firstboot)");
-        Ok(())
-    }
-
-    /// 9. Instantiate the image as this host if a configuration applies.
-    #[cfg(feature = "firstboot")]
     fn first_boot(&mut self) -> Result<()> {
         let Some(root) = self.root.as_mut() else { return Ok(()) };
-        if self.wait.devices.is_empty() || self.cmd.config.as_deref().is_some_and(|c| c.starts_with("PARTUUID=")) {
-            self.wait.devices = devices::BlockScanner::default().scan(true);
-        } else {
-            // Devices may have appeared since step 4 (a swap disk behind the host disk).
-            self.wait.devices = devices::BlockScanner::default().scan(false);
-        }
+        // Devices may have appeared since step 4 (a swap disk behind the host disk):
+        // step 4's scanner probes only those. Partition tables are read for PARTUUIDs
+        // only when hn.config= asks for one.
+        let partuuid = self.cmd.config.as_deref().is_some_and(|c| c.starts_with("PARTUUID="));
+        self.wait.devices = self.wait.scanner.scan(partuuid);
         crate::instantiate::first_boot(&self.cmd, Path::new(HOSTPART), &self.wait.devices, &self.drivers, root)
     }
 
@@ -222,7 +213,7 @@ impl Boot {
                 match std::fs::read_dir(dir) {
                     Ok(rd) => {
                         let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-                        names.sort();
+                        crate::util::sort(&mut names);
                         names.truncate(50);
                         out.push(format!("  {}: {}", dir.display(), names.join(" ")));
                     }

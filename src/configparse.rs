@@ -21,10 +21,11 @@
 //! [`Parsed::digest`] is the sha256 of [`canonical_json`] of the validated
 //! configuration: stable across key order, whitespace and ignored fields.
 
-use crate::hostconfig::{HostConfig, User};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use crate::hostconfig::{Address, Extra, HostConfig, Pbn, Pna, Pvn, Route, User, Vif, VmConf};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde_json::{Map, Value};
 use sha2::Digest;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Read;
@@ -136,13 +137,13 @@ pub fn parse(text: &[u8]) -> Result<Parsed, ConfigError> {
         warnings.truncate(MAX_WARNINGS);
         warnings.push(format!("… and {more} more unknown fields ignored"));
     }
-    let mut config: HostConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = json_path(e.path());
+    let mut config = host_config(&value).map_err(|e| {
+        let path = e.path.unwrap_or_default();
         let message = if path.ends_with("password") {
             // A type error would quote the value: never for a password.
             "must be a crypt hash string (the value is not shown)".to_string()
         } else {
-            e.into_inner().to_string()
+            e.message
         };
         err(path, message)
     })?;
@@ -182,7 +183,7 @@ fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
+            crate::util::sort(&mut keys);
             out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
@@ -231,20 +232,6 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn json_path(p: &serde_path_to_error::Path) -> String {
-    let mut out = String::new();
-    for seg in p.iter() {
-        match seg {
-            serde_path_to_error::Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            serde_path_to_error::Segment::Map { key } => push_key(&mut out, key),
-            serde_path_to_error::Segment::Enum { variant } => push_key(&mut out, variant),
-            // A key not read yet (a syntax error inside an object): the object's path.
-            serde_path_to_error::Segment::Unknown => {}
-        }
-    }
-    out
-}
-
 /// Appends `.key`, or `["key"]` for a key that is not a plain identifier.
 fn push_key(out: &mut String, key: &str) {
     if !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
@@ -263,18 +250,58 @@ fn key_path(base: &str, key: &str) -> String {
     s
 }
 
+// ------------------------------------------------------------- paths
+
+/// Where a value sits in the document: a chain of frames on the stack of the
+/// two walks below (the strict text parse, the readers of a `HostConfig`),
+/// turned into text (`vif[0].pna[1].pna_address`) only when an error needs it.
+/// (A wrapper around every visitor, serde_path_to_error, did this for ~50 KB
+/// of monomorphised code in /init.)
+#[derive(Clone, Copy)]
+enum JsonPath<'a> {
+    Root,
+    Key(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl JsonPath<'_> {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) {
+        match *self {
+            JsonPath::Root => {}
+            JsonPath::Key(parent, key) => {
+                parent.write(out);
+                push_key(out, key);
+            }
+            JsonPath::Index(parent, i) => {
+                parent.write(out);
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------- strict JSON
 
 /// JSON text to a `Value`, refusing duplicate keys and trailing data; a syntax
 /// error names the path where it happened.
 fn parse_strict(text: &[u8]) -> Result<Value, ConfigError> {
+    let failed_at = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(text);
-    let Strict(v) = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = json_path(e.path());
+    let seed = Strict { path: &JsonPath::Root, failed_at: &failed_at };
+    let v = seed.deserialize(&mut de).map_err(|e| {
+        let path = failed_at.take().unwrap_or_default();
         let message = if path.ends_with("password") {
             "is not valid JSON (the value is not shown)".to_string()
         } else {
-            format!("invalid JSON: {}", e.into_inner())
+            format!("invalid JSON: {e}")
         };
         err(path, message)
     })?;
@@ -282,17 +309,29 @@ fn parse_strict(text: &[u8]) -> Result<Value, ConfigError> {
     Ok(v)
 }
 
-struct Strict(Value);
+/// Reads one JSON value at `path`. The first (innermost) failure records its
+/// path in `failed_at`: the error type is serde_json's, which has no room for it.
+/// A syntax error between an object's members names the object.
+struct Strict<'p> {
+    path: &'p JsonPath<'p>,
+    failed_at: &'p RefCell<Option<String>>,
+}
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        let (path, failed_at) = (self.path, self.failed_at);
+        d.deserialize_any(self).inspect_err(|_| {
+            let mut f = failed_at.borrow_mut();
+            if f.is_none() {
+                *f = Some(path.render());
+            }
+        })
     }
 }
 
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -321,30 +360,358 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Strict::deserialize(d).map(|s| s.0)
-    }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            out.push(v);
+        loop {
+            let path = JsonPath::Index(self.path, out.len());
+            match seq.next_element_seed(Strict { path: &path, failed_at: self.failed_at })? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
         }
-        Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
             if out.contains_key(&k) {
-                return Err(de::Error::custom(format!("duplicate key {}", show(&k))));
+                return Err(de::Error::custom(format_args!("duplicate key {}", show(&k))));
             }
-            let Strict(v) = map.next_value()?;
+            let path = JsonPath::Key(self.path, &k);
+            let v = map.next_value_seed(Strict { path: &path, failed_at: self.failed_at })?;
             out.insert(k, v);
         }
         Ok(Value::Object(out))
     }
+}
+
+// ------------------------------------------------------------- Value to HostConfig
+
+/// A type or field error while reading a [`HostConfig`] from a `Value`, with
+/// the path of the value it is about.
+#[derive(Debug)]
+struct DeError {
+    message: String,
+    path: Option<String>,
+}
+
+impl DeError {
+    fn at(mut self, path: &JsonPath) -> Self {
+        if self.path.is_none() {
+            self.path = Some(path.render());
+        }
+        self
+    }
+}
+
+impl fmt::Display for DeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DeError {}
+
+/// serde's wording for every message (`missing_field`, `unknown_field`, …).
+impl de::Error for DeError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        DeError { message: msg.to_string(), path: None }
+    }
+
+    fn invalid_type(unexp: Unexpected, exp: &dyn de::Expected) -> Self {
+        Self::custom(format_args!("invalid type: {}, expected {exp}", JsonUnexpected(unexp)))
+    }
+
+    fn invalid_value(unexp: Unexpected, exp: &dyn de::Expected) -> Self {
+        Self::custom(format_args!("invalid value: {}, expected {exp}", JsonUnexpected(unexp)))
+    }
+}
+
+/// Values named as serde_json names them: `null`, and floats in JSON's own
+/// notation (`1e+300`).
+struct JsonUnexpected<'a>(Unexpected<'a>);
+
+impl fmt::Display for JsonUnexpected<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Unexpected::Unit => f.write_str("null"),
+            Unexpected::Float(v) => match serde_json::Number::from_f64(v) {
+                Some(n) => write!(f, "floating point `{n}`"),
+                None => f.write_str("floating point"),
+            },
+            other => other.fmt(f),
+        }
+    }
+}
+
+/// What serde's messages call a value ("invalid type: string \"0\", expected u32").
+fn unexpected(v: &Value) -> Unexpected<'_> {
+    match v {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Unexpected::Unsigned(u),
+            (None, Some(i)) => Unexpected::Signed(i),
+            _ => Unexpected::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Object(_) => Unexpected::Map,
+    }
+}
+
+// The document is read into a HostConfig by the small readers below rather than
+// by serde's derived Deserialize: the derive, instantiated for every field type,
+// was ~43 KB of /init, these are a few KB. They follow the derive's rules (members
+// in document order, `null` for an absent Option, missing required fields checked
+// after the members in declaration order) and use its wording through
+// `de::Error`; a test checks them against the derive, which `hostconfig` keeps
+// as the reference.
+
+type DeResult<T> = Result<T, DeError>;
+type Reader<T> = fn(&Value, &JsonPath) -> DeResult<T>;
+
+fn wrong_type(v: &Value, expected: &str, path: &JsonPath) -> DeError {
+    <DeError as de::Error>::invalid_type(unexpected(v), &expected).at(path)
+}
+
+fn string(v: &Value, path: &JsonPath) -> DeResult<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(wrong_type(v, "a string", path)),
+    }
+}
+
+fn uint(v: &Value, path: &JsonPath) -> DeResult<u32> {
+    let e = match (v.as_u64(), v.as_i64()) {
+        (Some(u), _) => match u32::try_from(u) {
+            Ok(u) => return Ok(u),
+            Err(_) => <DeError as de::Error>::invalid_value(Unexpected::Unsigned(u), &"u32"),
+        },
+        (None, Some(i)) => <DeError as de::Error>::invalid_value(Unexpected::Signed(i), &"u32"),
+        _ => wrong_type(v, "u32", path),
+    };
+    Err(e.at(path))
+}
+
+fn boolean(v: &Value, path: &JsonPath) -> DeResult<bool> {
+    v.as_bool().ok_or_else(|| wrong_type(v, "a boolean", path))
+}
+
+/// `null` is `None`.
+fn optional<T>(v: &Value, path: &JsonPath, read: Reader<T>) -> DeResult<Option<T>> {
+    if v.is_null() {
+        Ok(None)
+    } else {
+        read(v, path).map(Some)
+    }
+}
+
+fn list<T>(v: &Value, path: &JsonPath, read: Reader<T>) -> DeResult<Vec<T>> {
+    let Value::Array(a) = v else {
+        return Err(wrong_type(v, "a sequence", path));
+    };
+    a.iter().enumerate().map(|(i, x)| read(x, &JsonPath::Index(path, i))).collect()
+}
+
+fn object<'a>(v: &'a Value, path: &JsonPath) -> DeResult<&'a Map<String, Value>> {
+    v.as_object().ok_or_else(|| wrong_type(v, "a map", path))
+}
+
+fn string_map(v: &Value, path: &JsonPath) -> DeResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, x) in object(v, path)? {
+        // (Inserted one by one: collecting would sort, another sort instance.)
+        out.insert(k.clone(), string(x, &JsonPath::Key(path, k))?);
+    }
+    Ok(out)
+}
+
+/// Calls `field` for each member of the object `v` that is in `known`; any
+/// other member is an error if `deny`, else skipped.
+fn members(
+    v: &Value,
+    path: &JsonPath,
+    known: &'static [&'static str],
+    deny: bool,
+    field: &mut dyn FnMut(&str, &Value, &JsonPath) -> DeResult<()>,
+) -> DeResult<()> {
+    let Value::Object(m) = v else {
+        return Err(wrong_type(v, "an object", path));
+    };
+    for (k, x) in m {
+        let at = JsonPath::Key(path, k);
+        if known.contains(&k.as_str()) {
+            field(k, x, &at)?;
+        } else if deny {
+            return Err(<DeError as de::Error>::unknown_field(k, known).at(&at));
+        }
+    }
+    Ok(())
+}
+
+fn required<T>(v: Option<T>, name: &'static str, path: &JsonPath) -> DeResult<T> {
+    v.ok_or_else(|| <DeError as de::Error>::missing_field(name).at(path))
+}
+
+fn host_config(v: &Value) -> DeResult<HostConfig> {
+    let path = &JsonPath::Root;
+    let mut c = HostConfig::default();
+    let mut hostname = None;
+    members(v, path, TOP_FIELDS, false, &mut |k, x, p| {
+        match k {
+            "vm_hostname" => hostname = Some(string(x, p)?),
+            "nameservers" => c.nameservers = list(x, p, string)?,
+            "vif" => c.vif = list(x, p, vif)?,
+            "vm_conf" => c.vm_conf = optional(x, p, vm_conf)?,
+            "hninit" => c.hninit = optional(x, p, extra)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    c.vm_hostname = required(hostname, "vm_hostname", path)?;
+    Ok(c)
+}
+
+fn vif(v: &Value, path: &JsonPath) -> DeResult<Vif> {
+    let mut pna = Vec::new();
+    let mut number = None;
+    members(v, path, VIF_FIELDS, false, &mut |k, x, p| {
+        match k {
+            "vif_number" => number = Some(uint(x, p)?),
+            "pna" => pna = list(x, p, address_pna)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(Vif { vif_number: required(number, "vif_number", path)?, pna })
+}
+
+fn address_pna(v: &Value, path: &JsonPath) -> DeResult<Pna> {
+    let (mut address, mut pbn, mut pvn) = (None, None, None);
+    members(v, path, PNA_FIELDS, false, &mut |k, x, p| {
+        match k {
+            "pna_address" => address = Some(string(x, p)?),
+            "pbn" => pbn = optional(x, p, |v, p| network(v, p, PBN_FIELDS))?,
+            "pvn" => pvn = optional(x, p, |v, p| network(v, p, PVN_FIELDS))?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(Pna {
+        pna_address: required(address, "pna_address", path)?,
+        pbn: pbn.map(|(pbn_network, pbn_gateway)| Pbn { pbn_network, pbn_gateway }),
+        pvn: pvn.map(|(pvn_network, pvn_gateway)| Pvn { pvn_network, pvn_gateway }),
+    })
+}
+
+/// `pbn` (public) or `pvn` (private): a network and an optional gateway, the
+/// two `fields`.
+fn network(v: &Value, path: &JsonPath, fields: &'static [&'static str]) -> DeResult<(String, Option<String>)> {
+    let (mut network, mut gateway) = (None, None);
+    members(v, path, fields, false, &mut |k, x, p| {
+        if k == fields[0] {
+            network = Some(string(x, p)?);
+        } else {
+            gateway = optional(x, p, string)?;
+        }
+        Ok(())
+    })?;
+    Ok((required(network, fields[0], path)?, gateway))
+}
+
+fn vm_conf(v: &Value, path: &JsonPath) -> DeResult<VmConf> {
+    let mut c = VmConf::default();
+    members(v, path, VM_CONF_FIELDS, false, &mut |k, x, p| {
+        let value = optional(x, p, string)?;
+        match k {
+            "user" => c.user = value,
+            "password" => c.password = value,
+            "ssh_key" => c.ssh_key = value,
+            "run" => c.run = value,
+            "script_args" => c.script_args = value,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+const EXTRA_FIELDS: &[&str] = &["users", "addresses", "routes", "interface_names", "timezone", "motd", "identities", "sysctl"];
+const USER_FIELDS: &[&str] = &["name", "password", "ssh_keys", "groups", "shell", "uid", "sudo"];
+const ADDRESS_FIELDS: &[&str] = &["interface", "address", "gateway"];
+const ROUTE_FIELDS: &[&str] = &["interface", "destination", "gateway"];
+
+fn extra(v: &Value, path: &JsonPath) -> DeResult<Extra> {
+    let mut x = Extra::default();
+    members(v, path, EXTRA_FIELDS, true, &mut |k, v, p| {
+        match k {
+            "users" => x.users = list(v, p, user)?,
+            "addresses" => x.addresses = list(v, p, address)?,
+            "routes" => x.routes = list(v, p, route)?,
+            "interface_names" => x.interface_names = string_map(v, p)?,
+            "timezone" => x.timezone = optional(v, p, string)?,
+            "motd" => x.motd = optional(v, p, string)?,
+            "identities" => x.identities = optional(v, p, |v, p| object(v, p).cloned())?,
+            "sysctl" => x.sysctl = string_map(v, p)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(x)
+}
+
+fn user(v: &Value, path: &JsonPath) -> DeResult<User> {
+    let mut u = User::default();
+    let mut name = None;
+    members(v, path, USER_FIELDS, true, &mut |k, x, p| {
+        match k {
+            "name" => name = Some(string(x, p)?),
+            "password" => u.password = optional(x, p, string)?,
+            "ssh_keys" => u.ssh_keys = list(x, p, string)?,
+            "groups" => u.groups = list(x, p, string)?,
+            "shell" => u.shell = optional(x, p, string)?,
+            "uid" => u.uid = optional(x, p, uint)?,
+            "sudo" => u.sudo = boolean(x, p)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    u.name = required(name, "name", path)?;
+    Ok(u)
+}
+
+fn address(v: &Value, path: &JsonPath) -> DeResult<Address> {
+    let (mut interface, mut address, mut gateway) = (None, None, None);
+    members(v, path, ADDRESS_FIELDS, true, &mut |k, x, p| {
+        match k {
+            "interface" => interface = Some(string(x, p)?),
+            "address" => address = Some(string(x, p)?),
+            "gateway" => gateway = optional(x, p, string)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(Address {
+        interface: required(interface, "interface", path)?,
+        address: required(address, "address", path)?,
+        gateway,
+    })
+}
+
+fn route(v: &Value, path: &JsonPath) -> DeResult<Route> {
+    let mut got: [Option<String>; 3] = Default::default();
+    members(v, path, ROUTE_FIELDS, true, &mut |k, x, p| {
+        if let Some(i) = ROUTE_FIELDS.iter().position(|f| *f == k) {
+            got[i] = Some(string(x, p)?);
+        }
+        Ok(())
+    })?;
+    let [interface, destination, gateway] = got;
+    Ok(Route {
+        interface: required(interface, "interface", path)?,
+        destination: required(destination, "destination", path)?,
+        gateway: required(gateway, "gateway", path)?,
+    })
 }
 
 // ------------------------------------------------------------- shapes
@@ -1121,6 +1488,81 @@ fn check_sysctl(path: &str, k: &str, v: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    fn pointers(v: &Value, here: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, x)| pointers(x, format!("{here}/{k}"), out)),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| pointers(x, format!("{here}/{i}"), out)),
+            _ => {}
+        }
+        out.push(here);
+    }
+
+    /// The readers agree with serde's derived Deserialize (kept on the types as
+    /// the reference) on the documented example, on its canonical form (which
+    /// has every field of every type), and on each of their values replaced by
+    /// other types, removed, or joined by an unknown member: a field added to a
+    /// type but not to its reader fails here.
+    #[test]
+    fn readers_match_the_serde_derive() {
+        let doc = include_str!("../docs/config.md");
+        let start = doc.find("```json\n").unwrap() + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let example: Value = serde_json::from_str(&doc[start..end]).unwrap();
+        let canonical: Value = serde_json::from_slice(&canonical_json(&parse(&doc.as_bytes()[start..end]).unwrap().config)).unwrap();
+        let others = [
+            json!(null),
+            json!(true),
+            json!(7),
+            json!(-1),
+            json!(1.5),
+            json!(4_294_967_296u64),
+            json!("s"),
+            json!([]),
+            json!(["s"]),
+            json!({}),
+            json!({"x": "y"}),
+        ];
+        let mut docs = Vec::new();
+        for base in [example, canonical] {
+            let mut ptrs = Vec::new();
+            pointers(&base, String::new(), &mut ptrs);
+            for p in &ptrs {
+                for o in &others {
+                    let mut d = base.clone();
+                    *d.pointer_mut(p).unwrap() = o.clone();
+                    docs.push(d);
+                }
+                let mut d = base.clone();
+                if let Some((parent, key)) = p.rsplit_once('/') {
+                    if let Some(Value::Object(m)) = d.pointer_mut(parent) {
+                        m.remove(key);
+                        docs.push(d);
+                    }
+                }
+                let mut d = base.clone();
+                if let Some(Value::Object(m)) = d.pointer_mut(p) {
+                    m.insert("zz".into(), json!(1));
+                    docs.push(d);
+                }
+            }
+            docs.push(base);
+        }
+        let mut checked = 0;
+        for d in &docs {
+            // Where an object is expected, serde would also read an array.
+            if d.as_object().is_none_or(|top| objects_where_expected(top).is_err()) {
+                continue;
+            }
+            let ours = host_config(d).map_err(|e| e.message);
+            let serde = HostConfig::deserialize(d).map_err(|e| e.to_string());
+            assert_eq!(ours, serde, "{d}");
+            checked += 1;
+        }
+        assert!(checked > 1000, "{checked}");
+    }
 
     #[test]
     fn base64() {

@@ -135,7 +135,7 @@ pub fn coldplug_modaliases(sys_devices: &Path) -> Vec<DeviceAlias> {
             }
         }
     }
-    out.sort();
+    crate::util::sort(&mut out);
     out
 }
 
@@ -156,7 +156,7 @@ impl BlockScanner {
         let mut out = Vec::new();
         let Ok(rd) = fs::read_dir("/sys/class/block") else { return out };
         let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
+        crate::util::sort(&mut names);
         for name in names {
             if name.starts_with("ram") {
                 continue;
@@ -240,6 +240,9 @@ fn describe(name: &str, sys: &Path, major: u32, minor: u32, size_bytes: u64) -> 
 pub struct WaitReport {
     pub devices: Vec<BlockDev>,
     pub aliases: Vec<DeviceAlias>,
+    /// The wait's scanner: a later scan (step 9) probes only devices that are
+    /// new or changed since.
+    pub scanner: BlockScanner,
 }
 
 /// Loads drivers for present and arriving devices and waits (bounded by
@@ -266,10 +269,9 @@ pub fn wait_for(spec: &DevSpec, timeout: Option<Duration>, drivers: &Drivers, re
         }
     };
     coldplug(&mut seen);
-    let mut scanner = BlockScanner::default();
     let mut next_progress = Duration::from_secs(5);
     loop {
-        let devices = scanner.scan(spec.needs_partuuid());
+        let devices = report.scanner.scan(spec.needs_partuuid());
         let found: Vec<&BlockDev> = devices.iter().filter(|d| spec.matches(d)).collect();
         match found.as_slice() {
             [one] => {

@@ -21,8 +21,12 @@ pub struct Drivers {
     failed: Mutex<Vec<(String, String)>>,
 }
 
+/// Loader threads: the CPUs we may run on, 2 to 4. (The affinity mask is all
+/// there is to know in an initramfs; `available_parallelism` would also read
+/// cgroup quotas, ~4 KB of /init.)
 fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(2, 4)
+    let cpus = rustix::thread::sched_getaffinity(None).map(|s| s.count()).unwrap_or(1);
+    (cpus as usize).clamp(2, 4)
 }
 
 /// Module names and relative paths of the `.ko` files under `dir`.
@@ -195,7 +199,7 @@ impl Drivers {
             }
             lacking.push(format!("{} for {} ({})", wanted.join(" or "), a.devpath.trim_start_matches("/sys"), a.modalias));
         }
-        lacking.sort();
+        crate::util::sort(&mut lacking);
         lacking.dedup();
         if !lacking.is_empty() {
             out.push("storage devices without a driver, whose module this initramfs lacks (add it with --module):".into());
@@ -206,13 +210,13 @@ impl Drivers {
         if others > 0 {
             out.push(format!("({others} other devices have no driver: input, sound, cpufreq and the like, not needed to boot)"));
         }
-        let asked: Vec<String> = std::fs::read_to_string(crate::modprobe::MISSING_FILE)
+        let mut asked: Vec<String> = std::fs::read_to_string(crate::modprobe::MISSING_FILE)
             .unwrap_or_default()
             .lines()
             .map(String::from)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
             .collect();
+        crate::util::sort(&mut asked);
+        asked.dedup();
         if !asked.is_empty() {
             out.push(format!("the kernel asked for modules this initramfs lacks: {}", asked.join(" ")));
         }

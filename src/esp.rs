@@ -178,7 +178,7 @@ pub fn order_esps(devs: &[(BlockDev, Option<String>)]) -> Vec<usize> {
         .enumerate()
         .filter_map(|(i, (d, t))| Some((esp_rank(d, t.as_deref())?, d.name.as_str(), i)))
         .collect();
-    ranked.sort();
+    crate::util::sort(&mut ranked);
     ranked.into_iter().map(|(_, _, i)| i).collect()
 }
 
@@ -234,7 +234,7 @@ pub fn mounts_of(mountinfo: &str, major: u32, minor: u32) -> Vec<Mounted> {
             })
         })
         .collect();
-    out.sort_by_key(|m| m.read_only);
+    crate::util::sort_by(&mut out, &|a, b| a.read_only.cmp(&b.read_only));
     out
 }
 

@@ -24,8 +24,7 @@ pub fn follow_policy(cmd: &Cmdline) -> ! {
     match cmd.on_error {
         OnError::Shell if Path::new("/bin/sh").exists() => {
             crit!("starting /bin/sh on the console (hn.on_error=shell); leaving it reboots");
-            let status = std::process::Command::new("/bin/sh").arg("-i").status();
-            info!("shell ended ({status:?})");
+            info!("shell ended ({})", run_shell());
             reboot(Duration::ZERO)
         }
         OnError::Shell => {
@@ -45,6 +44,42 @@ pub fn follow_policy(cmd: &Cmdline) -> ! {
     }
 }
 
+/// Runs `/bin/sh -i` on our console and waits for it; says how it ended.
+fn run_shell() -> String {
+    match crate::handoff::Argv::new("/bin/sh", &["-i".into()]) {
+        Ok(argv) => run(&argv),
+        Err(e) => format!("cannot start it: {e}"),
+    }
+}
+
+/// Runs a program and waits for it: "exit status N" or why not.
+fn run(argv: &crate::handoff::Argv) -> String {
+    // SAFETY: the child only calls execv and _exit (no allocation, no locks).
+    match unsafe { libc::fork() } {
+        -1 => format!("cannot fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            argv.exec();
+            // SAFETY: ends the child without running any of PID 1's cleanup.
+            unsafe { libc::_exit(127) }
+        }
+        pid => loop {
+            let mut status = 0;
+            // SAFETY: `status` is a valid out-pointer.
+            if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                return if libc::WIFEXITED(status) {
+                    format!("exit status {}", libc::WEXITSTATUS(status))
+                } else {
+                    format!("wait status {status:#x}")
+                };
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return format!("cannot wait for it: {e}");
+            }
+        },
+    }
+}
+
 pub fn reboot(after: Duration) -> ! {
     std::thread::sleep(after);
     rustix::fs::sync();
@@ -57,5 +92,23 @@ pub fn reboot(after: Duration) -> ! {
 fn park() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::Argv;
+
+    #[test]
+    fn runs_a_program_and_reports_its_status() {
+        let argv = Argv::new("/bin/sh", &["-c".into(), "exit 3".into()]).unwrap();
+        assert_eq!(run(&argv), "exit status 3");
+        // The program starts with SIGPIPE at its default, not ignored as in Rust.
+        let argv = Argv::new("/bin/sh", &["-c".into(), "grep -q '^SigIgn:.*[13579bdf]...$' /proc/self/status && exit 9; exit 0".into()]).unwrap();
+        assert_eq!(run(&argv), "exit status 0");
+        let argv = Argv::new("/nonexistent/sh", &[]).unwrap();
+        assert_eq!(run(&argv), "exit status 127");
+        assert!(Argv::new("/bin/sh", &["a\0b".into()]).is_err());
     }
 }

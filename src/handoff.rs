@@ -8,7 +8,8 @@ use crate::mounts;
 use rustix::mount::mount_move;
 use std::convert::Infallible;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 const RAMFS_MAGIC: i64 = 0x858458f6;
@@ -97,10 +98,50 @@ pub fn enter_root(newroot: &Path) -> Result<()> {
 /// Replaces this process with the new root's init, passing on our arguments.
 pub fn exec_init(init: &str) -> Result<Infallible> {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    let err = std::process::Command::new(init).args(args).exec();
+    let err = Argv::new(init, &args).map_or_else(|e| e, |argv| argv.exec());
     Err(BootError::Sys {
         what: format!("exec {init}"),
         source: err,
     })
 }
 
+/// A program and its arguments ready for `execv` (built before a `fork`, so
+/// the child does not allocate). `std::process::Command` would bring its
+/// spawning machinery, ~30 KB, into /init for the two places that start a program.
+pub struct Argv {
+    _strings: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl Argv {
+    /// `[path, args…]`; an error if one of them contains a NUL byte.
+    pub fn new(path: &str, args: &[OsString]) -> std::io::Result<Argv> {
+        let mut strings = Vec::with_capacity(args.len() + 1);
+        strings.push(CString::new(path)?);
+        for a in args {
+            strings.push(CString::new(a.as_bytes())?);
+        }
+        let mut pointers: Vec<*const libc::c_char> = strings.iter().map(|c| c.as_ptr()).collect();
+        pointers.push(std::ptr::null());
+        Ok(Argv { _strings: strings, pointers })
+    }
+
+    /// `execv` with our environment; returns only on failure. Does not allocate.
+    /// Like `Command`, it first gives the program the signal state it expects:
+    /// an empty signal mask and SIGPIPE at its default (Rust ignores SIGPIPE,
+    /// and an ignored signal would be inherited by every process of the system).
+    pub fn exec(&self) -> std::io::Error {
+        // SAFETY: sigemptyset fills the set it is given; sigprocmask and signal
+        // change this process's signal state only. Every pointer passed to execv
+        // is a NUL-terminated string owned by `self` (heap buffers, which do not
+        // move with the Vec), and the array ends with a null pointer.
+        unsafe {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::execv(self.pointers[0], self.pointers.as_ptr());
+        }
+        std::io::Error::last_os_error()
+    }
+}

@@ -3,6 +3,11 @@
 //! own keys under a top-level `"hninit"` object, so Gandi's documents stay valid
 //! as they are. This module holds the types only; `configparse` reads and
 //! validates them, `render` turns them into files.
+//!
+//! `configparse` reads a document with small readers of its own, not with the
+//! derived `Deserialize` (too big for /init, which does not link it); the
+//! derive and its attributes stay as the reference those readers are tested
+//! against, field by field and message by message. A new field goes in both.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

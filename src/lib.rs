@@ -41,3 +41,4 @@ pub mod shutdown;
 pub mod slots;
 pub mod stage;
 pub mod ustar;
+pub mod util;

@@ -70,7 +70,8 @@ pub fn unmount_order(mounts: &[MountEntry], root: &str, keep: &[String]) -> Vec<
         .map(|m| m.mountpoint.clone())
         .filter(|p| (p == root || p.starts_with(&prefix)) && !keep.contains(p))
         .collect();
-    v.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    // Deepest first, otherwise in mount order.
+    crate::util::sort_by(&mut v, &|a, b| b.matches('/').count().cmp(&a.matches('/').count()));
     v.dedup();
     v
 }

@@ -6,10 +6,12 @@
 //! image as `hn-root-new.img` on the same host partition (`debugfs -w` on the
 //! disk file: offline, no mounting) and booted again.
 //!
-//! Two scenarios:
-//! * `debian-boot` needs nothing from first-boot instantiation and boots the
-//!   shipped init: the images carry a root ssh key (a factory hook) and get
-//!   their address from the factory's DHCP fallback; it checks the boot
+//! Two scenarios, on the same two images (their initramfs carries the shipped
+//! init, `build_init`):
+//! * `debian-boot` needs nothing from first-boot instantiation (no config
+//!   source: step 9 lets the image boot as it is): the images carry a root ssh
+//!   key (a factory hook) and get their address from the factory's DHCP
+//!   fallback; it checks the boot
 //!   through hninit to multi-user.target, the loop root, sshd, a clean
 //!   poweroff through `/run/initramfs/shutdown`, and the upgrade to the second
 //!   image (rotation, trial ended by the image's mark-good unit).
@@ -19,9 +21,7 @@
 //!   the hostname, the static address, the user and its sudo group, the config
 //!   wiped from the swap disk with its swap header intact, and after the
 //!   upgrade the same ssh host key (StrictHostKeyChecking=yes against the
-//!   first boot's known_hosts) and the same machine-id. Its images carry an
-//!   init built with the cargo feature `firstboot` (step 9 is left out of the
-//!   shipped init while that is over its size budget). Failures of these
+//!   first boot's known_hosts) and the same machine-id. Failures of these
 //!   checks start with `[instantiation]`.
 
 use std::io::Read;
@@ -92,67 +92,13 @@ struct Images {
     notes: Vec<String>,
 }
 
-/// Which `/init` the images' initramfs carries.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum InitKind {
-    /// What `build_init` ships.
-    Shipped,
-    /// Built with the cargo feature `firstboot` (step 9, instantiation), which
-    /// the shipped init leaves out while it is over its size budget; the same
-    /// as `Shipped` once the feature is gone.
-    Firstboot,
-}
-
-fn images(kind: InitKind) -> Result<&'static Images, Failure> {
-    static SHIPPED: OnceLock<Result<Images, String>> = OnceLock::new();
-    static FIRSTBOOT: OnceLock<Result<Images, String>> = OnceLock::new();
-    let cell = match kind {
-        InitKind::Shipped => &SHIPPED,
-        InitKind::Firstboot => &FIRSTBOOT,
-    };
-    cell.get_or_init(|| {
-        build_images(kind).map_err(|e| format!("building the Debian images ({kind:?} init): {e:#}"))
-    })
-    .as_ref()
-    .map_err(|e| Failure::new(e.clone()))
-}
-
-/// The init with the `firstboot` feature, in its own target directory (so the
-/// shipped init other scenarios use is never rebuilt under them). `None` when
-/// the package has no such feature any more (first boot is then always in).
-fn firstboot_init() -> anyhow::Result<Option<PathBuf>> {
-    let target_dir = xtask::workspace_root()
-        .join("target")
-        .join("firstboot-init");
-    let out = xtask::initbin::cargo()
-        .current_dir(xtask::workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            xtask::initbin::INIT_TARGET,
-        ])
-        .args(["-p", "hninit", "--bin", "init", "--features", "firstboot"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("firstboot") && err.contains("feature") {
-            return Ok(None);
-        }
-        anyhow::bail!(
-            "building the init with --features firstboot: {}",
-            err.trim()
-        );
-    }
-    let init = target_dir
-        .join(xtask::initbin::INIT_TARGET)
-        .join("release")
-        .join("init");
-    anyhow::ensure!(init.is_file(), "cargo built no {}", init.display());
-    Ok(Some(init))
+/// The images, built once per run for both scenarios.
+fn images() -> Result<&'static Images, Failure> {
+    static IMAGES: OnceLock<Result<Images, String>> = OnceLock::new();
+    IMAGES
+        .get_or_init(|| build_images().map_err(|e| format!("building the Debian images: {e:#}")))
+        .as_ref()
+        .map_err(|e| Failure::new(e.clone()))
 }
 
 /// A factory hook giving root the test key and naming the image.
@@ -166,30 +112,16 @@ fn hook_script(pubkey: &str, id: &str) -> String {
     )
 }
 
-fn build_images(kind: InitKind) -> anyhow::Result<Images> {
-    let dir = qemu_tests::runner::default_out_dir().join(match kind {
-        InitKind::Shipped => "_debian",
-        InitKind::Firstboot => "_debian-firstboot",
-    });
+fn build_images() -> anyhow::Result<Images> {
+    let dir = qemu_tests::runner::default_out_dir().join("_debian");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let root_key = dir.join("root_ed25519");
     ssh_keygen(&root_key, "hninit-qemu-tests-root")?;
     let pubkey = std::fs::read_to_string(root_key.with_extension("pub"))?;
     let mut notes = Vec::new();
-    let init = match kind {
-        InitKind::Shipped => build_init()?,
-        InitKind::Firstboot => match firstboot_init()? {
-            Some(i) => {
-                notes.push(format!(
-                    "init built with --features firstboot ({} bytes; the shipped init leaves step 9 out)",
-                    std::fs::metadata(&i)?.len()
-                ));
-                i
-            }
-            None => build_init()?,
-        },
-    };
+    let init = build_init()?;
+    notes.push(format!("init: {} bytes", std::fs::metadata(&init)?.len()));
     let hnctl = build_workspace_bin("hnctl")?;
     let mut kernel_release = String::new();
     let mut build = |id: &str| -> anyhow::Result<PathBuf> {
@@ -712,7 +644,7 @@ fn check_root_report(
 // debian-boot: nothing from instantiation needed
 
 fn debian_boot(ctx: &mut Ctx) -> Result<(), Failure> {
-    let imgs = images(InitKind::Shipped)?;
+    let imgs = images()?;
     for n in &imgs.notes {
         ctx.note(n);
     }
@@ -842,7 +774,7 @@ fn check_instantiated(r: &Running, admin: &str, root: &str) -> Result<(), Failur
 }
 
 fn debian_e2e(ctx: &mut Ctx) -> Result<(), Failure> {
-    let imgs = images(InitKind::Firstboot)?;
+    let imgs = images()?;
     for n in &imgs.notes {
         ctx.note(n);
     }

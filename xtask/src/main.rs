@@ -26,7 +26,8 @@ struct Cli {
 enum Cmd {
     /// Install the Debian packages the other tasks need, if any is missing.
     Deps,
-    /// Build the static init (release, x86_64-unknown-linux-musl) and print its path.
+    /// Build the static init (release, x86_64-unknown-linux-musl), check it is under
+    /// its 1 MiB budget, print its path (stdout) and size (stderr).
     BuildInit,
     /// Fetch the Debian kernel into the cache; print its release and paths.
     Kernel {
@@ -168,7 +169,16 @@ fn real_main() -> Result<()> {
             ensure_host_packages()?;
             println!("host packages: all present");
         }
-        Cmd::BuildInit => println!("{}", build_init()?.display()),
+        Cmd::BuildInit => {
+            let init = build_init()?;
+            let size = std::fs::metadata(&init)?.len();
+            eprintln!(
+                "init: {size} bytes, {} under the budget of {} bytes (1 MiB)",
+                xtask::initbin::INIT_BUDGET - size,
+                xtask::initbin::INIT_BUDGET
+            );
+            println!("{}", init.display());
+        }
         Cmd::Kernel { refresh } => {
             let k = if refresh {
                 debian_kernel_refresh()?
