@@ -337,6 +337,8 @@ pub struct Vm {
     forbidden: Vec<String>,
     /// Lines before this index are complete and free of forbidden patterns.
     forbid_scanned: Cell<usize>,
+    /// QEMU's stdin: the guest console's input (`-serial stdio`).
+    stdin: Option<std::process::ChildStdin>,
 }
 
 /// What `wait_for` is looking for.
@@ -368,13 +370,13 @@ fn secs(d: Duration) -> String {
 }
 
 impl Vm {
-    /// Spawns `cmd` in a new process group with stdin null and stdout+stderr captured
+    /// Spawns `cmd` in a new process group with stdin piped (see [`Vm::send`]) and stdout+stderr captured
     /// into the console buffer and `log_path` (raw bytes, truncated first). A watchdog
     /// SIGKILLs the group `timeout` after the start.
     pub fn spawn(mut cmd: Command, log_path: &Path, timeout: Duration) -> Result<Vm, Failure> {
         let log = File::create(log_path)
             .map_err(|e| Failure::new(format!("creating {}: {e}", log_path.display())))?;
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -383,6 +385,7 @@ impl Vm {
             .map_err(|e| Failure::new(format!("spawning {cmd:?}: {e}")))?;
         let started = Instant::now();
         let pid = child.id();
+        let stdin = child.stdin.take();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 lines: Vec::new(),
@@ -483,7 +486,20 @@ impl Vm {
             cursor: Cell::new(0),
             forbidden: Vec::new(),
             forbid_scanned: Cell::new(0),
+            stdin,
         })
+    }
+
+    /// Types `text` on the guest's console (QEMU's stdin, with `-serial stdio`).
+    pub fn send(&mut self, text: &str) -> Result<(), Failure> {
+        use std::io::Write;
+        let w = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| Failure::new("the VM's stdin is closed"))?;
+        w.write_all(text.as_bytes())
+            .and_then(|()| w.flush())
+            .map_err(|e| Failure::new(format!("typing {text:?} on the console: {e}")))
     }
 
     /// The child's pid, which is also its process group id.

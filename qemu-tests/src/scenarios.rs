@@ -366,6 +366,25 @@ fn init_missing(ctx: &mut Ctx) -> Result<(), Failure> {
     expect_failure_then_reboot(&mut vm, "init /sbin/init in image /hostpart/hn-root.img cannot be started: not found in the image", &[])
 }
 
+fn on_error_shell(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "init=/nonexistent hn.on_error=shell")?;
+    vm.expect("hninit: boot failed: init /nonexistent", STEP)?;
+    vm.expect("hninit: starting /bin/sh on the console (hn.on_error=shell)", STEP)?;
+    // The operator's shell: it reads the console and sees the host partition
+    // hninit left mounted.
+    vm.send("echo SHELL-$((6*7)); ls /hostpart\n")?;
+    vm.expect("SHELL-42", STEP)?;
+    vm.expect("hn-root.img", STEP)?;
+    vm.send("exit 3\n")?;
+    vm.expect("hninit: shell ended (exit status 3)", STEP)?;
+    vm.expect("reboot: Restarting system", Duration::from_secs(30))?;
+    vm.check_forbidden()?;
+    vm.kill();
+    Ok(())
+}
+
 fn on_error_halt(ctx: &mut Ctx) -> Result<(), Failure> {
     let s = shared()?;
     let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
@@ -744,6 +763,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "image-missing", about: "real_root names no file: error lists what the partition holds", run: image_missing },
         Scenario { name: "image-garbage", about: "the image is not a filesystem", run: image_garbage },
         Scenario { name: "init-missing", about: "the image has no /sbin/init", run: init_missing },
+        Scenario { name: "on-error-shell", about: "hn.on_error=shell gives the console a shell; leaving it reboots", run: on_error_shell },
         Scenario { name: "on-error-halt", about: "hn.on_error=halt halts; unknown hn.* keys warn", run: on_error_halt },
         Scenario { name: "upgrade", about: "staged image with the same kernel rotated in; the next boot spends a try", run: upgrade_same_kernel },
         Scenario { name: "upgrade-kexec", about: "staged image with another kernel: kexec into it, no second rotation", run: upgrade_kexec },
