@@ -245,6 +245,11 @@ impl ModIndex {
         Ok(idx)
     }
 
+    /// The names of the loadable modules in `modules.dep`, in no particular order.
+    pub fn module_names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+
     /// Number of loadable modules in `modules.dep`.
     pub fn len(&self) -> usize {
         self.modules.len()
@@ -385,6 +390,40 @@ impl ModIndex {
         }
         Ok(order)
     }
+}
+
+/// The index files of a subset of a module tree, in depmod's text formats (so
+/// [`ModIndex::parse`] and other tools read them as they read the full ones):
+/// the `modules.dep` lines of the module files in `paths` (paths as `modules.dep`
+/// writes them), and the `modules.alias` lines naming those modules plus its
+/// comment lines. Returns them with the names of the modules kept. The initramfs
+/// builder ships an index trimmed this way, so that the boot parses a few
+/// kilobytes instead of the whole kernel's index.
+pub fn subset_index_text(dep: &str, alias: &str, paths: &HashSet<String>) -> (String, String, HashSet<String>) {
+    let mut names = HashSet::new();
+    let mut d = String::new();
+    for line in dep.lines() {
+        let Some((path, _)) = line.split_once(':') else { continue };
+        if paths.contains(path.trim()) {
+            d.push_str(line);
+            d.push('\n');
+            names.insert(normalize_name(path.trim()));
+        }
+    }
+    let mut a = String::new();
+    for line in alias.lines() {
+        let keep = if line.starts_with('#') {
+            true
+        } else {
+            let mut w = line.split_whitespace();
+            w.next() == Some("alias") && w.nth(1).is_some_and(|m| names.contains(&normalize_name(m)))
+        };
+        if keep {
+            a.push_str(line);
+            a.push('\n');
+        }
+    }
+    (d, a, names)
 }
 
 /// Parses `alias PATTERN MODULE` lines; anything else is skipped.
