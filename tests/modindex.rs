@@ -545,7 +545,7 @@ fn trimmed_index_resolves_like_the_full_one() {
     assert!(talias.len() * 20 < alias.len() && tdep.len() * 20 < dep.len(), "trimmed: {} + {} bytes", tdep.len(), talias.len());
     for m in &closure {
         assert_eq!(trimmed.path_of(m), full.path_of(m), "{m}");
-        assert_eq!(trimmed.load_order(&[m.clone()]), full.load_order(&[m.clone()]), "{m}");
+        assert_eq!(trimmed.load_order(std::slice::from_ref(m)), full.load_order(std::slice::from_ref(m)), "{m}");
     }
 
     // Queries: every module name, an example of every alias pattern of the
