@@ -234,7 +234,7 @@ impl Boot {
             }
         }
         let aliases = if self.wait.aliases.is_empty() {
-            devices::coldplug_modaliases(Path::new("/sys/devices"))
+            devices::coldplug_modaliases(Path::new("/sys"))
         } else {
             std::mem::take(&mut self.wait.aliases)
         };

@@ -1,6 +1,8 @@
 //! `hn-state/boot.log`: one line per slot decision, with a UTC timestamp, and one
 //! header line per boot with its command line. Bounded: past `MAX_LOG` bytes the
-//! oldest half is dropped (the rewrite is atomic; an append is one write + fsync).
+//! oldest half is dropped (the rewrite is atomic; an append is one write, fsynced
+//! when it records decisions: a boot that decided nothing only adds its header
+//! line, which a power cut may lose without harm).
 
 use crate::hostdir::{write_atomic, Dir};
 use std::io;
@@ -33,12 +35,13 @@ pub fn now() -> String {
     utc(secs)
 }
 
-/// Appends `lines` (each prefixed with `stamp`), trimming the log first if it is too long.
-pub fn append(state: &dyn Dir, stamp: &str, lines: &[String]) -> io::Result<()> {
-    append_bounded(state, stamp, lines, MAX_LOG)
+/// Appends `lines` (each prefixed with `stamp`), trimming the log first if it is
+/// too long; waits for the disk when `sync`.
+pub fn append(state: &dyn Dir, stamp: &str, lines: &[String], sync: bool) -> io::Result<()> {
+    append_bounded(state, stamp, lines, MAX_LOG, sync)
 }
 
-fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize) -> io::Result<()> {
+fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize, sync: bool) -> io::Result<()> {
     let mut text = String::new();
     for l in lines {
         let one_line = l.replace('\n', " ");
@@ -53,7 +56,11 @@ fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize) ->
             return write_atomic(state, BOOT_LOG, &kept);
         }
     }
-    state.append_synced(BOOT_LOG, text.as_bytes())
+    if sync {
+        state.append_synced(BOOT_LOG, text.as_bytes())
+    } else {
+        state.append(BOOT_LOG, text.as_bytes())
+    }
 }
 
 #[cfg(test)]
@@ -73,7 +80,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = RealDir::open(t.path(), false).unwrap();
         for i in 0..300 {
-            append_bounded(&d, "T", &[format!("event number {i} {}", "x".repeat(80))], 4096).unwrap();
+            append_bounded(&d, "T", &[format!("event number {i} {}", "x".repeat(80))], 4096, i % 2 == 0).unwrap();
         }
         let text = std::fs::read_to_string(t.path().join(BOOT_LOG)).unwrap();
         assert!(text.len() <= 4096, "{}", text.len());

@@ -1,5 +1,5 @@
 //! Devices: kernel uevents (netlink, so nothing is missed while we work), the
-//! coldplug walk of /sys/devices for modaliases, the /sys/class/block scan with a
+//! coldplug walk of /sys/bus/*/devices for modaliases, the /sys/class/block scan with a
 //! superblock probe per device, and the bounded wait for the host partition.
 //! Module loading for the modaliases found is delegated to `drivers`.
 
@@ -96,7 +96,8 @@ impl UeventSocket {
     }
 }
 
-/// A device's modalias and whether a driver is bound to it.
+/// A device's modalias and whether a driver is bound to it (the coldplug walk
+/// only returns devices without one).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DeviceAlias {
     pub modalias: String,
@@ -104,39 +105,49 @@ pub struct DeviceAlias {
     pub bound: bool,
 }
 
-/// Walks `sys_devices` (normally /sys/devices) for `modalias` files without
-/// following symlinks. Bounded in depth and count.
-pub fn coldplug_modaliases(sys_devices: &Path) -> Vec<DeviceAlias> {
+/// Every device on a bus that has a `modalias` and no driver bound, from
+/// `<sys>/bus/*/devices/*` (what `udevadm trigger` walks): one directory read per
+/// bus and a few syscalls per device, where a recursive walk of /sys/devices reads
+/// every attribute directory (≈ 90 ms under QEMU TCG). `devpath` is the device's
+/// directory under `<sys>/devices`. Devices with a driver are left out: nothing
+/// needs their modalias.
+pub fn coldplug_modaliases(sys: &Path) -> Vec<DeviceAlias> {
     let mut out = Vec::new();
-    let mut stack = vec![(sys_devices.to_path_buf(), 0usize)];
-    let mut visited = 0usize;
-    while let Some((dir, depth)) = stack.pop() {
-        visited += 1;
-        if visited > 100_000 {
-            break;
-        }
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
-        for entry in rd.flatten() {
-            let Ok(ft) = entry.file_type() else { continue };
-            let name = entry.file_name();
-            if ft.is_dir() && depth < 24 {
-                stack.push((entry.path(), depth + 1));
-            } else if ft.is_file() && name == "modalias" {
-                if let Ok(text) = fs::read_to_string(entry.path()) {
-                    let alias = text.trim();
-                    if !alias.is_empty() {
-                        out.push(DeviceAlias {
-                            modalias: alias.to_string(),
-                            devpath: dir.to_string_lossy().into_owned(),
-                            bound: dir.join("driver").exists(),
-                        });
-                    }
-                }
+    let Ok(buses) = fs::read_dir(sys.join("bus")) else { return out };
+    for bus in buses.flatten() {
+        let Ok(devices) = fs::read_dir(bus.path().join("devices")) else { continue };
+        for dev in devices.flatten() {
+            let link = dev.path();
+            // The link's presence is the answer: no need to follow it.
+            if fs::symlink_metadata(link.join("driver")).is_ok() {
+                continue;
             }
+            let Ok(text) = fs::read_to_string(link.join("modalias")) else { continue };
+            let alias = text.trim();
+            if alias.is_empty() {
+                continue;
+            }
+            let devpath = device_dir(sys, &link).unwrap_or(link);
+            out.push(DeviceAlias {
+                modalias: alias.to_string(),
+                devpath: devpath.to_string_lossy().into_owned(),
+                bound: false,
+            });
         }
     }
     crate::util::sort(&mut out);
     out
+}
+
+/// `<sys>/bus/pci/devices/0000:00:01.1` (a link to `../../../devices/…`) →
+/// `<sys>/devices/pci0000:00/0000:00:01.1`.
+fn device_dir(sys: &Path, link: &Path) -> Option<PathBuf> {
+    let target = fs::read_link(link).ok()?;
+    let mut rest = target.as_path();
+    while let Ok(r) = rest.strip_prefix("..") {
+        rest = r;
+    }
+    rest.starts_with("devices").then(|| sys.join(rest))
 }
 
 /// Block devices seen so far, probed once per (name, device number, size).
@@ -162,16 +173,17 @@ impl BlockScanner {
                 continue;
             }
             let sys = PathBuf::from("/sys/class/block").join(&name);
+            // Size first: the empty ones (unattached loop devices) need nothing more.
+            let size_bytes = read_trim(&sys.join("size")).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) * 512;
+            if size_bytes == 0 {
+                continue;
+            }
             let Some((major, minor)) = read_trim(&sys.join("dev")).and_then(|d| {
                 let (a, b) = d.split_once(':')?;
                 Some((a.parse().ok()?, b.parse().ok()?))
             }) else {
                 continue;
             };
-            let size_bytes = read_trim(&sys.join("size")).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) * 512;
-            if size_bytes == 0 {
-                continue;
-            }
             let key = (name.clone(), major, minor, size_bytes);
             let mut dev = match self.cache.get(&key) {
                 Some(d) => d.clone(),
@@ -258,7 +270,7 @@ pub fn wait_for(spec: &DevSpec, timeout: Option<Duration>, drivers: &Drivers, re
     };
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let coldplug = |seen: &mut BTreeSet<String>| {
-        let aliases = coldplug_modaliases(Path::new("/sys/devices"));
+        let aliases = coldplug_modaliases(Path::new("/sys"));
         let fresh: Vec<String> = aliases
             .iter()
             .filter(|a| !a.bound && seen.insert(a.modalias.clone()))
@@ -270,27 +282,33 @@ pub fn wait_for(spec: &DevSpec, timeout: Option<Duration>, drivers: &Drivers, re
     };
     coldplug(&mut seen);
     let mut next_progress = Duration::from_secs(5);
+    // /sys/class/block is read again only when block devices may have come: a
+    // block uevent, drivers loaded, or events lost.
+    let mut devices = Vec::new();
+    let mut rescan = true;
     loop {
-        let devices = report.scanner.scan(spec.needs_partuuid());
-        let found: Vec<&BlockDev> = devices.iter().filter(|d| spec.matches(d)).collect();
-        match found.as_slice() {
-            [one] => {
-                debug!("found {spec} at {} after {} ms", one.describe(), start.elapsed().as_millis());
-                return Ok((*one).clone());
-            }
-            [] => {}
-            many => {
-                return Err(BootError::HostpartAmbiguous {
-                    spec: spec.to_string(),
-                    devices: many.iter().map(|d| d.path.display().to_string()).collect(),
-                })
+        if rescan {
+            devices = report.scanner.scan(spec.needs_partuuid());
+            let found: Vec<&BlockDev> = devices.iter().filter(|d| spec.matches(d)).collect();
+            match found.as_slice() {
+                [one] => {
+                    debug!("found {spec} at {} after {} ms", one.describe(), start.elapsed().as_millis());
+                    return Ok((*one).clone());
+                }
+                [] => {}
+                many => {
+                    return Err(BootError::HostpartAmbiguous {
+                        spec: spec.to_string(),
+                        devices: many.iter().map(|d| d.path.display().to_string()).collect(),
+                    })
+                }
             }
         }
         let waited = start.elapsed();
         let remaining = match timeout {
             Some(t) if waited >= t => {
                 report.devices = devices;
-                report.aliases = coldplug_modaliases(Path::new("/sys/devices"));
+                report.aliases = coldplug_modaliases(Path::new("/sys"));
                 return Err(BootError::HostpartNotFound {
                     spec: spec.to_string(),
                     waited,
@@ -315,6 +333,7 @@ pub fn wait_for(spec: &DevSpec, timeout: Option<Duration>, drivers: &Drivers, re
                     .filter_map(|e| e.modalias.clone())
                     .filter(|m| seen.insert(m.clone()))
                     .collect();
+                rescan = events.iter().any(|e| e.subsystem == "block") || !fresh.is_empty() || overflowed;
                 if !fresh.is_empty() {
                     drivers.load_for_modaliases(&fresh);
                 }
@@ -325,6 +344,7 @@ pub fn wait_for(spec: &DevSpec, timeout: Option<Duration>, drivers: &Drivers, re
             None => {
                 std::thread::sleep(slice.min(Duration::from_millis(250)));
                 coldplug(&mut seen);
+                rescan = true;
             }
         }
     }
@@ -348,16 +368,28 @@ mod tests {
     #[test]
     fn coldplug_walk_finds_modaliases_and_binding() {
         let t = tempfile::tempdir().unwrap();
-        let a = t.path().join("pci0000:00/0000:00:01.0");
-        let b = t.path().join("pci0000:00/0000:00:02.0");
+        let sys = t.path();
+        let a = sys.join("devices/pci0000:00/0000:00:01.0");
+        let b = sys.join("devices/pci0000:00/0000:00:02.0");
+        let c = sys.join("devices/platform/serial8250");
         fs::create_dir_all(&a).unwrap();
         fs::create_dir_all(b.join("driver")).unwrap();
+        fs::create_dir_all(&c).unwrap();
         fs::write(a.join("modalias"), "pci:v00001AF4d00001001\n").unwrap();
         fs::write(b.join("modalias"), "pci:v00008086d00002922\n").unwrap();
-        std::os::unix::fs::symlink(t.path(), a.join("subsystem")).unwrap();
-        let found = coldplug_modaliases(t.path());
-        assert_eq!(found.len(), 2);
-        assert!(!found.iter().find(|x| x.modalias.contains("1AF4")).unwrap().bound);
-        assert!(found.iter().find(|x| x.modalias.contains("8086")).unwrap().bound);
+        std::os::unix::fs::symlink("../../../bus/pci", a.join("subsystem")).unwrap();
+        fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
+        fs::create_dir_all(sys.join("bus/platform/devices")).unwrap();
+        fs::create_dir_all(sys.join("bus/cpu")).unwrap(); // no devices directory
+        std::os::unix::fs::symlink("../../../devices/pci0000:00/0000:00:01.0", sys.join("bus/pci/devices/0000:00:01.0")).unwrap();
+        std::os::unix::fs::symlink("../../../devices/pci0000:00/0000:00:02.0", sys.join("bus/pci/devices/0000:00:02.0")).unwrap();
+        // A device without a modalias is skipped.
+        std::os::unix::fs::symlink("../../../devices/platform/serial8250", sys.join("bus/platform/devices/serial8250")).unwrap();
+        // Only the device without a driver, named by its /sys/devices path.
+        let found = coldplug_modaliases(sys);
+        assert_eq!(
+            found,
+            [DeviceAlias { modalias: "pci:v00001AF4d00001001".into(), devpath: a.to_string_lossy().into_owned(), bound: false }]
+        );
     }
 }

@@ -2,9 +2,18 @@
 //! actually present (so alias matching only considers what can be loaded), the
 //! forced list (`/etc/hninit/modules.force` + `hn.modules=`), drivers for device
 //! modaliases, filesystem modules on demand (`fs-<type>`), and the diagnosis of
-//! modules the machine needs that the initramfs lacks (from the full index).
+//! storage modules the machine needs that the initramfs lacks.
+//!
+//! The builder (`cargo xtask initramfs`) ships `modules.dep` and `modules.alias`
+//! already trimmed to the modules in the archive, plus [`STORAGE_ALIASES`]: the
+//! `modules.alias` lines of the kernel's storage drivers that the archive does not
+//! carry, read only by the failure diagnosis. So the boot never parses the whole
+//! kernel's index (1.8 MB of text). An initramfs without that file (built another
+//! way, with the full index) still works: the index is trimmed at boot to the
+//! `.ko` files present, and the diagnosis reads the full index.
 
-use crate::modindex::{normalize_name, ModIndex};
+use crate::devices::DeviceAlias;
+use crate::modindex::{normalize_name, subset_index_text, ModIndex};
 use crate::modload::{KernelLoader, LoadReport, ModuleSet};
 
 use std::collections::HashSet;
@@ -13,11 +22,25 @@ use std::sync::Mutex;
 
 pub const FORCE_LIST: &str = "/etc/hninit/modules.force";
 
+/// Beside `modules.dep`: `modules.alias` lines (same format) of the kernel's
+/// storage drivers that the initramfs lacks, written by the initramfs builder.
+/// Its presence also says that `modules.dep` and `modules.alias` hold only the
+/// modules in the initramfs.
+pub const STORAGE_ALIASES: &str = "hninit.storage-aliases";
+
+/// Where the kernel's storage drivers live, under `kernel/drivers/`: disk and
+/// host controllers, block drivers, RAID/device mapper, MMC/SD, NVMe, NVDIMM,
+/// UFS, USB mass storage, virtio.
+pub const STORAGE_DIRS: &[&str] = &[
+    "ata", "block", "md", "memstick", "message", "mmc", "nvdimm", "nvme", "scsi", "ufs", "usb/storage", "virtio",
+];
+
 #[derive(Default)]
 pub struct Drivers {
     dir: PathBuf,
     set: Option<ModuleSet<'static, KernelLoader>>,
-    present: HashSet<String>,
+    /// The index came trimmed by the builder, with [`STORAGE_ALIASES`] beside it.
+    prebuilt: bool,
     failed: Mutex<Vec<(String, String)>>,
 }
 
@@ -29,7 +52,8 @@ fn threads() -> usize {
     (cpus as usize).clamp(2, 4)
 }
 
-/// Module names and relative paths of the `.ko` files under `dir`.
+/// Relative paths of the `.ko` files under `dir/kernel` (for an index that was
+/// not trimmed at build time).
 fn present_modules(dir: &Path) -> HashSet<String> {
     let mut out = HashSet::new();
     let mut stack = vec![dir.join("kernel")];
@@ -51,27 +75,83 @@ fn present_modules(dir: &Path) -> HashSet<String> {
     out
 }
 
-/// Keeps the lines of modules.dep and modules.alias that concern modules in `present`.
-pub fn trim_index_text(dep: &str, alias: &str, present_paths: &HashSet<String>) -> (String, String, HashSet<String>) {
-    let mut names = HashSet::new();
-    let mut d = String::new();
-    for line in dep.lines() {
-        let Some((path, _)) = line.split_once(':') else { continue };
-        if present_paths.contains(path.trim()) {
-            d.push_str(line);
-            d.push('\n');
-            let stem = path.rsplit('/').next().unwrap_or(path);
-            names.insert(normalize_name(stem));
-        }
-    }
-    let mut a = String::new();
+/// Whether a module path (as in `modules.dep`) is a storage driver's: under one of [`STORAGE_DIRS`].
+pub fn is_storage_module_path(path: &str) -> bool {
+    let path = path.trim();
+    STORAGE_DIRS.iter().any(|d| {
+        path.strip_prefix("kernel/drivers/")
+            .and_then(|rest| rest.strip_prefix(d))
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// The [`STORAGE_ALIASES`] file for an initramfs holding the modules `present`
+/// (names), from the kernel's full `modules.dep` and `modules.alias`: a comment,
+/// then, in `modules.alias` order, the alias lines of every module not in `present`
+/// that is a storage driver ([`is_storage_module_path`]) or has an alias pattern
+/// for a storage device ([`is_storage_alias`]: PCI class 01, virtio block/SCSI, …).
+pub fn storage_aliases_text(dep: &str, alias: &str, present: &HashSet<String>) -> String {
+    let storage_paths: HashSet<String> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(p, _)| p.trim()))
+        .filter(|p| is_storage_module_path(p))
+        .map(normalize_name)
+        .collect();
+    let mut lines: Vec<(&str, String)> = Vec::new();
+    let mut by_pattern: HashSet<String> = HashSet::new();
     for line in alias.lines() {
-        if line.split_whitespace().nth(2).is_some_and(|m| names.contains(&normalize_name(m))) {
-            a.push_str(line);
-            a.push('\n');
+        let mut w = line.split_whitespace();
+        let (Some("alias"), Some(pattern), Some(module), None) = (w.next(), w.next(), w.next(), w.next()) else { continue };
+        let m = normalize_name(module);
+        if present.contains(&m) {
+            continue;
+        }
+        if is_storage_alias(pattern) {
+            by_pattern.insert(m.clone());
+        }
+        lines.push((line, m));
+    }
+    let mut out = String::from(
+        "# hninit: aliases of this kernel's storage drivers that the initramfs lacks, for the\n\
+         # boot failure diagnosis (modules.alias format; written by cargo xtask initramfs).\n",
+    );
+    for (line, m) in lines {
+        if storage_paths.contains(&m) || by_pattern.contains(&m) {
+            out.push_str(line);
+            out.push('\n');
         }
     }
-    (d, a, names)
+    out
+}
+
+/// Storage devices without a driver whose module the initramfs lacks, as
+/// `"MODULE or MODULE for DEVPATH (MODALIAS)"` (sorted, de-duplicated), and the
+/// number of other devices without a driver that the initramfs cannot drive.
+/// `present` is the initramfs's index; `absent` resolves modaliases to modules
+/// it lacks (the [`STORAGE_ALIASES`] file, or the kernel's full index).
+pub fn lacking_drivers(aliases: &[DeviceAlias], present: &ModIndex, absent: &ModIndex) -> (Vec<String>, usize) {
+    let mut lacking: Vec<String> = Vec::new();
+    let mut others = 0;
+    for a in aliases.iter().filter(|a| !a.bound) {
+        if !present.resolve(&a.modalias).is_empty() {
+            continue; // a driver is there (the device may refuse it)
+        }
+        if !is_storage_alias(&a.modalias) {
+            others += 1;
+            continue;
+        }
+        let wanted: Vec<String> = absent
+            .resolve(&a.modalias)
+            .into_iter()
+            .filter(|m| !present.is_known(m) && !absent.is_builtin(m))
+            .collect();
+        if !wanted.is_empty() {
+            lacking.push(format!("{} for {} ({})", wanted.join(" or "), a.devpath.trim_start_matches("/sys"), a.modalias));
+        }
+    }
+    lacking.sort();
+    lacking.dedup();
+    (lacking, others)
 }
 
 impl Drivers {
@@ -86,16 +166,26 @@ impl Drivers {
             warn!("no {}/modules.dep: loading no modules (kernel {release})", dir.display());
             return Drivers { dir, ..Default::default() };
         }
-        let paths = present_modules(&dir);
-        let (dep, alias, present) = trim_index_text(&dep, &read("modules.alias"), &paths);
+        let prebuilt = dir.join(STORAGE_ALIASES).is_file();
+        let (dep, alias) = if prebuilt {
+            (dep, read("modules.alias"))
+        } else {
+            // The kernel's whole index: keep what the .ko files present can serve.
+            let (dep, alias, _) = subset_index_text(&dep, &read("modules.alias"), &present_modules(&dir));
+            (dep, alias)
+        };
         let index = ModIndex::parse(&dep, &alias, &read("modules.builtin"));
         let index: &'static ModIndex = Box::leak(Box::new(index));
         let set = ModuleSet::new(index, KernelLoader::new(dir.clone()), threads());
-        debug!("{} modules in the initramfs for kernel {release}", present.len());
+        debug!(
+            "{} modules in the initramfs for kernel {release}{}",
+            index.len(),
+            if prebuilt { "" } else { " (its full module index trimmed at boot)" }
+        );
         Drivers {
             dir,
             set: Some(set),
-            present,
+            prebuilt,
             failed: Mutex::new(Vec::new()),
         }
     }
@@ -182,25 +272,17 @@ impl Drivers {
 
     /// Lines naming modules this machine's devices need and the initramfs lacks,
     /// modules the kernel asked for that are missing, and modules that failed.
-    pub fn diagnose(&self, aliases: &[crate::devices::DeviceAlias]) -> Vec<String> {
+    pub fn diagnose(&self, aliases: &[DeviceAlias]) -> Vec<String> {
         let mut out = Vec::new();
         let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        let full = ModIndex::parse(&read("modules.dep"), &read("modules.alias"), &read("modules.builtin"));
-        let mut lacking: Vec<String> = Vec::new();
-        let mut others = 0;
-        for a in aliases.iter().filter(|a| !a.bound) {
-            let wanted = full.resolve(&a.modalias);
-            if wanted.is_empty() || wanted.iter().any(|m| self.present.contains(m) || full.is_builtin(m)) {
-                continue;
-            }
-            if !is_storage_alias(&a.modalias) {
-                others += 1;
-                continue;
-            }
-            lacking.push(format!("{} for {} ({})", wanted.join(" or "), a.devpath.trim_start_matches("/sys"), a.modalias));
-        }
-        crate::util::sort(&mut lacking);
-        lacking.dedup();
+        let empty = ModIndex::default();
+        let present = self.set.as_ref().map_or(&empty, |s| s.index());
+        let absent = if self.prebuilt {
+            ModIndex::parse("", &read(STORAGE_ALIASES), &read("modules.builtin"))
+        } else {
+            ModIndex::parse(&read("modules.dep"), &read("modules.alias"), &read("modules.builtin"))
+        };
+        let (lacking, others) = lacking_drivers(aliases, present, &absent);
         if !lacking.is_empty() {
             out.push("storage devices without a driver, whose module this initramfs lacks (add it with --module):".into());
             out.extend(lacking.into_iter().take(20).map(|l| format!("  {l}")));
@@ -208,7 +290,7 @@ impl Drivers {
             out.push("no storage device is missing a driver".into());
         }
         if others > 0 {
-            out.push(format!("({others} other devices have no driver: input, sound, cpufreq and the like, not needed to boot)"));
+            out.push(format!("({others} other devices have no driver here: input, sound, cpufreq and the like, not needed to boot)"));
         }
         let mut asked: Vec<String> = std::fs::read_to_string(crate::modprobe::MISSING_FILE)
             .unwrap_or_default()
@@ -261,11 +343,68 @@ mod tests {
     #[test]
     fn trims_index_to_present_modules() {
         let dep = "kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\nkernel/fs/jbd2/jbd2.ko:\nkernel/drivers/nvme/host/nvme.ko: kernel/drivers/nvme/host/nvme-core.ko\n";
-        let alias = "alias fs-ext4 ext4\nalias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias fs-ext3 ext4\n";
+        let alias = "# Aliases extracted from modules themselves.\nalias fs-ext4 ext4\nalias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias fs-ext3 ext4\n";
         let present: HashSet<String> = ["kernel/fs/ext4/ext4.ko", "kernel/fs/jbd2/jbd2.ko"].iter().map(|s| s.to_string()).collect();
-        let (d, a, names) = trim_index_text(dep, alias, &present);
+        let (d, a, names) = subset_index_text(dep, alias, &present);
         assert_eq!(d.lines().count(), 2);
-        assert_eq!(a, "alias fs-ext4 ext4\nalias fs-ext3 ext4\n");
+        assert_eq!(a, "# Aliases extracted from modules themselves.\nalias fs-ext4 ext4\nalias fs-ext3 ext4\n");
         assert!(names.contains("ext4") && names.contains("jbd2") && !names.contains("nvme"));
+    }
+
+    #[test]
+    fn storage_module_paths() {
+        assert!(is_storage_module_path("kernel/drivers/ata/ata_piix.ko"));
+        assert!(is_storage_module_path("kernel/drivers/usb/storage/uas.ko.xz"));
+        assert!(is_storage_module_path("kernel/drivers/scsi/megaraid/megaraid_sas.ko"));
+        assert!(!is_storage_module_path("kernel/drivers/usb/serial/ftdi_sio.ko"));
+        assert!(!is_storage_module_path("kernel/drivers/atang/x.ko"));
+        assert!(!is_storage_module_path("kernel/fs/ext4/ext4.ko"));
+    }
+
+    const DEP: &str = "kernel/drivers/ata/ata_piix.ko: kernel/drivers/ata/libata.ko\n\
+kernel/drivers/ata/libata.ko:\n\
+kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko\n\
+kernel/drivers/net/xen-netfront.ko:\n\
+kernel/drivers/input/misc/pcspkr.ko:\n\
+kernel/drivers/virtio/virtio_pci.ko:\n";
+    const ALIAS: &str = "# Aliases extracted from modules themselves.\n\
+alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix\n\
+alias pci:v*d*sv*sd*bc01sc06i01* ahci\n\
+alias xen:vif xen_netfront\n\
+alias platform:pcspkr pcspkr\n\
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n";
+
+    #[test]
+    fn storage_aliases_file_holds_absent_storage_drivers_only() {
+        let present: HashSet<String> = ["virtio_pci".to_string()].into_iter().collect();
+        let text = storage_aliases_text(DEP, ALIAS, &present);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        // ata_piix and ahci by their directory, xen_netfront by its xen: pattern; not
+        // pcspkr (not storage) nor virtio_pci (in the initramfs).
+        assert_eq!(
+            lines,
+            ["alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix", "alias pci:v*d*sv*sd*bc01sc06i01* ahci", "alias xen:vif xen_netfront"]
+        );
+        assert!(text.starts_with("# hninit: "));
+    }
+
+    #[test]
+    fn lacking_drivers_agree_between_full_and_storage_index() {
+        let dev = |m: &str, bound: bool| DeviceAlias { modalias: m.into(), devpath: format!("/sys/devices/{m}"), bound };
+        let devices = [
+            dev("pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80", false), // PIIX IDE: lacking
+            dev("pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00", false), // virtio: present
+            dev("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", true),  // bound: fine
+            dev("platform:pcspkr", false),                                       // other
+            dev("acpi:PNP0A03:", false),                                         // other, no module at all
+        ];
+        let paths: HashSet<String> = ["kernel/drivers/virtio/virtio_pci.ko".to_string()].into_iter().collect();
+        let (d, a, names) = subset_index_text(DEP, ALIAS, &paths);
+        let present = ModIndex::parse(&d, &a, "");
+        let storage = ModIndex::parse("", &storage_aliases_text(DEP, ALIAS, &names), "");
+        let full = ModIndex::parse(DEP, ALIAS, "");
+        let want = (vec!["ata_piix for /devices/pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80 (pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80)".to_string()], 2);
+        assert_eq!(lacking_drivers(&devices, &present, &storage), want);
+        assert_eq!(lacking_drivers(&devices, &present, &full), want);
     }
 }

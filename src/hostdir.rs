@@ -31,6 +31,12 @@ pub trait Dir {
     fn write_synced(&self, name: &str, data: &[u8]) -> io::Result<()>;
     /// Appends `data` to `name` (created 0600 if missing) and fsyncs it.
     fn append_synced(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Appends `data` to `name` (created 0600 if missing) without waiting for the
+    /// disk, for what a power cut may lose. By default the same as
+    /// [`Dir::append_synced`].
+    fn append(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.append_synced(name, data)
+    }
     /// fsync of the directory itself, making renames and links durable.
     fn sync(&self) -> io::Result<()>;
     /// Creates or truncates `name` (0600), fills it with what `src` yields from its
@@ -181,6 +187,11 @@ impl Dir for RealDir {
         let mut f = self.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND, 0o600)?;
         f.write_all(data)?;
         f.sync_all()
+    }
+
+    fn append(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let mut f = self.open_file(name, OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND, 0o600)?;
+        f.write_all(data)
     }
 
     fn sync(&self) -> io::Result<()> {

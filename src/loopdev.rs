@@ -1,6 +1,8 @@
 //! Loop devices: a free one from /dev/loop-control, configured in one
-//! `LOOP_CONFIGURE` ioctl (backing fd, read-only flag, autoclear) so no other
-//! process can race between set-fd and set-status. The returned handle keeps the
+//! `LOOP_CONFIGURE` ioctl (backing fd, read-only flag, autoclear, direct I/O) so
+//! no other process can race between set-fd and set-status. Direct I/O reads the
+//! image straight into the loop device's cache instead of through the host
+//! partition's too (the kernel falls back to buffered I/O where it cannot). The returned handle keeps the
 //! device open: with autoclear, closing it before the mount would detach it.
 
 use crate::error::{sys, Result};
@@ -66,7 +68,7 @@ pub fn attach(backing: &Path, read_only: bool) -> Result<LoopDevice> {
             .map_err(sys(format!("open {}", path.display())))?;
         let mut cfg: ld::loop_config = unsafe { std::mem::zeroed() };
         cfg.fd = file.as_fd().as_raw_fd_u32();
-        cfg.info.lo_flags = ld::LO_FLAGS_AUTOCLEAR as u32 | if read_only { ld::LO_FLAGS_READ_ONLY as u32 } else { 0 };
+        cfg.info.lo_flags = ld::LO_FLAGS_AUTOCLEAR as u32 | ld::LO_FLAGS_DIRECT_IO as u32 | if read_only { ld::LO_FLAGS_READ_ONLY as u32 } else { 0 };
         let name = backing.as_os_str().as_encoded_bytes();
         let len = name.len().min(cfg.info.lo_file_name.len() - 1);
         cfg.info.lo_file_name[..len].copy_from_slice(&name[..len]);

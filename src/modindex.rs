@@ -31,29 +31,89 @@ struct Module {
 pub struct ModIndex {
     modules: HashMap<String, Module>,
     /// From `modules.alias`, in file order.
-    aliases: Vec<Alias>,
+    aliases: AliasTable,
     builtin: HashSet<String>,
     /// From `modules.builtin.alias`.
-    builtin_aliases: Vec<Alias>,
+    builtin_aliases: AliasTable,
 }
 
-#[derive(Debug, Clone)]
-struct Alias {
-    /// Normalised like the queries (see `normalize_alias`).
-    pattern: String,
+/// `alias PATTERN MODULE` lines, stored compactly: the patterns back to back in
+/// one string, the module names once per run of lines naming the same module (as
+/// depmod groups them). Parsing allocates a few times per module instead of
+/// thrice per line, which shows at boot under emulation (musl's malloc).
+#[derive(Debug, Clone, Default)]
+struct AliasTable {
+    /// The patterns, normalised like the queries (see `normalize_alias`).
+    patterns: String,
+    entries: Vec<AliasEntry>,
+    modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AliasEntry {
+    /// The pattern is `patterns[start..end]`.
+    start: u32,
+    end: u32,
     /// Length of the pattern's literal start.
-    prefix: usize,
-    module: String,
+    prefix: u32,
+    /// Index into `modules`.
+    module: u32,
 }
 
-impl Alias {
-    fn matches(&self, alias: &str) -> bool {
-        let lit = self
-            .pattern
-            .as_bytes()
-            .get(..self.prefix)
-            .unwrap_or_default();
-        alias.as_bytes().starts_with(lit) && glob_match(&self.pattern, alias)
+impl AliasTable {
+    /// Parses `alias PATTERN MODULE` lines; anything else is skipped.
+    fn parse(text: &str) -> AliasTable {
+        let mut t = AliasTable::default();
+        t.patterns.reserve(text.len() / 2);
+        let mut last: Option<(&str, u32)> = None;
+        for line in text.split('\n') {
+            let Some(["alias", pattern, module]) = words::<3>(line) else {
+                continue;
+            };
+            let module = match last {
+                Some((raw, i)) if raw == module => i,
+                _ => {
+                    t.modules.push(normalize_name(module));
+                    let i = (t.modules.len() - 1) as u32;
+                    last = Some((module, i));
+                    i
+                }
+            };
+            let start = t.patterns.len();
+            push_normalized_alias(&mut t.patterns, pattern);
+            let pattern = t.patterns.get(start..).unwrap_or_default();
+            let prefix = literal_prefix_len(pattern);
+            t.entries.push(AliasEntry {
+                start: start as u32,
+                end: t.patterns.len() as u32,
+                prefix: prefix as u32,
+                module,
+            });
+        }
+        t
+    }
+
+    fn extend(&mut self, other: AliasTable) {
+        let (base, mods) = (self.patterns.len() as u32, self.modules.len() as u32);
+        self.patterns.push_str(&other.patterns);
+        self.modules.extend(other.modules);
+        self.entries.extend(other.entries.into_iter().map(|e| AliasEntry {
+            start: e.start + base,
+            end: e.end + base,
+            module: e.module + mods,
+            ..e
+        }));
+    }
+
+    /// The modules of the patterns matching `alias` (normalised), in file order.
+    fn matching<'a>(&'a self, alias: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries.iter().filter_map(move |e| {
+            let pattern = self.patterns.get(e.start as usize..e.end as usize)?;
+            let lit = pattern.as_bytes().get(..e.prefix as usize)?;
+            (alias.as_bytes().starts_with(lit) && glob_match(pattern, alias))
+                .then(|| self.modules.get(e.module as usize).map(String::as_str))
+                .flatten()
+        })
     }
 }
 
@@ -71,6 +131,16 @@ pub fn normalize_name(s: &str) -> String {
 /// An alias as modprobe compares it: `-` → `_` except inside `[...]` classes.
 fn normalize_alias(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    push_normalized_alias(&mut out, s);
+    out
+}
+
+/// [`normalize_alias`] appending to `out`.
+fn push_normalized_alias(out: &mut String, s: &str) {
+    if !s.contains('-') {
+        out.push_str(s);
+        return;
+    }
     let mut in_class = false;
     for c in s.chars() {
         match c {
@@ -84,7 +154,29 @@ fn normalize_alias(s: &str) -> String {
         }
         out.push(c);
     }
-    out
+}
+
+/// The whitespace-separated words of `line` when there are exactly `N`. Works on
+/// bytes: the index files are ASCII, and this runs at boot (the init is built
+/// for size, where iterator adaptors per character cost).
+fn words<const N: usize>(line: &str) -> Option<[&str; N]> {
+    let b = line.as_bytes();
+    let mut out = [""; N];
+    let mut n = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if matches!(b[i], b' ' | b'\t' | b'\r') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !matches!(b[i], b' ' | b'\t' | b'\r') {
+            i += 1;
+        }
+        *out.get_mut(n)? = line.get(start..i)?;
+        n += 1;
+    }
+    (n == N).then_some(out)
 }
 
 /// Parses one `[...]` class starting just after the `[` at `pat[start]`.
@@ -209,7 +301,7 @@ impl ModIndex {
                 deps: deps.collect(),
             });
         }
-        idx.aliases = parse_aliases(alias);
+        idx.aliases = AliasTable::parse(alias);
         for line in builtin.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -223,7 +315,7 @@ impl ModIndex {
     /// Adds the aliases of built-in modules (`modules.builtin.alias`), so that a
     /// modalias served by a built-in driver resolves to it instead of nothing.
     pub fn add_builtin_aliases(&mut self, text: &str) {
-        self.builtin_aliases.extend(parse_aliases(text));
+        self.builtin_aliases.extend(AliasTable::parse(text));
     }
 
     /// Reads `modules.dep` (required), `modules.alias`, `modules.builtin` and
@@ -243,6 +335,11 @@ impl ModIndex {
         let mut idx = ModIndex::parse(&dep, &alias, &builtin);
         idx.add_builtin_aliases(&builtin_alias);
         Ok(idx)
+    }
+
+    /// The names of the loadable modules in `modules.dep`, in no particular order.
+    pub fn module_names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
     }
 
     /// Number of loadable modules in `modules.dep`.
@@ -301,9 +398,9 @@ impl ModIndex {
         let alias = normalize_alias(query);
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for a in self.aliases.iter().chain(&self.builtin_aliases) {
-            if a.matches(&alias) && seen.insert(a.module.as_str()) {
-                out.push(a.module.clone());
+        for m in self.aliases.matching(&alias).chain(self.builtin_aliases.matching(&alias)) {
+            if seen.insert(m) {
+                out.push(m.to_string());
             }
         }
         out
@@ -387,22 +484,36 @@ impl ModIndex {
     }
 }
 
-/// Parses `alias PATTERN MODULE` lines; anything else is skipped.
-fn parse_aliases(text: &str) -> Vec<Alias> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (Some("alias"), Some(pattern), Some(module), None) =
-            (words.next(), words.next(), words.next(), words.next())
-        else {
-            continue;
-        };
-        let pattern = normalize_alias(pattern);
-        out.push(Alias {
-            prefix: literal_prefix_len(&pattern),
-            pattern,
-            module: normalize_name(module),
-        });
+/// The index files of a subset of a module tree, in depmod's text formats (so
+/// [`ModIndex::parse`] and other tools read them as they read the full ones):
+/// the `modules.dep` lines of the module files in `paths` (paths as `modules.dep`
+/// writes them), and the `modules.alias` lines naming those modules plus its
+/// comment lines. Returns them with the names of the modules kept. The initramfs
+/// builder ships an index trimmed this way, so that the boot parses a few
+/// kilobytes instead of the whole kernel's index.
+pub fn subset_index_text(dep: &str, alias: &str, paths: &HashSet<String>) -> (String, String, HashSet<String>) {
+    let mut names = HashSet::new();
+    let mut d = String::new();
+    for line in dep.lines() {
+        let Some((path, _)) = line.split_once(':') else { continue };
+        if paths.contains(path.trim()) {
+            d.push_str(line);
+            d.push('\n');
+            names.insert(normalize_name(path.trim()));
+        }
     }
-    out
+    let mut a = String::new();
+    for line in alias.lines() {
+        let keep = if line.starts_with('#') {
+            true
+        } else {
+            let mut w = line.split_whitespace();
+            w.next() == Some("alias") && w.nth(1).is_some_and(|m| names.contains(&normalize_name(m)))
+        };
+        if keep {
+            a.push_str(line);
+            a.push('\n');
+        }
+    }
+    (d, a, names)
 }

@@ -484,3 +484,110 @@ fn real_module_tree() {
     }
     eprintln!("resolve of a PCI modalias: {:?} each", start.elapsed() / 20);
 }
+
+/// A text that `pattern` (an alias glob) matches, or `None` for a negated class.
+fn example_of(pattern: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => {}
+            '?' => out.push('0'),
+            '\\' => out.push(chars.next()?),
+            '[' => {
+                let first = chars.next()?;
+                if first == '!' || first == '^' {
+                    return None;
+                }
+                out.push(first);
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// The initramfs ships `modules.dep` and `modules.alias` trimmed to its modules
+/// (`cargo xtask initramfs`): for the default module set, the trimmed index must
+/// resolve every name and modalias to exactly the present modules the full index
+/// gives, with the same paths and load orders; and the storage aliases file must
+/// name, for storage devices no present module serves, what the full index names.
+#[test]
+fn trimmed_index_resolves_like_the_full_one() {
+    use hninit::drivers::{is_storage_alias, storage_aliases_text};
+    use hninit::modindex::subset_index_text;
+    use std::collections::{BTreeSet, HashSet};
+
+    let Some(dir) = real_tree() else {
+        eprintln!("note: no real module tree (modules.dep) found, skipping");
+        return;
+    };
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let (dep, alias, builtin) = (read("modules.dep"), read("modules.alias"), read("modules.builtin"));
+    let full = ModIndex::parse(&dep, &alias, &builtin);
+    let lists = concat!(include_str!("../initramfs/modules.default"), include_str!("../initramfs/modules.force"));
+    let mut roots = Vec::new();
+    for name in lists.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
+        roots.extend(full.resolve(name).into_iter().filter(|m| full.path_of(m).is_some()));
+    }
+    let closure = full.load_order(&roots).unwrap();
+    assert!(closure.len() > 20, "{closure:?}");
+    let paths: HashSet<String> = closure.iter().map(|m| full.path_of(m).unwrap().to_string()).collect();
+    let (tdep, talias, names) = subset_index_text(&dep, &alias, &paths);
+    let trimmed = ModIndex::parse(&tdep, &talias, &builtin);
+    assert_eq!(names, closure.iter().cloned().collect::<HashSet<_>>());
+    assert_eq!(trimmed.len(), closure.len());
+    assert!(talias.len() * 20 < alias.len() && tdep.len() * 20 < dep.len(), "trimmed: {} + {} bytes", tdep.len(), talias.len());
+    for m in &closure {
+        assert_eq!(trimmed.path_of(m), full.path_of(m), "{m}");
+        assert_eq!(trimmed.load_order(std::slice::from_ref(m)), full.load_order(std::slice::from_ref(m)), "{m}");
+    }
+
+    // Queries: every module name, an example of every alias pattern of the
+    // present and the storage modules and of every 20th other one, real modaliases.
+    let storage_text = storage_aliases_text(&dep, &alias, &names);
+    let storage = ModIndex::parse("", &storage_text, "");
+    let in_storage: HashSet<&str> = storage_text.lines().filter(|l| !l.starts_with('#')).collect();
+    let mut queries: BTreeSet<String> = full.module_names().map(str::to_string).collect();
+    for (i, line) in alias.lines().enumerate() {
+        let mut w = line.split_whitespace();
+        let (Some("alias"), Some(pattern), Some(module)) = (w.next(), w.next(), w.next()) else { continue };
+        if names.contains(&normalize_name(module)) || in_storage.contains(line) || i % 20 == 0 {
+            queries.extend(example_of(pattern));
+        }
+    }
+    queries.extend(s(&[
+        "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80",
+        "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
+        "virtio:d00000002v00001AF4",
+        "scsi:t-0x00",
+        "fs-btrfs",
+        "crypto-crc32c",
+    ]));
+    let mut storage_checked = 0;
+    for q in &queries {
+        let want: Vec<String> = full.resolve(q).into_iter().filter(|m| names.contains(m) || full.is_builtin(m)).collect();
+        let got = trimmed.resolve(q);
+        assert_eq!(got, want, "{q}");
+        if got.is_empty() && is_storage_alias(q) {
+            // The diagnosis: what a storage device would need that is not here.
+            let want: Vec<String> = full.resolve(q).into_iter().filter(|m| !names.contains(m)).collect();
+            assert_eq!(storage.resolve(q), want, "{q}");
+            storage_checked += 1;
+        }
+    }
+    assert!(storage_checked > 100, "{storage_checked}");
+    eprintln!(
+        "{} queries; trimmed index {} + {} bytes, storage aliases {} bytes; {storage_checked} storage modaliases checked",
+        queries.len(),
+        tdep.len(),
+        talias.len(),
+        storage_text.len()
+    );
+}

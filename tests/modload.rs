@@ -413,3 +413,48 @@ fn real_tree_orders() {
     assert!(st.violations.is_empty(), "{:?}", st.violations);
     eprintln!("order: {:?}", st.started);
 }
+
+/// What the boot loads with the index the initramfs ships (trimmed to its modules
+/// by the builder) is what it loaded with the full index: the same modules, with
+/// the same paths, in a valid order; and a module the initramfs lacks is reported
+/// missing instead of failing at its file.
+#[test]
+fn trimmed_index_loads_like_the_full_one() {
+    use hninit::modindex::subset_index_text;
+    let Some(dir) = common::kernel_tree::real_tree() else {
+        eprintln!("note: no real module tree, skipping");
+        return;
+    };
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let (dep, alias, builtin) = (read("modules.dep"), read("modules.alias"), read("modules.builtin"));
+    let full = ModIndex::parse(&dep, &alias, &builtin);
+    let present = full.load_order(&s(&["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "loop", "ahci"])).unwrap();
+    let paths: HashSet<String> = present.iter().map(|m| full.path_of(m).unwrap().to_string()).collect();
+    let (tdep, talias, _) = subset_index_text(&dep, &alias, &paths);
+    let trimmed = ModIndex::parse(&tdep, &talias, &builtin);
+    let wanted = s(&[
+        "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        "virtio:d00000002v00001AF4",
+        "crc32c_generic",
+        "fs-ext4",
+        "loop",
+    ]);
+    let run = |i: &ModIndex| {
+        let fake = Fake::new(i);
+        let set = ModuleSet::with_loaded(i, &fake, 4, HashSet::new());
+        let r = set.ensure(&wanted);
+        assert!(r.is_ok(), "{r:?}");
+        let st = fake.state();
+        assert!(st.violations.is_empty(), "{:?}", st.violations);
+        let mut paths: Vec<(String, String)> = st.paths.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
+        paths.sort();
+        (sorted(loaded_names(&r)), paths)
+    };
+    assert_eq!(run(&trimmed), run(&full));
+
+    let fake = Fake::new(&trimmed);
+    let set = ModuleSet::with_loaded(&trimmed, &fake, 2, HashSet::new());
+    let r = set.ensure(&s(&["btrfs", "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"]));
+    assert_eq!(r.missing, s(&["btrfs", "pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"]));
+    assert!(fake.state().started.is_empty());
+}

@@ -2568,7 +2568,8 @@ fn render_reading(s: &mut String, r: &Results, steps: &[(String, f64)]) {
         let _ = writeln!(
             s,
             "- Work hninit does that the script does not: reading the module index \
-             (`modules.dep`, `modules.alias`: step 3a, {ix:.0} ms), slots and boot log (step 6, \
+             (`modules.dep`, `modules.alias`, trimmed to the initramfs's modules when it was built: \
+             step 3a, {ix:.0} ms), slots and boot log (step 6, \
              {sl:.0} ms), emptying the initramfs at the handoff (step 10a, {ho:.0} ms): \
              {:.0} ms together{gap}. QEMU has one vCPU, so loading independent modules in \
              parallel gains nothing here.",
