@@ -2,7 +2,7 @@
 //! (`noatime,compress=zstd` → flags + data), and one `mount_fs` used for the
 //! host partition and the image.
 
-use crate::error::{sys, Result};
+use crate::error::{sys, BootError, Result};
 use rustix::mount::{mount, MountFlags};
 use std::path::Path;
 
@@ -73,17 +73,36 @@ pub fn mount_fs(source: &Path, target: &Path, fstype: &str, options: &str, extra
     ensure_dir(target)?;
     let o = parse_options(options);
     let data = std::ffi::CString::new(o.data).unwrap_or_default();
-    mount(source, target, fstype, o.flags | extra, Some(data.as_c_str())).map_err(sys(format!(
-        "mount -t {fstype} -o {} {} {}",
-        if options.is_empty() { "defaults" } else { options },
-        source.display(),
-        target.display()
-    )))
+    mount(source, target, fstype, o.flags | extra, Some(data.as_c_str())).map_err(|e| {
+        if e == rustix::io::Errno::NODEV && !kernel_knows(&std::fs::read_to_string("/proc/filesystems").unwrap_or_default(), fstype) {
+            return BootError::FsUnsupported { dev: source.display().to_string(), fstype: fstype.to_string() };
+        }
+        sys(format!(
+            "mount -t {fstype} -o {} {} {}",
+            if options.is_empty() { "defaults" } else { options },
+            source.display(),
+            target.display()
+        ))(e)
+    })
+}
+
+/// Whether `/proc/filesystems` text lists `fstype` (`nodev\tsysfs`, `\text4`).
+fn kernel_knows(proc_filesystems: &str, fstype: &str) -> bool {
+    proc_filesystems.lines().any(|l| l.rsplit('\t').next() == Some(fstype))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_proc_filesystems() {
+        let t = "nodev\tsysfs\nnodev\ttmpfs\n\text3\n\text4\n\tvfat\n";
+        assert!(kernel_knows(t, "ext4"));
+        assert!(kernel_knows(t, "tmpfs"));
+        assert!(!kernel_knows(t, "xfs"));
+        assert!(!kernel_knows(t, "ext"));
+    }
 
     #[test]
     fn splits_flags_from_data() {

@@ -317,6 +317,19 @@ fn expect_failure_then_reboot(vm: &mut Vm, error: &str, diagnosis: &[&str]) -> R
     vm.check_forbidden()
 }
 
+/// The default initramfs carries no xfs module (initramfs/modules.default): an
+/// xfs host partition must fail with the fix named, not with a bare ENODEV.
+fn hostpart_xfs_no_module(ctx: &mut Ctx) -> Result<(), Failure> {
+    let (disk, _) = simple_disk(ctx, HostpartSpec { fs: HostFs::Xfs, dirs: Vec::new(), ..hostpart(&[]) })?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "")?;
+    vm.expect("hninit: host partition LABEL=hostpart is /dev/vda1", STEP)?;
+    expect_failure_then_reboot(
+        &mut vm,
+        "/dev/vda1 holds xfs, which this kernel cannot mount: it is not built in and this initramfs has no xfs module (add it: cargo xtask initramfs --module xfs",
+        &[],
+    )
+}
+
 fn hostpart_missing(ctx: &mut Ctx) -> Result<(), Failure> {
     let s = shared()?;
     let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
@@ -764,6 +777,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "image-missing", about: "real_root names no file: error lists what the partition holds", run: image_missing },
         Scenario { name: "image-garbage", about: "the image is not a filesystem", run: image_garbage },
         Scenario { name: "init-missing", about: "the image has no /sbin/init", run: init_missing },
+        Scenario { name: "hostpart-xfs-no-module", about: "an xfs host partition without the xfs module: the error names the fix", run: hostpart_xfs_no_module },
         Scenario { name: "on-error-shell", about: "hn.on_error=shell gives the console a shell; leaving it reboots", run: on_error_shell },
         Scenario { name: "on-error-halt", about: "hn.on_error=halt halts; unknown hn.* keys warn", run: on_error_halt },
         Scenario { name: "upgrade", about: "staged image with the same kernel rotated in; the next boot spends a try", run: upgrade_same_kernel },

@@ -20,6 +20,9 @@ pub enum HostFs {
     #[default]
     Ext4,
     Btrfs,
+    /// Made empty (mkfs.xfs here cannot fill it without root): for tests of
+    /// what happens before files are read.
+    Xfs,
 }
 
 impl HostFs {
@@ -28,6 +31,7 @@ impl HostFs {
         match self {
             HostFs::Ext4 => "ext4",
             HostFs::Btrfs => "btrfs",
+            HostFs::Xfs => "xfs",
         }
     }
 }
@@ -94,6 +98,8 @@ pub const ESP_MIB: u64 = 64;
 pub const ESP_LABEL: &str = "EFI-BOOT";
 /// Smallest btrfs mkfs.btrfs accepts comfortably.
 const BTRFS_MIN_MIB: u64 = 128;
+/// Smallest filesystem mkfs.xfs (xfsprogs 6) makes.
+const XFS_MIN_MIB: u64 = 300;
 const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
 
@@ -198,10 +204,10 @@ fn build_disk_in(spec: &DiskSpec, out: &Path, work: &Path) -> Result<DiskLayout>
                     Some(u) => u.to_lowercase(),
                     None => util::random_uuid()?,
                 };
-                let size = if h.fs == HostFs::Btrfs {
-                    mib.max(BTRFS_MIN_MIB)
-                } else {
-                    mib
+                let size = match h.fs {
+                    HostFs::Btrfs => mib.max(BTRFS_MIN_MIB),
+                    HostFs::Xfs => mib.max(XFS_MIN_MIB),
+                    HostFs::Ext4 => mib,
                 };
                 make_hostpart(h, &fs_uuid, size, &img, work)?;
                 PartitionInfo {
@@ -372,6 +378,20 @@ fn make_hostpart(
                 .arg(img);
             util::run(&mut c)
                 .with_context(|| format!("making btrfs host partition ({size_mib} MiB)"))?;
+        }
+        HostFs::Xfs => {
+            if !h.files.is_empty() || !h.dirs.is_empty() {
+                bail!("xfs host partitions are made empty (no files or directories)");
+            }
+            util::remove_any(img)?;
+            fs::File::create(img)?.set_len(size_mib * MIB)?;
+            util::run(
+                cmd("mkfs.xfs")
+                    .args(["-q", "-f", "-L", &h.label, "-m"])
+                    .arg(format!("uuid={fs_uuid}"))
+                    .arg(img),
+            )
+            .with_context(|| format!("making xfs host partition ({size_mib} MiB)"))?;
         }
     }
     util::remove_any(&stage)
