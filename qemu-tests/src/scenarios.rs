@@ -327,7 +327,7 @@ fn hostpart_xfs_no_module(ctx: &mut Ctx) -> Result<(), Failure> {
     vm.expect("hninit: host partition LABEL=hostpart is /dev/vda1", STEP)?;
     expect_failure_then_reboot(
         &mut vm,
-        "/dev/vda1 holds xfs, which this kernel cannot mount: it is not built in and this initramfs has no xfs module (add it: cargo xtask initramfs --module xfs",
+        "/dev/vda1 holds xfs, which this kernel cannot mount: it is not built in and this initramfs has no xfs module (add it: cargo xtask initramfs --add-module xfs",
         &[],
     )
 }

@@ -46,6 +46,10 @@ enum Cmd {
         /// Module name or alias to include (repeatable) [default: initramfs/modules.default].
         #[arg(long = "module", value_name = "NAME")]
         modules: Vec<String>,
+        /// Module name or alias to include on top of the --module list or the default set
+        /// (repeatable), e.g. `--add-module xfs`.
+        #[arg(long = "add-module", value_name = "NAME")]
+        add_modules: Vec<String>,
         /// Module to load unconditionally (repeatable) [default: initramfs/modules.force].
         #[arg(long = "force", value_name = "NAME")]
         force: Vec<String>,
@@ -192,13 +196,20 @@ fn real_main() -> Result<()> {
         Cmd::Initramfs {
             kernel_release,
             modules_dir,
-            modules,
+            mut modules,
+            add_modules,
             force,
             compress,
             busybox,
             init,
             out,
         } => {
+            if !add_modules.is_empty() {
+                if modules.is_empty() {
+                    modules = xtask::initramfs::default_modules();
+                }
+                modules.extend(add_modules);
+            }
             let modules_dir =
                 modules_dir.unwrap_or_else(|| PathBuf::from("/lib/modules").join(&kernel_release));
             let init = match init {
