@@ -91,6 +91,8 @@ pub struct ImageSpec {
     pub with_hnctl: bool,
     /// Install [`DHCP_FALLBACK`].
     pub dhcp_fallback: bool,
+    /// Modules for `/boot/initramfs` beyond the default set (e.g. `xfs`).
+    pub add_modules: Vec<String>,
 }
 
 impl Default for ImageSpec {
@@ -107,6 +109,7 @@ impl Default for ImageSpec {
             hnctl: None,
             with_hnctl: true,
             dhcp_fallback: true,
+            add_modules: Vec::new(),
         }
     }
 }
@@ -1047,7 +1050,14 @@ fn install_kernel(spec: &ImageSpec, stage: &Path) -> Result<(String, String)> {
     };
     let initramfs = stage.join("boot/initramfs");
     let mods = scratch.as_ref().map(|(_, c)| c.clone()).unwrap_or(mdir);
-    let res = build_initramfs(&InitramfsSpec::new(&init, &release, &mods), &initramfs);
+    let mut ispec = InitramfsSpec::new(&init, &release, &mods);
+    if !spec.add_modules.is_empty() {
+        if ispec.modules.is_empty() {
+            ispec.modules = crate::initramfs::default_modules();
+        }
+        ispec.modules.extend(spec.add_modules.iter().cloned());
+    }
+    let res = build_initramfs(&ispec, &initramfs);
     if let Some((base, _)) = &scratch {
         util::remove_any(base).ok();
     }

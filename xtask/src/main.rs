@@ -416,6 +416,9 @@ enum ImageCmd {
         /// Directory of hooks run run-parts style with TARGET, SUITE, ARCH (repeatable).
         #[arg(long = "hooks", value_name = "DIR")]
         hooks: Vec<PathBuf>,
+        /// Module for the image's initramfs beyond the default set (repeatable), e.g. xfs.
+        #[arg(long = "add-module", value_name = "NAME")]
+        add_modules: Vec<String>,
         /// Filesystem size, e.g. 2G or 1536M (the file is sparse).
         #[arg(long, default_value = "2G", value_parser = parse_size_mib)]
         size: u64,
@@ -472,6 +475,7 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
             mirror,
             include,
             hooks,
+            add_modules,
             size,
             max_age_days,
             no_hnctl,
@@ -491,6 +495,7 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
                 hnctl: None,
                 with_hnctl: !no_hnctl,
                 dhcp_fallback: !no_dhcp_fallback,
+                add_modules,
             };
             let r = xtask::build_image(&spec, &out)?;
             println!(
