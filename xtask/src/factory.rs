@@ -1051,12 +1051,7 @@ fn install_kernel(spec: &ImageSpec, stage: &Path) -> Result<(String, String)> {
     let initramfs = stage.join("boot/initramfs");
     let mods = scratch.as_ref().map(|(_, c)| c.clone()).unwrap_or(mdir);
     let mut ispec = InitramfsSpec::new(&init, &release, &mods);
-    if !spec.add_modules.is_empty() {
-        if ispec.modules.is_empty() {
-            ispec.modules = crate::initramfs::default_modules();
-        }
-        ispec.modules.extend(spec.add_modules.iter().cloned());
-    }
+    ispec.modules = crate::initramfs::with_added_modules(ispec.modules, &spec.add_modules);
     let res = build_initramfs(&ispec, &initramfs);
     if let Some((base, _)) = &scratch {
         util::remove_any(base).ok();

@@ -107,6 +107,19 @@ pub fn default_modules() -> Vec<String> {
     list_lines(DEFAULT_MODULES)
 }
 
+/// `modules` (the default set when empty) plus `add`: what `--add-module` means.
+/// With nothing to add, `modules` is returned as it is (empty still meaning the
+/// default set).
+pub fn with_added_modules(mut modules: Vec<String>, add: &[String]) -> Vec<String> {
+    if !add.is_empty() {
+        if modules.is_empty() {
+            modules = default_modules();
+        }
+        modules.extend(add.iter().cloned());
+    }
+    modules
+}
+
 /// The default force list, from `initramfs/modules.force`.
 pub fn default_force() -> Vec<String> {
     list_lines(DEFAULT_FORCE)
@@ -464,6 +477,16 @@ pub(crate) fn compress(raw: &[u8], c: Compression) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn added_modules_extend_the_given_list_or_the_default_set() {
+        let add = vec!["xfs".to_string()];
+        let d = with_added_modules(Vec::new(), &add);
+        assert_eq!(d.len(), default_modules().len() + 1);
+        assert_eq!(d.last().map(String::as_str), Some("xfs"));
+        assert_eq!(with_added_modules(vec!["ext4".into()], &add), ["ext4", "xfs"]);
+        assert!(with_added_modules(Vec::new(), &[]).is_empty());
+    }
+
     use super::*;
     use std::process::Command;
 

@@ -196,7 +196,7 @@ fn real_main() -> Result<()> {
         Cmd::Initramfs {
             kernel_release,
             modules_dir,
-            mut modules,
+            modules,
             add_modules,
             force,
             compress,
@@ -204,12 +204,7 @@ fn real_main() -> Result<()> {
             init,
             out,
         } => {
-            if !add_modules.is_empty() {
-                if modules.is_empty() {
-                    modules = xtask::initramfs::default_modules();
-                }
-                modules.extend(add_modules);
-            }
+            let modules = xtask::initramfs::with_added_modules(modules, &add_modules);
             let modules_dir =
                 modules_dir.unwrap_or_else(|| PathBuf::from("/lib/modules").join(&kernel_release));
             let init = match init {
