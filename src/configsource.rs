@@ -482,19 +482,32 @@ pub fn read_device_archive(path: &Path, offset: u64, origin: Origin, how: &str) 
             ),
         });
     };
-    let mut detail = if how.is_empty() {
-        String::new()
-    } else {
-        format!("{how}, ")
-    };
-    detail.push_str(&format!("tar archive at byte {offset}, member {}", member.name));
-    let parsed = configparse::parse(member.data).map_err(|error| SourceError::Config {
+    let detail = format!("tar archive at byte {offset}, member {}", member.name);
+    let used = window.get(..archive.len).unwrap_or(&window);
+    found_on_device(path, origin, how, detail, member.data, offset, used).map(Some)
+}
+
+/// A configuration `text` read from the device `path`, whose bytes `region`
+/// (from `offset`) are wiped after a successful first boot: parses it and
+/// records the wipe plan with the device's current superblock. `how` (may be
+/// empty) prefixes `detail` in messages.
+fn found_on_device(
+    path: &Path,
+    origin: Origin,
+    how: &str,
+    detail: String,
+    text: &[u8],
+    offset: u64,
+    region: &[u8],
+) -> Result<Found, SourceError> {
+    let shown = path.display();
+    let detail = if how.is_empty() { detail } else { format!("{how}, {detail}") };
+    let parsed = configparse::parse(text).map_err(|error| SourceError::Config {
         what: format!("{origin} {shown} ({detail})"),
         error,
     })?;
-    let used = window.get(..archive.len).unwrap_or(&window);
     let before = probe::probe_path(path).map_err(io_err(format!("{origin} {shown}: probe")))?;
-    Ok(Some(Found {
+    Ok(Found {
         parsed,
         source: Source {
             origin,
@@ -502,12 +515,12 @@ pub fn read_device_archive(path: &Path, offset: u64, origin: Origin, how: &str) 
             detail,
             wipe: Some(WipePlan {
                 offset,
-                len: archive.len as u64,
-                sha256: sha256(used),
+                len: region.len() as u64,
+                sha256: sha256(region),
                 before,
             }),
         },
-    }))
+    })
 }
 
 /// JSON written at byte 0 of a device (after optional whitespace), ending at the
@@ -522,33 +535,9 @@ pub fn read_device_json(path: &Path, origin: Origin, how: &str) -> Result<Option
     }
     let text_len = head.iter().position(|&b| b == 0).unwrap_or(head.len());
     let text = head.get(..text_len).unwrap_or(&head);
-    let mut detail = if how.is_empty() {
-        String::new()
-    } else {
-        format!("{how}, ")
-    };
-    detail.push_str("JSON at byte 0");
-    let parsed = configparse::parse(text).map_err(|error| SourceError::Config {
-        what: format!("{origin} {shown} ({detail})"),
-        error,
-    })?;
     let len = text.len().div_ceil(BLOCK) * BLOCK;
     let region = read_at_most(&f, 0, len).map_err(io_err(format!("{origin} {shown}: reading at byte 0")))?;
-    let before = probe::probe_path(path).map_err(io_err(format!("{origin} {shown}: probe")))?;
-    Ok(Some(Found {
-        parsed,
-        source: Source {
-            origin,
-            path: path.to_path_buf(),
-            detail,
-            wipe: Some(WipePlan {
-                offset: 0,
-                len: region.len() as u64,
-                sha256: sha256(&region),
-                before,
-            }),
-        },
-    }))
+    found_on_device(path, origin, how, "JSON at byte 0".into(), text, 0, &region).map(Some)
 }
 
 /// Opens `rel` under `root` without leaving it (openat2 RESOLVE_IN_ROOT, no magic
