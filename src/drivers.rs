@@ -149,7 +149,7 @@ pub fn lacking_drivers(aliases: &[DeviceAlias], present: &ModIndex, absent: &Mod
             lacking.push(format!("{} for {} ({})", wanted.join(" or "), a.devpath.trim_start_matches("/sys"), a.modalias));
         }
     }
-    lacking.sort();
+    crate::util::sort(&mut lacking);
     lacking.dedup();
     (lacking, others)
 }
