@@ -4,7 +4,8 @@
 //! `rootwait`, `panic=`) and hninit's own `hn.*` namespace. Pure: parsing never
 //! fails; a malformed value keeps the default and yields a warning naming the key.
 
-use crate::devspec::DevSpec;
+use crate::sys::devspec::DevSpec;
+pub use crate::slots::Revert;
 use std::time::Duration;
 
 /// The longest command line accepted (the kernel's own limit on x86 is 2048; be generous).
@@ -27,14 +28,6 @@ pub enum OnError {
     Reboot,
     Halt,
     Shell,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Revert {
-    /// `hn.revert=1`: the operator asked for the previous image.
-    Manual,
-    /// `hn.revert=auto`: the boot counter ran out (set by GRUB).
-    Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

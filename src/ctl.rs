@@ -5,10 +5,10 @@
 //! classified into hnctl's exit codes. `src/bin/hnctl.rs` only parses arguments
 //! and prints.
 
-use crate::bootlog::{utc, BOOT_LOG};
-use crate::hostdir::{Dir, RealDir};
+use crate::slots::bootlog::{utc, BOOT_LOG};
+use crate::slots::dir::{Dir, RealDir};
 use crate::slots::{self, Names, Trial, TRIAL};
-use crate::stage::{self, RevertReport, StageOptions, StageReport, StageSource, UnstageReport};
+use crate::slots::stage::{self, RevertReport, StageOptions, StageReport, StageSource, UnstageReport};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io;
@@ -79,7 +79,7 @@ impl Default for System {
             proc_cmdline: "/proc/cmdline".into(),
             mountinfo: "/proc/self/mountinfo".into(),
             sys: "/sys".into(),
-            hostpart_candidates: vec!["/hostpart".into(), "/run/hninit/hostpart".into()],
+            hostpart_candidates: crate::layout::HOSTPART_CANDIDATES.iter().map(PathBuf::from).collect(),
         }
     }
 }
@@ -98,7 +98,7 @@ pub struct Host {
 impl Host {
     /// `<hostpart>/hn-state`.
     pub fn state_dir(&self) -> PathBuf {
-        self.hostpart.join("hn-state")
+        self.hostpart.join(crate::layout::STATE_DIR)
     }
 
     pub fn image_path(&self, name: &str) -> PathBuf {
@@ -561,7 +561,7 @@ pub fn mark_good(host: &Host, grub: bool) -> Result<MarkGood, CtlError> {
             .map_err(|e| CtlError::failed(format!("ending the trial of {}", host.names.current), e))?,
         None => None,
     };
-    let grub = grub.then(crate::esp::clear_trial_counter);
+    let grub = grub.then(crate::slots::esp::clear_trial_counter);
     Ok(MarkGood { trial, grub })
 }
 

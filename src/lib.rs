@@ -1,44 +1,35 @@
 //! hninit: the PID 1 of an initramfs that boots a root filesystem image file
 //! (`hn-root.img`) kept on a host partition. The library holds every part of the
-//! boot so that the pure parts (command line, superblock probe, module index) are
-//! testable on the host; `src/bin/init.rs` and `src/bin/hnctl.rs` are thin.
+//! boot so that the pure parts (command line, superblock probe, module index, slot
+//! rotation, config → files) are testable on the host; `src/bin/init.rs` and
+//! `src/bin/hnctl.rs` are thin.
+//!
+//! The folders stack one way; a module may use those below it, never those above
+//! (`tests/layout.rs` fails on an import circle or an upward import):
+//!
+//! | layer | modules | owns |
+//! |---|---|---|
+//! | operator | `ctl` | `hnctl`'s commands on a host partition |
+//! | boot | `boot/` | the ten steps, failure policy, shutdown |
+//! | | `cmdline` | the kernel command line, parsed once in step 2 |
+//! | first boot | `firstboot/` | config → files in the new root |
+//! | config | `config/` | config sources, the strict JSON reader, the tar reader |
+//! | slots | `slots/` | rotation, the `Dir` trait, staging, boot log, ESP counter |
+//! | system | `sys/` | syscall wrappers: mounts, loop devices, devices, probe, partition tables |
+//! | modules | `modules/` | module index, loader, modprobe helper |
+//! | base | `log`, `error`, `util`, `layout` | logging, error values, names on disk |
 
 #[macro_use]
 pub mod log;
-pub mod boot;
-pub mod bootlog;
-pub mod accounts;
-pub mod cmdline;
-pub mod configparse;
-pub mod configsource;
-pub mod ctl;
-pub mod devices;
-pub mod devspec;
-pub mod drivers;
 pub mod error;
-pub mod esp;
-pub mod failure;
-pub mod firstboot;
-pub mod grubenv;
-pub mod handoff;
-pub mod identity;
-pub mod instantiate;
-pub mod hostconfig;
-pub mod kexec;
-pub mod hostdir;
-pub mod loopdev;
-pub mod modindex;
-pub mod modload;
-pub mod modprobe;
-pub mod mounts;
-pub mod partition;
-pub mod probe;
-pub mod render;
-pub mod rootwriter;
-pub mod rootfs;
-pub mod select;
-pub mod shutdown;
-pub mod slots;
-pub mod stage;
-pub mod ustar;
+pub mod layout;
 pub mod util;
+
+pub mod modules;
+pub mod sys;
+pub mod slots;
+pub mod config;
+pub mod firstboot;
+pub mod cmdline;
+pub mod boot;
+pub mod ctl;

@@ -5,13 +5,13 @@
 //! `tar` archive at byte 524288) read and wiped, `hn.config=`, `host.json` and
 //! the last applied configuration.
 
-use hninit::configparse::{self, canonical_json, parse, ConfigError, MAX_CONFIG};
-use hninit::configsource::{
-    self, find_config, load_last_applied, save_last_applied, ConfigArg, Origin, SourceError, ARCHIVE_OFFSET,
+use hninit::config::parse::{self as configparse, canonical_json, parse, ConfigError, MAX_CONFIG};
+use hninit::config::source::{
+    self as configsource, find_config, load_last_applied, save_last_applied, ConfigArg, Origin, SourceError, ARCHIVE_OFFSET,
 };
-use hninit::devspec::BlockDev;
-use hninit::hostdir::RealDir;
-use hninit::probe::{self, FsType};
+use hninit::sys::devspec::BlockDev;
+use hninit::slots::dir::RealDir;
+use hninit::sys::probe::{self, FsType};
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};

@@ -6,11 +6,11 @@
 //! every step of the plan followed by a rerun.
 
 use hninit::firstboot::{instantiate, instantiate_with, FirstbootError, Options, Report};
-use hninit::hostconfig::HostConfig;
-use hninit::hostdir::RealDir;
-use hninit::identity::{self, Identity};
-use hninit::render::{Marker, NetworkStack, Op, RenderError, Resolver};
-use hninit::rootwriter::{self, ApplyError};
+use hninit::config::model::HostConfig;
+use hninit::slots::dir::RealDir;
+use hninit::firstboot::identity::{self, Identity};
+use hninit::firstboot::render::{Marker, NetworkStack, Op, RenderError, Resolver};
+use hninit::firstboot::rootwriter::{self, ApplyError};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -770,7 +770,7 @@ fn interrupted_after_every_step_then_rerun_converges() {
     });
 }
 
-fn interrupt_and_rerun(clean: &Host, steps: &[hninit::render::Step], k: usize, want: &BTreeMap<String, Entry>) {
+fn interrupt_and_rerun(clean: &Host, steps: &[hninit::firstboot::render::Step], k: usize, want: &BTreeMap<String, Entry>) {
     let key_files = [identity::KEY_FILE, identity::PUB_FILE, identity::MACHINE_ID_FILE];
     let h = host("debian-networkd");
     for f in key_files {

@@ -8,7 +8,7 @@
 //! OVMF + GRUB under QEMU three times on a disk whose kernel panics, and
 //! checks GRUB's console lines and the grubenv left on the ESP.
 
-use hninit::grubenv::{self, GrubEnv};
+use hninit::slots::grubenv::{self, GrubEnv};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -382,7 +382,7 @@ fn qemu_grub_counts_down_and_reverts() {
     };
     let d = tempfile::tempdir().unwrap();
     let mut env = GrubEnv::new();
-    hninit::esp::start_trial(&mut env, 3).unwrap(); // as hninit does at the rotation boot
+    hninit::slots::esp::start_trial(&mut env, 3).unwrap(); // as hninit does at the rotation boot
     let disk = build_disk(d.path(), &kernel, &env.to_block().unwrap());
     std::fs::copy(OVMF_VARS, d.path().join("vars.fd")).unwrap();
 
@@ -465,8 +465,8 @@ fn qemu_grub_counts_down_and_reverts() {
     let block = std::fs::read(&out).unwrap();
     let env = grubenv::parse(&block).unwrap();
     assert_eq!(
-        hninit::esp::counter(&env),
-        hninit::esp::Counter {
+        hninit::slots::esp::counter(&env),
+        hninit::slots::esp::Counter {
             trial: true,
             tries: 0
         }

@@ -2,7 +2,7 @@
 //! GRUB's own `grub-editenv` in both directions (skipped when grub-common is
 //! not installed), and malformed or random input giving errors, never panics.
 
-use hninit::grubenv::{self, GrubEnv, GrubEnvError, BLOCK_SIZE};
+use hninit::slots::grubenv::{self, GrubEnv, GrubEnvError, BLOCK_SIZE};
 use std::path::Path;
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! output (text and JSON) and its exit code (0 ok, 1 failed, 2 usage, 3 refused).
 
 use hninit::ctl::Status;
-use hninit::hostdir::FileId;
+use hninit::slots::dir::FileId;
 use hninit::slots::{Trial, TRIAL};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -81,7 +81,7 @@ fn status(h: &Host) -> Status {
 
 fn sha256sum(path: &Path) -> String {
     use sha2::Digest;
-    hninit::stage::hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()))
+    hninit::slots::stage::hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 #[test]

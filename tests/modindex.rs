@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_int, CString};
 use std::time::Instant;
 
-use hninit::modindex::{glob_match, normalize_name, ModError, ModIndex};
+use hninit::modules::index::{glob_match, normalize_name, ModError, ModIndex};
 
 mod common;
 use common::kernel_tree::real_tree;
@@ -519,8 +519,8 @@ fn example_of(pattern: &str) -> Option<String> {
 /// name, for storage devices no present module serves, what the full index names.
 #[test]
 fn trimmed_index_resolves_like_the_full_one() {
-    use hninit::drivers::{is_storage_alias, storage_aliases_text};
-    use hninit::modindex::subset_index_text;
+    use hninit::modules::drivers::{is_storage_alias, storage_aliases_text};
+    use hninit::modules::index::subset_index_text;
     use std::collections::{BTreeSet, HashSet};
 
     let Some(dir) = real_tree() else {

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use hninit::modindex::ModIndex;
-use hninit::modload::{parse_proc_modules, KernelLoader, LoadReport, ModuleLoader, ModuleSet};
+use hninit::modules::index::ModIndex;
+use hninit::modules::load::{parse_proc_modules, KernelLoader, LoadReport, ModuleLoader, ModuleSet};
 
 mod common;
 
@@ -420,7 +420,7 @@ fn real_tree_orders() {
 /// missing instead of failing at its file.
 #[test]
 fn trimmed_index_loads_like_the_full_one() {
-    use hninit::modindex::subset_index_text;
+    use hninit::modules::index::subset_index_text;
     let Some(dir) = common::kernel_tree::real_tree() else {
         eprintln!("note: no real module tree, skipping");
         return;

@@ -7,7 +7,7 @@ use std::io::{Cursor, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use hninit::partition::{parse_gpt_guid, partuuid};
+use hninit::sys::partition::{parse_gpt_guid, partuuid};
 
 fn tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();

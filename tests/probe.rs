@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hninit::probe::{probe, probe_path, FsType, Superblock, PROBE_LEN};
+use hninit::sys::probe::{probe, probe_path, FsType, Superblock, PROBE_LEN};
 
 /// Finds a tool in PATH or the sbin directories; `None` (and a note) when absent.
 fn tool(name: &str) -> Option<PathBuf> {

@@ -8,7 +8,7 @@ use hninit::cmdline::Revert;
 mod common;
 
 use common::faulty::{Faulty, Plan};
-use hninit::hostdir::{FileId, RealDir};
+use hninit::slots::dir::{FileId, RealDir};
 use hninit::slots::{settle, Names, Request, Trial, TRIAL};
 use std::collections::BTreeMap;
 use std::path::Path;

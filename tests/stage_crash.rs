@@ -10,10 +10,10 @@
 mod common;
 
 use common::faulty::{Faulty, Plan};
-use hninit::hostdir::{CopyMethod, RealDir};
-use hninit::probe::{self, FsType};
+use hninit::slots::dir::{CopyMethod, RealDir};
+use hninit::sys::probe::{self, FsType};
 use hninit::slots::{settle, Names, Request};
-use hninit::stage::{self, StageError, StageOptions, StageSource};
+use hninit::slots::stage::{self, StageError, StageOptions, StageSource};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! absolute names, bad checksums, truncation, oversized members) and random or
 //! mutated input, which must never panic.
 
-use hninit::ustar::{self, find_member, read_archive, TarError, BLOCK, MAX_ARCHIVE};
+use hninit::config::tar::{self as ustar, find_member, read_archive, TarError, BLOCK, MAX_ARCHIVE};
 use std::fs;
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use hninit::configparse::{canonical_json, parse};
+use hninit::config::parse::{canonical_json, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use hninit::ustar::{looks_like_header, read_archive, BLOCK, MAX_ARCHIVE, MAX_MEMBER};
+use hninit::config::tar::{looks_like_header, read_archive, BLOCK, MAX_ARCHIVE, MAX_MEMBER};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

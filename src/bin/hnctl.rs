@@ -1,9 +1,9 @@
 //! `hnctl`, the operator's tool in the booted system: argument parsing (clap),
-//! printing and exit codes. The logic is in `hninit::ctl` and `hninit::stage`.
+//! printing and exit codes. The logic is in `hninit::ctl` and `hninit::slots::stage`.
 
 use clap::{CommandFactory, Parser, Subcommand};
 use hninit::ctl::{self, CtlError, Host, System};
-use hninit::stage::StageReport;
+use hninit::slots::stage::StageReport;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,7 +131,7 @@ fn parse_real_root(v: &str) -> Result<String, String> {
 }
 
 fn parse_sha256(v: &str) -> Result<[u8; 32], String> {
-    hninit::stage::parse_sha256(v)
+    hninit::slots::stage::parse_sha256(v)
 }
 
 fn main() -> ExitCode {
@@ -266,7 +266,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Cmd::Man => out(&man_page()?),
         Cmd::Config { cmd: ConfigCmd::Validate { file } } => {
-            let parsed = hninit::configparse::parse_file(file).map_err(refused)?;
+            let parsed = hninit::config::parse::parse_file(file).map_err(refused)?;
             let mut text = String::new();
             for w in &parsed.warnings {
                 text.push_str(&format!("warning: {w}\n"));
@@ -275,14 +275,14 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             out(&text)
         }
         Cmd::Firstboot { config, root, state, dry_run } => {
-            let parsed = hninit::configparse::parse_file(config).map_err(refused)?;
+            let parsed = hninit::config::parse::parse_file(config).map_err(refused)?;
             let mut state_dir = state.clone().unwrap_or_else(|| root.join("..").join("hn-state-identity"));
             if *dry_run && !state_dir.is_dir() {
                 // Nothing may be written: plan against an empty, throwaway identity directory.
                 state_dir = std::env::temp_dir().join(format!("hnctl-dry-run-{}", std::process::id()));
             }
             std::fs::create_dir_all(&state_dir).map_err(|e| CtlError::failed(format!("creating {}", state_dir.display()), e))?;
-            let dir = hninit::hostdir::RealDir::open(&state_dir, !*dry_run)
+            let dir = hninit::slots::dir::RealDir::open(&state_dir, !*dry_run)
                 .map_err(|e| CtlError::failed(format!("opening {}", state_dir.display()), e))?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let report = hninit::firstboot::instantiate(root, &dir, &parsed.config, &parsed.digest, &hninit::firstboot::Options { dry_run: *dry_run, now })
@@ -343,9 +343,9 @@ fn stage(host: &Host, image: &str, sha256: Option<[u8; 32]>, reflink: bool) -> R
 fn summary(r: &StageReport, image: &str, secs: f64) -> String {
     let rate = if secs > 0.0 { r.bytes as f64 / 1e6 / secs } else { 0.0 };
     let how = match r.method {
-        hninit::hostdir::CopyMethod::Reflink => "reflinked",
-        hninit::hostdir::CopyMethod::CopyFileRange => "copied (copy_file_range)",
-        hninit::hostdir::CopyMethod::ReadWrite => "copied (read/write)",
+        hninit::slots::dir::CopyMethod::Reflink => "reflinked",
+        hninit::slots::dir::CopyMethod::CopyFileRange => "copied (copy_file_range)",
+        hninit::slots::dir::CopyMethod::ReadWrite => "copied (read/write)",
     };
     let mut s = format!(
         "staged {} from {image}: {} bytes in {secs:.2} s ({rate:.1} MB/s), {how}, {}{}\n",

@@ -4,7 +4,7 @@
 //! every later operation fails. Shared by `slots_crash.rs` and `stage_crash.rs`.
 #![allow(dead_code)]
 
-use hninit::hostdir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
+use hninit::slots::dir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::unix::fs::FileExt;

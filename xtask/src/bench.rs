@@ -27,7 +27,7 @@ use crate::qemu::{qemu_command, Boot, Drive, QemuSpec, QEMU};
 use crate::rootfs::{build_root_image, RootImageSpec};
 use crate::util::{self, cmd};
 use anyhow::{bail, Context, Result};
-use hninit::modindex::ModIndex;
+use hninit::modules::index::ModIndex;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -800,7 +800,7 @@ fn is_module(name: &str) -> bool {
 }
 
 fn module_stem(name: &str) -> String {
-    hninit::modindex::normalize_name(name)
+    hninit::modules::index::normalize_name(name)
 }
 
 /// Resolves `path` inside the archive, following symlinks in every component

@@ -327,7 +327,7 @@ fn make_esp(esp: &EspSpec, img: &Path, work: &Path) -> Result<String> {
     util::run(&mut c).context("copying grub.cfg onto the ESP")?;
     // GRUB's save_env rewrites the file in place: it must exist with its 1024 bytes.
     let env = work.join("grubenv");
-    fs::write(&env, esp.grubenv.clone().unwrap_or_else(hninit::grubenv::empty_block))?;
+    fs::write(&env, esp.grubenv.clone().unwrap_or_else(hninit::slots::grubenv::empty_block))?;
     let mut c = cmd("mcopy");
     c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(img).arg(&env).arg("::/EFI/hninit/grubenv");
     util::run(&mut c).context("copying grubenv onto the ESP")?;

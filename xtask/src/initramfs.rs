@@ -1,12 +1,12 @@
 //! The product's initramfs builder: resolves kernel modules (names or aliases,
 //! with their dependency closure from `modules.dep`, using the init's own
-//! [`hninit::modindex::ModIndex`]) and writes the hninit newc cpio archive,
+//! [`hninit::modules::index::ModIndex`]) and writes the hninit newc cpio archive,
 //! deterministically, optionally compressed.
 
 use crate::util;
 use anyhow::{bail, Context, Result};
-use hninit::drivers::{storage_aliases_text, STORAGE_ALIASES};
-use hninit::modindex::{subset_index_text, ModIndex};
+use hninit::modules::drivers::{storage_aliases_text, STORAGE_ALIASES};
+use hninit::modules::index::{subset_index_text, ModIndex};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;

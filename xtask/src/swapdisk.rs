@@ -341,7 +341,7 @@ mod tests {
             eprintln!("mkswap/openssl missing; skipping");
             return;
         }
-        use hninit::configsource::{read_device_archive, Origin};
+        use hninit::config::source::{read_device_archive, Origin};
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("swap.img");
         let hash = util::run_stdout(Command::new("openssl").args(["passwd", "-6", "pw"]))

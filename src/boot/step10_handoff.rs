@@ -4,7 +4,8 @@
 //! over /, chroot and exec its init.
 
 use crate::error::{sys, BootError, Result};
-use crate::mounts;
+use crate::layout::{HOSTPART, RUN_HOSTPART};
+use crate::sys::mounts;
 use rustix::mount::mount_move;
 use std::convert::Infallible;
 use std::os::unix::fs::MetadataExt;
@@ -21,15 +22,15 @@ const TMPFS_MAGIC: i64 = 0x01021994;
 pub fn move_hostpart(newroot: &Path) -> Result<PathBuf> {
     let wanted = newroot.join("hostpart");
     let target = if wanted.is_dir() || std::fs::create_dir(&wanted).is_ok() {
-        PathBuf::from("/hostpart")
+        PathBuf::from(HOSTPART)
     } else {
-        warn!("the image has no /hostpart directory and is read-only; the host partition is at /run/hninit/hostpart");
-        let fallback = newroot.join("run/hninit/hostpart");
+        warn!("the image has no {HOSTPART} directory and is read-only; the host partition is at {RUN_HOSTPART}");
+        let fallback = newroot.join(RUN_HOSTPART.trim_start_matches('/'));
         mounts::ensure_dir(&fallback)?;
-        PathBuf::from("/run/hninit/hostpart")
+        PathBuf::from(RUN_HOSTPART)
     };
     let dest = newroot.join(target.strip_prefix("/").unwrap_or(&target));
-    mount_move("/hostpart", &dest).map_err(sys(format!("mount --move /hostpart {}", dest.display())))?;
+    mount_move(HOSTPART, &dest).map_err(sys(format!("mount --move {HOSTPART} {}", dest.display())))?;
     Ok(target)
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::modindex::{normalize_name, ModIndex};
+use crate::modules::index::{normalize_name, ModIndex};
 
 /// Loads one module file into the kernel.
 pub trait ModuleLoader: Sync {

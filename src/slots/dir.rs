@@ -55,36 +55,7 @@ pub trait Dir {
     fn open_read(&self, name: &str) -> io::Result<std::fs::File>;
 }
 
-/// How [`Dir::create_from`] may copy; the fastest allowed way that works is used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CopyOpts {
-    /// Try a reflink (`FICLONE`) first: instant, shares the extents of a regular
-    /// source file on the same copy-on-write filesystem.
-    pub reflink: bool,
-    /// Try `copy_file_range` (in-kernel copy) before read/write.
-    pub copy_range: bool,
-    /// Compute the sha256 of the bytes copied (forces read/write unless reflinked,
-    /// in which case the new file is read back).
-    pub sha256: bool,
-}
-
-/// How a [`Dir::create_from`] copy was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CopyMethod {
-    Reflink,
-    CopyFileRange,
-    ReadWrite,
-}
-
-/// What [`Dir::create_from`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CopyInfo {
-    pub bytes: u64,
-    pub method: CopyMethod,
-    /// The sha256 of the bytes, when [`CopyOpts::sha256`] was asked.
-    pub sha256: Option<[u8; 32]>,
-}
+pub use crate::slots::copy::{CopyInfo, CopyMethod, CopyOpts};
 
 /// Replaces `name` atomically: temp file, fsync, rename, fsync the directory.
 pub fn write_atomic(dir: &dyn Dir, name: &str, data: &[u8]) -> io::Result<()> {
@@ -207,7 +178,7 @@ impl Dir for RealDir {
         progress: &mut dyn FnMut(u64),
     ) -> io::Result<CopyInfo> {
         let dst = self.open_file(name, OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC, 0o600)?;
-        let info = crate::stage::copy_file(src, &dst, len_hint, opts, progress)?;
+        let info = crate::slots::copy::copy_file(src, &dst, len_hint, opts, progress)?;
         dst.sync_all()?;
         Ok(info)
     }

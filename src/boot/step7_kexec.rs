@@ -3,6 +3,8 @@
 //! /boot/initramfs, the same command line marked `hn.kexec=1` so the next boot
 //! does not rotate or count again) and reboot into it.
 
+use crate::sys::loopmount;
+use rustix::mount::MountFlags;
 use std::ffi::CString;
 use std::path::Path;
 
@@ -84,22 +86,15 @@ pub fn exec() -> std::io::Error {
 /// Step 7 after a rotation: mounts the now-current image read-only, and when its
 /// /boot/kernel is not the running kernel, kexecs it (or reboots) per
 /// `hn.after_rotate`. Returns when the boot should simply go on.
-pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::drivers::Drivers) {
+pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::modules::drivers::Drivers) {
     use crate::cmdline::AfterRotate;
     if cmd.after_rotate == AfterRotate::Continue {
         info!("rotated; hn.after_rotate=continue: booting the new image on the running kernel");
         return;
     }
-    let mnt = Path::new("/run/hninit/next");
-    let fstype = match crate::probe::probe_path(image) {
-        Ok(Some(sb)) => sb.fstype.mount_type(),
-        _ => return,
-    };
-    drivers.load_for_fs(fstype);
-    let Ok(dev) = crate::loopdev::attach(image, true) else { return };
-    let mounted = crate::mounts::mount_fs(&dev.path, mnt, fstype, "", rustix::mount::MountFlags::RDONLY);
-    drop(dev);
-    if let Err(e) = mounted {
+    let mnt = Path::new(crate::layout::NEXT_MOUNT);
+    let req = loopmount::Request { fstype: None, options: "", flags: MountFlags::RDONLY, read_only_device: true };
+    if let Err(e) = loopmount::mount_image_file(image, mnt, &req, drivers) {
         warn!("cannot mount the new image to look at its kernel ({e}); continuing on the running kernel");
         return;
     }
@@ -125,7 +120,7 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::dr
         match load(&kernel, &initrd, &line) {
             Ok(()) => {
                 umount();
-                let _ = rustix::mount::unmount(crate::boot::HOSTPART, rustix::mount::UnmountFlags::empty());
+                let _ = rustix::mount::unmount(crate::layout::HOSTPART, rustix::mount::UnmountFlags::empty());
                 info!("kexec into the new image's kernel with: {line}");
                 let e = exec();
                 warn!("kexec failed ({e}); rebooting instead");
@@ -136,8 +131,8 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::dr
         info!("rebooting into the new image's kernel (hn.after_rotate=reboot)");
     }
     umount();
-    let _ = rustix::mount::unmount(crate::boot::HOSTPART, rustix::mount::UnmountFlags::empty());
-    crate::failure::reboot(std::time::Duration::ZERO)
+    let _ = rustix::mount::unmount(crate::layout::HOSTPART, rustix::mount::UnmountFlags::empty());
+    crate::boot::failure::reboot(std::time::Duration::ZERO)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //! [`Parsed::digest`] is the sha256 of [`canonical_json`] of the validated
 //! configuration: stable across key order, whitespace and ignored fields.
 
-use crate::hostconfig::{Address, Extra, HostConfig, Pbn, Pna, Pvn, Route, User, Vif, VmConf};
+use crate::config::model::{Address, Extra, HostConfig, Pbn, Pna, Pvn, Route, User, Vif, VmConf};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde_json::{Map, Value};
 use sha2::Digest;
@@ -217,9 +217,7 @@ fn write_scalar(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::util::hex;
 
 fn kind(v: &Value) -> &'static str {
     match v {
@@ -1507,7 +1505,7 @@ mod tests {
     /// type but not to its reader fails here.
     #[test]
     fn readers_match_the_serde_derive() {
-        let doc = include_str!("../docs/config.md");
+        let doc = include_str!("../../docs/config.md");
         let start = doc.find("```json\n").unwrap() + 8;
         let end = start + doc[start..].find("```").unwrap();
         let example: Value = serde_json::from_str(&doc[start..end]).unwrap();

@@ -2,7 +2,7 @@
 //! `PARTUUID=`, `PARTLABEL=`, `/dev/…`) and the block-device facts they are
 //! matched against. Pure: the facts are gathered by `devices`.
 
-use crate::probe::Superblock;
+use crate::sys::probe::Superblock;
 use std::fmt;
 use std::path::PathBuf;
 

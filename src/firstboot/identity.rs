@@ -18,14 +18,14 @@
 //! The identity id is the first 16 hex digits of the SHA-256 of the public key's
 //! SSH wire blob, i.e. of the key's `SHA256:` fingerprint.
 
-use crate::hostdir::{write_atomic, Dir, RealDir};
+use crate::slots::dir::{write_atomic, Dir, RealDir};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io;
 use std::path::Path;
 
 /// Where the identity lives, relative to the host partition.
-pub const STATE_DIR: &str = "hn-state/identity";
+pub const STATE_DIR: &str = crate::layout::IDENTITY_DIR;
 pub const KEY_FILE: &str = "ssh_host_ed25519_key";
 pub const PUB_FILE: &str = "ssh_host_ed25519_key.pub";
 pub const MACHINE_ID_FILE: &str = "machine-id";
@@ -139,7 +139,7 @@ impl Identity {
 
 /// Opens (creating, 0700) `<hostpart>/hn-state/identity`.
 pub fn open_state_dir(hostpart: &Path) -> io::Result<RealDir> {
-    RealDir::open(&hostpart.join("hn-state"), true)?;
+    RealDir::open(&hostpart.join(crate::layout::STATE_DIR), true)?;
     RealDir::open(&hostpart.join(STATE_DIR), true)
 }
 
@@ -271,15 +271,7 @@ fn random_machine_id() -> Result<String, IdentityError> {
     Ok(hex(&b))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
+pub use crate::util::hex;
 
 fn public_from_seed(seed: &[u8; 32]) -> [u8; 32] {
     let kp = ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(*seed));
@@ -460,7 +452,7 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hostdir::RealDir;
+    use crate::slots::dir::RealDir;
 
     #[test]
     fn base64_round_trips() {

@@ -1,7 +1,7 @@
 //! Staging a new image next to the current one (`hnctl stage`), and the two other
 //! requests the running system makes of the next boot: `unstage` and
-//! `request_revert`. Owns the copy engine behind [`Dir::create_from`] (reflink,
-//! `copy_file_range`, read/write) and the checks a staged image must pass.
+//! `request_revert`. Owns the checks a staged image must pass; the copy
+//! engine behind [`Dir::create_from`] is `slots::copy`.
 //!
 //! Crash safety: the image is written as `hn-root-new.img.part`, fsynced, checked,
 //! and only then renamed to `hn-root-new.img` (its digest, when given, is written
@@ -9,13 +9,12 @@
 //! image, and the boot (`slots::settle`) removes a leftover `.part`. Every mutating
 //! step is one `Dir` operation, which `tests/stage_crash.rs` interrupts in turn.
 
-use crate::hostdir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, CopyOpts, Dir};
-use crate::probe::{self, FsType};
+use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, CopyOpts, Dir};
+use crate::sys::probe::{self, FsType};
 use crate::slots::Names;
-use rustix::fs::{self as rfs, FileType, SeekFrom};
-use sha2::{Digest, Sha256};
+use rustix::fs::{self as rfs, FileType};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -23,8 +22,6 @@ use std::path::Path;
 pub const MIN_IMAGE: u64 = 1 << 20;
 /// Kept free on top of the image and its 1 %.
 pub const SPACE_MARGIN: u64 = 16 << 20;
-const CHUNK: usize = 8 << 20;
-const RW_BUF: usize = 1 << 20;
 
 /// The space staging an image of `size` bytes needs: the image, 1 % and 16 MiB.
 pub fn required_space(size: u64) -> u64 {
@@ -37,10 +34,7 @@ pub fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::util::hex;
 
 /// A sha256 given as 64 hex digits (either case).
 pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
@@ -401,117 +395,11 @@ pub fn request_revert(images: &dyn Dir, names: &Names) -> Result<RevertReport, S
     })
 }
 
-/// The copy engine of [`Dir::create_from`]: fills `dst` (empty, opened read-write)
-/// from `src`'s current position to its end, by reflink, `copy_file_range` or
-/// read/write as `opts` allow, falling back when the faster one is not supported.
-pub fn copy_file(
-    src: &File,
-    dst: &File,
-    len_hint: Option<u64>,
-    opts: CopyOpts,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<CopyInfo> {
-    let regular = rfs::fstat(src).map(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)?;
-    let at_start = regular && rfs::seek(src, SeekFrom::Current(0)).map(|p| p == 0).unwrap_or(false);
-    if opts.reflink && at_start && rfs::ioctl_ficlone(dst, src).is_ok() {
-        let bytes = dst.metadata()?.len();
-        // The copy was instant; the digest is of what the new file holds, and
-        // reading it back is what the progress follows.
-        let sha256 = if opts.sha256 {
-            let mut h = Sha256::new();
-            let mut r = dst;
-            rfs::seek(dst, SeekFrom::Start(0))?;
-            pump(&mut r, &mut |chunk, done| {
-                h.update(chunk);
-                progress(done);
-                Ok(())
-            })?;
-            Some(h.finalize().into())
-        } else {
-            progress(bytes);
-            None
-        };
-        return Ok(CopyInfo {
-            bytes,
-            method: CopyMethod::Reflink,
-            sha256,
-        });
-    }
-    if opts.copy_range && !opts.sha256 && regular {
-        if let Some(bytes) = copy_range(src, dst, len_hint, progress)? {
-            return Ok(CopyInfo {
-                bytes,
-                method: CopyMethod::CopyFileRange,
-                sha256: None,
-            });
-        }
-    }
-    let mut h = opts.sha256.then(Sha256::new);
-    let mut w = dst;
-    let mut r = src;
-    let bytes = pump(&mut r, &mut |chunk, done| {
-        w.write_all(chunk)?;
-        if let Some(h) = h.as_mut() {
-            h.update(chunk);
-        }
-        progress(done);
-        Ok(())
-    })?;
-    Ok(CopyInfo {
-        bytes,
-        method: CopyMethod::ReadWrite,
-        sha256: h.map(|h| h.finalize().into()),
-    })
-}
-
-/// `copy_file_range` in chunks; `None` when the kernel cannot do it for these
-/// files (before anything was copied), so that the caller falls back.
-fn copy_range(src: &File, dst: &File, len_hint: Option<u64>, progress: &mut dyn FnMut(u64)) -> io::Result<Option<u64>> {
-    use rustix::io::Errno;
-    let mut done = 0u64;
-    loop {
-        match rfs::copy_file_range(src, None, dst, None, CHUNK) {
-            Ok(0) => {
-                // Some filesystems (procfs, …) report 0 for what they cannot copy.
-                if done == 0 && len_hint.unwrap_or(0) > 0 {
-                    return Ok(None);
-                }
-                return Ok(Some(done));
-            }
-            Ok(n) => {
-                done += n as u64;
-                progress(done);
-            }
-            Err(Errno::INTR) => {}
-            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF | Errno::PERM)
-                if done == 0 =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Reads `r` to its end, handing each chunk and the running total to `each`.
-fn pump(r: &mut dyn Read, each: &mut dyn FnMut(&[u8], u64) -> io::Result<()>) -> io::Result<u64> {
-    let mut buf = vec![0u8; RW_BUF];
-    let mut done = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => return Ok(done),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        done += n as u64;
-        each(&buf[..n], done)?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slots::copy::copy_file;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn sha256_hex_round_trip() {

@@ -12,15 +12,15 @@
 //! way, with the full index) still works: the index is trimmed at boot to the
 //! `.ko` files present, and the diagnosis reads the full index.
 
-use crate::devices::DeviceAlias;
-use crate::modindex::{normalize_name, subset_index_text, ModIndex};
-use crate::modload::{KernelLoader, LoadReport, ModuleSet};
+use crate::modules::DeviceAlias;
+use crate::modules::index::{normalize_name, subset_index_text, ModIndex};
+use crate::modules::load::{KernelLoader, LoadReport, ModuleSet};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-pub const FORCE_LIST: &str = "/etc/hninit/modules.force";
+pub const FORCE_LIST: &str = crate::layout::MODULES_FORCE;
 
 /// Beside `modules.dep`: `modules.alias` lines (same format) of the kernel's
 /// storage drivers that the initramfs lacks, written by the initramfs builder.
@@ -292,7 +292,7 @@ impl Drivers {
         if others > 0 {
             out.push(format!("({others} other devices have no driver here: input, sound, cpufreq and the like, not needed to boot)"));
         }
-        let mut asked: Vec<String> = std::fs::read_to_string(crate::modprobe::MISSING_FILE)
+        let mut asked: Vec<String> = std::fs::read_to_string(crate::layout::MODPROBE_MISSING)
             .unwrap_or_default()
             .lines()
             .map(String::from)

@@ -5,19 +5,20 @@
 //! starts GRUB's trial counter on the ESP when an image was rotated in.
 
 use crate::cmdline::{Cmdline, Revert};
-use crate::esp::EspAccess;
-use crate::drivers::Drivers;
+use crate::slots::esp::EspAccess;
+use crate::modules::drivers::Drivers;
 use crate::error::{sys, BootError, Result};
-use crate::hostdir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
+use crate::slots::dir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
 use crate::slots::{self, Names, Outcome, Request, SlotError};
-use crate::{bootlog, loopdev, mounts, probe, rootfs};
+use crate::slots::bootlog;
+use crate::sys::{loopmount, probe};
+use super::step8_rootfs as rootfs;
 use rustix::mount::MountFlags;
 use sha2::Digest;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub const STATE_DIR: &str = "hn-state";
-const TRIAL_MOUNT: &str = "/run/hninit/trial";
+use crate::layout::{STATE_DIR, TRIAL_MOUNT};
 
 /// The image path on the mounted host partition for `real_root=`.
 pub fn image_path(hostpart: &Path, real_root: &str) -> PathBuf {
@@ -193,18 +194,19 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::util::hex(&h.finalize()))
 }
 
 /// Mounts the image read-only on a read-only loop device, checks its init, unmounts.
 fn trial_mount(path: &Path, fstype: &str, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
-    drivers.load_for_fs(fstype);
-    let dev = loopdev::attach(path, true).map_err(|e| e.to_string())?;
     let target = Path::new(TRIAL_MOUNT);
-    let mounted = mounts::mount_fs(&dev.path, target, fstype, "", MountFlags::RDONLY);
-    drop(dev);
-    mounted.map_err(|e| format!("trial mount failed: {e}"))?;
+    let req = loopmount::Request { fstype: Some(fstype), options: "", flags: MountFlags::RDONLY, read_only_device: true };
+    loopmount::mount_image_file(path, target, &req, drivers).map_err(|e| format!("trial mount failed: {e}"))?;
     let checked = rootfs::check_init(target, init);
-    let _ = rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty());
+    if let Err(e) = rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()) {
+        // The verdict stands; a trial mount left behind only costs a loop device
+        // until the handoff empties the initramfs.
+        warn!("cannot unmount the trial mount {TRIAL_MOUNT}: {e}");
+    }
     checked.map_err(|e| format!("its init {init} {e}"))
 }

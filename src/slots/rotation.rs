@@ -4,10 +4,17 @@
 //! `hn-root.img` names a complete image at every instant and running `settle`
 //! again after a crash at any step converges to the same result.
 
-use crate::cmdline::Revert;
-use crate::hostdir::{remove_if_exists, write_atomic, Dir, FileId};
+use crate::slots::dir::{remove_if_exists, write_atomic, Dir, FileId};
 use serde::{Deserialize, Serialize};
 use std::io;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revert {
+    /// `hn.revert=1`: the operator asked for the previous image.
+    Manual,
+    /// `hn.revert=auto`: the boot counter ran out (set by GRUB).
+    Auto,
+}
 
 /// The names of the slots, derived from `real_root=`'s file name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +55,7 @@ impl Names {
 }
 
 /// Name of the trial state in `hn-state/`.
-pub const TRIAL: &str = "trial.json";
+pub const TRIAL: &str = crate::layout::TRIAL;
 const MAX_STATE: usize = 64 * 1024;
 
 /// A freshly rotated image on trial: it reverts by itself when its tries run out.

@@ -3,13 +3,13 @@
 //! time of `firstboot::instantiate`, remember the config in `hn-state/` (so every
 //! later image becomes the same host), and wipe the secrets from the swap device.
 
-use crate::cmdline::{Cmdline, RootMode};
-use crate::configsource::{self, Origin};
-use crate::devspec::BlockDev;
-use crate::drivers::Drivers;
+use crate::cmdline::RootMode;
+use crate::config::source::{self as configsource, Origin};
+use crate::sys::devspec::BlockDev;
+use crate::modules::drivers::Drivers;
 use crate::error::{BootError, Result};
 use crate::firstboot::{self, Options};
-use crate::rootfs::{self, MountedRoot, NEWROOT};
+use crate::boot::step8_rootfs::{self as rootfs, MountedRoot, RootOptions, NEWROOT};
 use rustix::mount::{mount_remount, MountFlags};
 use std::path::Path;
 
@@ -21,10 +21,20 @@ fn failed(what: impl std::fmt::Display) -> BootError {
     BootError::FirstBoot(what.to_string())
 }
 
+/// What step 9 takes from the command line.
+pub struct Args<'a> {
+    /// `hn.config=`.
+    pub config: Option<&'a str>,
+    /// `hn.config.keep`: leave the configuration on its device.
+    pub keep: bool,
+    /// How step 8 mounted the root (to remount or re-attach it writable).
+    pub root: RootOptions<'a>,
+}
+
 /// Instantiates the mounted new root if a configuration applies. `root` is
 /// replaced when the image had to be re-attached writable (`ro`).
-pub fn first_boot(cmd: &Cmdline, hostpart: &Path, devs: &[BlockDev], drivers: &Drivers, root: &mut MountedRoot) -> Result<()> {
-    let found = configsource::find_config(cmd.config.as_deref(), devs, hostpart).map_err(failed)?;
+pub fn first_boot(args: &Args, hostpart: &Path, devs: &[BlockDev], drivers: &Drivers, root: &mut MountedRoot) -> Result<()> {
+    let found = configsource::find_config(args.config, devs, hostpart).map_err(failed)?;
     let Some(found) = found else {
         info!("first boot: no host configuration (hn.config=, swap device, hn-state/host.json): the image boots as it is");
         return Ok(());
@@ -32,14 +42,14 @@ pub fn first_boot(cmd: &Cmdline, hostpart: &Path, devs: &[BlockDev], drivers: &D
     for w in &found.parsed.warnings {
         warn!("config ({}): {w}", found.source);
     }
-    let state = crate::identity::open_state_dir(hostpart).map_err(|e| failed(format!("opening {}/hn-state/identity: {e}", hostpart.display())))?;
+    let state = crate::firstboot::identity::open_state_dir(hostpart).map_err(|e| failed(format!("opening {}/hn-state/identity: {e}", hostpart.display())))?;
     let config = &found.parsed.config;
     let digest = &found.parsed.digest;
     let probe = firstboot::instantiate(Path::new(NEWROOT), &state, config, digest, &Options { dry_run: true, now: now() }).map_err(failed)?;
     if probe.already_instantiated {
         info!("first boot: already instantiated as {} from {} (identity {})", config.vm_hostname, found.source, probe.identity_id);
     } else {
-        let report = with_writable_root(cmd, root, drivers, || {
+        let report = with_writable_root(&args.root, root, drivers, || {
             firstboot::instantiate(Path::new(NEWROOT), &state, config, digest, &Options { dry_run: false, now: now() })
         })?
         .map_err(failed)?;
@@ -49,13 +59,13 @@ pub fn first_boot(cmd: &Cmdline, hostpart: &Path, devs: &[BlockDev], drivers: &D
         }
     }
     if found.source.origin != Origin::LastApplied {
-        let hn_state = crate::hostdir::RealDir::open(&hostpart.join(crate::select::STATE_DIR), true)
+        let hn_state = crate::slots::dir::RealDir::open(&hostpart.join(crate::layout::STATE_DIR), true)
             .map_err(|e| failed(format!("opening hn-state: {e}")))?;
-        if let Err(e) = configsource::save_last_applied(&hn_state, &crate::configparse::canonical_json(config)) {
+        if let Err(e) = configsource::save_last_applied(&hn_state, &crate::config::parse::canonical_json(config)) {
             warn!("cannot keep the applied configuration in hn-state: {e}");
         }
     }
-    if cmd.config_keep {
+    if args.keep {
         info!("first boot: hn.config.keep: the configuration stays on {}", found.source.path.display());
     } else {
         match found.source.wipe() {
@@ -68,9 +78,9 @@ pub fn first_boot(cmd: &Cmdline, hostpart: &Path, devs: &[BlockDev], drivers: &D
 }
 
 /// Runs `f` with /newroot mounted read-write, then restores the mode asked for.
-fn with_writable_root<T>(cmd: &Cmdline, root: &mut MountedRoot, drivers: &Drivers, f: impl FnOnce() -> T) -> Result<T> {
+fn with_writable_root<T>(opts: &RootOptions, root: &mut MountedRoot, drivers: &Drivers, f: impl FnOnce() -> T) -> Result<T> {
     let newroot = Path::new(NEWROOT);
-    match cmd.root_mode {
+    match opts.mode {
         RootMode::Rw => Ok(f()),
         RootMode::Default => {
             mount_remount(newroot, MountFlags::empty(), "").map_err(crate::error::sys("remount /newroot read-write for the first boot"))?;
@@ -83,12 +93,12 @@ fn with_writable_root<T>(cmd: &Cmdline, root: &mut MountedRoot, drivers: &Driver
             // instantiation, then again read-only as asked.
             let image = root.image.clone();
             rustix::mount::unmount(newroot, rustix::mount::UnmountFlags::empty()).map_err(crate::error::sys("unmount /newroot"))?;
-            let rw = Cmdline { root_mode: RootMode::Rw, ..cmd.clone() };
+            let rw = RootOptions { mode: RootMode::Rw, ..*opts };
             let hostpart_dev = String::new();
             rootfs::mount_image(&rw, &image, &hostpart_dev, drivers)?;
             let out = f();
             rustix::mount::unmount(newroot, rustix::mount::UnmountFlags::empty()).map_err(crate::error::sys("unmount /newroot"))?;
-            *root = rootfs::mount_image(cmd, &image, &hostpart_dev, drivers)?;
+            *root = rootfs::mount_image(opts, &image, &hostpart_dev, drivers)?;
             Ok(out)
         }
     }

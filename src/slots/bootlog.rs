@@ -4,10 +4,10 @@
 //! when it records decisions: a boot that decided nothing only adds its header
 //! line, which a power cut may lose without harm).
 
-use crate::hostdir::{write_atomic, Dir};
+use crate::slots::dir::{write_atomic, Dir};
 use std::io;
 
-pub const BOOT_LOG: &str = "boot.log";
+pub const BOOT_LOG: &str = crate::layout::BOOT_LOG;
 pub const MAX_LOG: usize = 256 * 1024;
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch.
@@ -66,7 +66,7 @@ fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize, sy
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hostdir::RealDir;
+    use crate::slots::dir::RealDir;
 
     #[test]
     fn utc_formats_known_instants() {

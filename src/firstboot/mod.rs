@@ -13,11 +13,16 @@
 //!    converges). A changed configuration is applied again the same way, and
 //!    what the earlier one wrote that the new one does not is removed.
 
-use crate::hostconfig::HostConfig;
-use crate::hostdir::Dir;
-use crate::identity::{self, Identity, IdentityError};
-use crate::render::{self, NetworkStack, Plan, RenderError, Resolver, Stamp, Step};
-use crate::rootwriter::{self, ApplyError, RootDir};
+pub mod accounts;
+pub mod identity;
+pub mod render;
+pub mod rootwriter;
+
+use crate::config::model::HostConfig;
+use crate::slots::dir::Dir;
+use self::identity::{Identity, IdentityError};
+use self::render::{NetworkStack, Plan, RenderError, Resolver, Stamp, Step};
+use self::rootwriter::{ApplyError, RootDir};
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;

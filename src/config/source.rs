@@ -20,11 +20,11 @@
 //! device archive (its secrets) once the configuration is applied; files are the
 //! operator's and are left alone.
 
-use crate::configparse::{self, ConfigError, Parsed, MAX_CONFIG};
-use crate::devspec::{BlockDev, DevSpec};
-use crate::hostdir::{self, Dir};
-use crate::probe::{self, FsType, Superblock};
-use crate::ustar::{self, TarError, BLOCK, MAX_ARCHIVE};
+use crate::config::parse::{self as configparse, ConfigError, Parsed, MAX_CONFIG};
+use crate::sys::devspec::{BlockDev, DevSpec};
+use crate::slots::dir::{self as hostdir, Dir};
+use crate::sys::probe::{self, FsType, Superblock};
+use crate::config::tar::{self as ustar, TarError, BLOCK, MAX_ARCHIVE};
 use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
 use sha2::Digest;
 use std::fmt;
@@ -38,9 +38,9 @@ pub const ARCHIVE_OFFSET: u64 = 524288;
 /// Member names of the configuration in the archive (`./` prefixes are ignored).
 pub const MEMBERS: &[&str] = &["gandi/config", "config"];
 /// The bare-metal configuration, relative to the host partition.
-pub const HOST_JSON: &str = "hn-state/host.json";
+pub const HOST_JSON: &str = crate::layout::HOST_JSON;
 /// The last configuration applied, relative to the host partition.
-pub const LAST_APPLIED: &str = "hn-state/config.json";
+pub const LAST_APPLIED: &str = crate::layout::LAST_APPLIED;
 /// [`LAST_APPLIED`]'s name inside the `hn-state` directory.
 pub const LAST_APPLIED_NAME: &str = "config.json";
 /// PARTLABEL of Gandi's swap partition.

@@ -3,10 +3,11 @@
 //! superblock probe per device, and the bounded wait for the host partition.
 //! Module loading for the modaliases found is delegated to `drivers`.
 
-use crate::devspec::{BlockDev, DevSpec};
-use crate::drivers::Drivers;
+use crate::sys::devspec::{BlockDev, DevSpec};
+use crate::modules::drivers::Drivers;
+pub use crate::modules::DeviceAlias;
 use crate::error::{BootError, Result};
-use crate::probe;
+use crate::sys::probe;
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 use rustix::net::{netlink, AddressFamily, RecvFlags, SocketFlags, SocketType};
@@ -94,15 +95,6 @@ impl UeventSocket {
         }
         out
     }
-}
-
-/// A device's modalias and whether a driver is bound to it (the coldplug walk
-/// only returns devices without one).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DeviceAlias {
-    pub modalias: String,
-    pub devpath: String,
-    pub bound: bool,
 }
 
 /// Every device on a bus that has a `modalias` and no driver bound, from
@@ -200,7 +192,7 @@ impl BlockScanner {
                         .entry((parent.clone(), partn))
                         .or_insert_with(|| {
                             let mut f = fs::File::open(Path::new("/dev").join(&parent)).ok()?;
-                            crate::partition::partuuid(&mut f, partn).ok().flatten()
+                            crate::sys::partition::partuuid(&mut f, partn).ok().flatten()
                         })
                         .clone();
                     dev.partuuid = pu;

@@ -10,7 +10,7 @@ use rustix::mount::{mount_change, mount_move, unmount, MountPropagationFlags, Un
 use rustix::system::RebootCommand;
 use std::path::{Path, PathBuf};
 
-pub const DIR: &str = "/run/initramfs";
+pub const DIR: &str = crate::layout::SHUTDOWN_DIR;
 
 /// At handoff: install ourselves as /run/initramfs/shutdown.
 pub fn prepare() -> std::io::Result<()> {
@@ -156,7 +156,7 @@ fn detach_loops() {
         if !name.starts_with("loop") || !e.path().join("loop/backing_file").exists() {
             continue;
         }
-        let _ = crate::loopdev::detach(Path::new("/dev").join(&name).as_path());
+        let _ = crate::sys::loopdev::detach(Path::new("/dev").join(&name).as_path());
     }
 }
 

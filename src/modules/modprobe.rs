@@ -4,10 +4,10 @@
 //! loads it from the initramfs with its dependencies. What cannot be found is
 //! recorded in /run/hninit/modprobe-missing for the failure diagnosis.
 
-use crate::drivers::Drivers;
+use crate::modules::drivers::Drivers;
 use std::io::Write;
 
-pub const MISSING_FILE: &str = "/run/hninit/modprobe-missing";
+pub const MISSING_FILE: &str = crate::layout::MODPROBE_MISSING;
 
 /// Runs as `modprobe [-q] [-b] [--] NAME...`; returns the exit code.
 pub fn main(args: &[String]) -> i32 {

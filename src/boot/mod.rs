@@ -1,19 +1,48 @@
-//! The boot, step by step as in DESIGN.md. Each step is one method that logs
-//! one line; the first error ends the sequence and goes to `failure`.
+//! The boot, step by step as in DESIGN.md: `Boot::run` calls one method per
+//! step, each logs one line; the first error ends the sequence and goes to
+//! `failure`. Steps 1–5 are short and live here; the others have a file named
+//! for their step:
+//!
+//! | step | what | where |
+//! |---|---|---|
+//! | 1 | /proc /sys /dev /run | `sys::mounts` |
+//! | 2 | the command line | `cmdline` |
+//! | 3 | forced kernel modules | `modules::drivers` |
+//! | 4 | devices, the host partition found | `sys::devices` |
+//! | 5 | host partition mounted at /hostpart | `sys::mounts` |
+//! | 6 | slots: recover, revert, validate, rotate | `step6_slots` |
+//! | 7 | kexec after a rotation onto another kernel | `step7_kexec` |
+//! | 8 | the image loop-mounted at /newroot | `step8_rootfs` |
+//! | 9 | first-boot instantiation | `step9_firstboot` |
+//! | 10 | handoff: move, clean, switch root, exec | `step10_handoff` |
+//!
+//! `failure` is the `hn.on_error` policy; `shutdown` is the program systemd
+//! runs from /run/initramfs at poweroff. This folder may use every layer below
+//! it; nothing below may use it.
+
+pub mod failure;
+pub mod shutdown;
+pub mod step10_handoff;
+pub mod step6_slots;
+pub mod step7_kexec;
+pub mod step8_rootfs;
+pub mod step9_firstboot;
 
 use crate::cmdline::{self, Cmdline, RootMode};
-use crate::devices::{self, WaitReport};
-use crate::devspec::BlockDev;
-use crate::drivers::Drivers;
+use crate::sys::devices::{self, WaitReport};
+use crate::sys::devspec::BlockDev;
+use crate::modules::drivers::Drivers;
 use crate::error::{BootError, Result};
-use crate::rootfs::{self, MountedRoot, NEWROOT};
-use crate::{failure, handoff, kexec, log, mounts, select, shutdown};
+use self::step8_rootfs::{self as rootfs, MountedRoot, NEWROOT};
+use crate::log;
+use crate::sys::mounts;
+use self::{step10_handoff as handoff, step6_slots as select, step7_kexec as kexec};
 use rustix::mount::MountFlags;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub const HOSTPART: &str = "/hostpart";
+use crate::layout::HOSTPART;
 
 #[derive(Default)]
 pub struct Boot {
@@ -110,7 +139,7 @@ impl Boot {
     /// 5. Mount it read-write at /hostpart.
     fn mount_host_partition(&mut self, dev: &BlockDev) -> Result<()> {
         let fstype = match &dev.superblock {
-            Some(sb) if sb.fstype != crate::probe::FsType::Swap => sb.fstype.mount_type(),
+            Some(sb) if sb.fstype != crate::sys::probe::FsType::Swap => sb.fstype.mount_type(),
             _ => return Err(BootError::HostpartUnknownFs { dev: dev.path.display().to_string() }),
         };
         self.drivers.load_for_fs(fstype);
@@ -150,7 +179,7 @@ impl Boot {
     /// 8. Loop-attach and mount the image at /newroot; check its init.
     fn mount_image(&mut self, image: &Path) -> Result<()> {
         let dev = self.hostpart_dev();
-        let root = rootfs::mount_image(&self.cmd, image, &dev, &self.drivers)?;
+        let root = rootfs::mount_image(&rootfs::RootOptions::from_cmdline(&self.cmd), image, &dev, &self.drivers)?;
         info!(
             "root: {} on {} ({}, {}), init {} is executable",
             root.image.display(),
@@ -171,7 +200,12 @@ impl Boot {
         // only when hn.config= asks for one.
         let partuuid = self.cmd.config.as_deref().is_some_and(|c| c.starts_with("PARTUUID="));
         self.wait.devices = self.wait.scanner.scan(partuuid);
-        crate::instantiate::first_boot(&self.cmd, Path::new(HOSTPART), &self.wait.devices, &self.drivers, root)
+        let args = step9_firstboot::Args {
+            config: self.cmd.config.as_deref(),
+            keep: self.cmd.config_keep,
+            root: rootfs::RootOptions::from_cmdline(&self.cmd),
+        };
+        step9_firstboot::first_boot(&args, Path::new(HOSTPART), &self.wait.devices, &self.drivers, root)
     }
 
     fn hostpart_dev(&self) -> String {

@@ -45,17 +45,17 @@
 //! step. An account database that is a symbolic link leading nowhere inside the
 //! image is refused ([`RenderError::DanglingLink`]).
 
-use crate::accounts::{self, AccountsError, Databases, Settings, UserRequest};
-use crate::hostconfig::{Extra, HostConfig};
-use crate::identity::{hex, Identity};
-use crate::rootwriter::{Kind, RootDir};
+use crate::firstboot::accounts::{self, AccountsError, Databases, Settings, UserRequest};
+use crate::config::model::{Extra, HostConfig};
+use crate::firstboot::identity::{hex, Identity};
+use crate::firstboot::rootwriter::{Kind, RootDir};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
 
-pub const MARKER_PATH: &str = "/etc/hninit/instance.json";
+pub const MARKER_PATH: &str = crate::layout::INSTANCE_MARKER;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const HEADER: &str = "# Written by hninit from the host configuration; rewritten at each instantiation.\n";
 const BEGIN: &str = "# BEGIN hninit";
@@ -421,7 +421,7 @@ pub fn detect(root: &RootDir, cfg: &HostConfig) -> Result<ImageFacts, RenderErro
         if name.starts_with("ssh_host_")
             && name != "ssh_host_ed25519_key"
             && name != "ssh_host_ed25519_key.pub"
-            && !name.ends_with(crate::rootwriter::TMP_SUFFIX)
+            && !name.ends_with(crate::firstboot::rootwriter::TMP_SUFFIX)
         {
             f.other_host_keys.push(format!("/etc/ssh/{name}"));
         }
@@ -597,7 +597,7 @@ fn interfaces(cfg: &HostConfig, warnings: &mut Vec<String>) -> Result<Vec<Iface>
     }
     // By vif number (an insertion sort: a handful of entries, and no sort
     // routine instantiated for them in the init binary).
-    let mut vifs: Vec<&crate::hostconfig::Vif> = Vec::with_capacity(cfg.vif.len());
+    let mut vifs: Vec<&crate::config::model::Vif> = Vec::with_capacity(cfg.vif.len());
     for v in &cfg.vif {
         let at = vifs.iter().position(|w| w.vif_number > v.vif_number).unwrap_or(vifs.len());
         vifs.insert(at, v);
@@ -1556,7 +1556,7 @@ pub fn plan(cfg: &HostConfig, image: &ImageFacts, identity: &Identity, stamp: &S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hostconfig::{Address, Extra, Pbn, Pna, Pvn, Route, Vif, VmConf};
+    use crate::config::model::{Address, Extra, Pbn, Pna, Pvn, Route, Vif, VmConf};
 
     fn identity() -> Identity {
         Identity::from_parts([1; 32], "0123456789abcdef0123456789abcdef").unwrap()

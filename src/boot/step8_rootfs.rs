@@ -4,14 +4,14 @@
 //! so absolute symlinks such as /sbin/init -> /lib/systemd/systemd work).
 
 use crate::cmdline::{Cmdline, RootMode};
-use crate::drivers::Drivers;
+use crate::modules::drivers::Drivers;
 use crate::error::{sys, BootError, Result};
-use crate::{loopdev, mounts, probe};
+use crate::sys::loopmount;
 use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
 use rustix::mount::MountFlags;
 use std::path::{Path, PathBuf};
 
-pub const NEWROOT: &str = "/newroot";
+pub use crate::layout::NEWROOT;
 
 pub struct MountedRoot {
     pub image: PathBuf,
@@ -20,7 +20,31 @@ pub struct MountedRoot {
     pub read_only: bool,
 }
 
-pub fn mount_image(cmd: &Cmdline, image: &Path, hostpart_dev: &str, drivers: &Drivers) -> Result<MountedRoot> {
+/// What step 8 needs of the command line to mount the root.
+#[derive(Clone, Copy)]
+pub struct RootOptions<'a> {
+    /// `rootfstype=`, else probed.
+    pub fstype: Option<&'a str>,
+    /// `rootflags=`.
+    pub flags: &'a str,
+    /// `ro` / `rw` / neither.
+    pub mode: RootMode,
+    /// `init=`, checked inside the mounted image.
+    pub init: &'a str,
+}
+
+impl<'a> RootOptions<'a> {
+    pub fn from_cmdline(cmd: &'a Cmdline) -> Self {
+        RootOptions {
+            fstype: cmd.rootfstype.as_deref(),
+            flags: &cmd.rootflags,
+            mode: cmd.root_mode,
+            init: &cmd.init,
+        }
+    }
+}
+
+pub fn mount_image(opts: &RootOptions, image: &Path, hostpart_dev: &str, drivers: &Drivers) -> Result<MountedRoot> {
     let meta = std::fs::metadata(image).map_err(|_| BootError::ImageMissing {
         path: cmd_path(image),
         dev: hostpart_dev.to_string(),
@@ -31,42 +55,33 @@ pub fn mount_image(cmd: &Cmdline, image: &Path, hostpart_dev: &str, drivers: &Dr
             reason: "is not a regular file".into(),
         });
     }
-    let fstype = match &cmd.rootfstype {
-        Some(t) => t.clone(),
-        None => match probe::probe_path(image) {
-            Ok(Some(sb)) if sb.fstype != probe::FsType::Swap => sb.fstype.mount_type().to_string(),
-            Ok(_) => {
-                return Err(BootError::ImageBad {
-                    path: cmd_path(image),
-                    reason: format!(
-                        "no filesystem recognised in its first {} bytes ({} bytes long); set rootfstype= if it is one hninit does not probe",
-                        probe::PROBE_LEN,
-                        meta.len()
-                    ),
-                })
-            }
-            Err(e) => return Err(sys(format!("read {}", image.display()))(e)),
-        },
+    let ro = matches!(opts.mode, RootMode::Ro | RootMode::Default);
+    let req = loopmount::Request {
+        fstype: opts.fstype,
+        options: opts.flags,
+        flags: if ro { MountFlags::RDONLY } else { MountFlags::empty() },
+        read_only_device: opts.mode == RootMode::Ro,
     };
-    drivers.load_for_fs(&fstype);
-    let read_only_device = cmd.root_mode == RootMode::Ro;
-    let dev = loopdev::attach(image, read_only_device)?;
-    debug!("{} attached to {} ({})", image.display(), dev.path.display(), if read_only_device { "read-only" } else { "read-write" });
-    let ro = matches!(cmd.root_mode, RootMode::Ro | RootMode::Default);
-    let flags = if ro { MountFlags::RDONLY } else { MountFlags::empty() };
-    mounts::mount_fs(&dev.path, Path::new(NEWROOT), &fstype, &cmd.rootflags, flags)?;
-    // The mount holds the device now; autoclear detaches it at unmount.
-    let loop_device = dev.path.clone();
-    drop(dev);
-    check_init(Path::new(NEWROOT), &cmd.init).map_err(|reason| BootError::InitNotExecutable {
-        init: cmd.init.clone(),
+    let mounted = loopmount::mount_image_file(image, Path::new(NEWROOT), &req, drivers).map_err(|e| match e {
+        loopmount::Error::NoFilesystem { probed } => BootError::ImageBad {
+            path: cmd_path(image),
+            reason: format!(
+                "no filesystem recognised in its first {probed} bytes ({} bytes long); set rootfstype= if it is one hninit does not probe",
+                meta.len()
+            ),
+        },
+        loopmount::Error::Read(e) => sys(format!("read {}", image.display()))(e),
+        loopmount::Error::Sys(e) => e,
+    })?;
+    check_init(Path::new(NEWROOT), opts.init).map_err(|reason| BootError::InitNotExecutable {
+        init: opts.init.to_string(),
         image: cmd_path(image),
         reason,
     })?;
     Ok(MountedRoot {
         image: image.to_path_buf(),
-        loop_device,
-        fstype,
+        loop_device: mounted.loop_device,
+        fstype: mounted.fstype,
         read_only: ro,
     })
 }

@@ -20,9 +20,9 @@
 //! The pure parts (GPT partition type, ranking the candidates, mountinfo,
 //! editing the block) are separate from the few system calls and unit-tested.
 
-use crate::devspec::BlockDev;
-use crate::grubenv::{self, GrubEnv, GrubEnvError, BLOCK_SIZE};
-use crate::probe::FsType;
+use crate::sys::devspec::BlockDev;
+use crate::slots::grubenv::{self, GrubEnv, GrubEnvError, BLOCK_SIZE};
+use crate::sys::probe::FsType;
 use rustix::mount::{unmount, MountFlags, UnmountFlags};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -39,7 +39,7 @@ pub const HNINIT_DIR: &str = "EFI/hninit";
 /// The environment block GRUB's menu reads (relative to the ESP's root).
 pub const GRUBENV: &str = "EFI/hninit/grubenv";
 /// Where the ESP is mounted when it is not mounted already.
-pub const MOUNT_POINT: &str = "/run/hninit/esp";
+pub const MOUNT_POINT: &str = crate::layout::ESP_MOUNT;
 /// Variable: "1" while the current image is on trial.
 pub const VAR_TRIAL: &str = "hn_trial";
 /// Variable: tries left, "0".."9"; GRUB decrements it before each trial boot.
@@ -144,8 +144,8 @@ pub fn edit_block(old: Option<&[u8]>, edit: Edit) -> Result<Vec<u8>, GrubEnvErro
     }
 }
 
-/// The GPT partition type GUID of partition `partn`: see [`crate::partition::gpt_partition_type`].
-pub use crate::partition::gpt_partition_type;
+/// The GPT partition type GUID of partition `partn`: see [`crate::sys::partition::gpt_partition_type`].
+pub use crate::sys::partition::gpt_partition_type;
 
 // ---------------------------------------------------------------- choosing the ESP (pure)
 
@@ -355,7 +355,7 @@ impl<'a> EspAccess<'a> {
             } else {
                 MountFlags::empty()
             };
-        crate::mounts::mount_fs(&dev.path, target, "vfat", "", flags).map_err(|e| {
+        crate::sys::mounts::mount_fs(&dev.path, target, "vfat", "", flags).map_err(|e| {
             EspError::Mount {
                 dev: devname.clone(),
                 reason: e.to_string(),
@@ -372,7 +372,7 @@ impl<'a> EspAccess<'a> {
 /// vfat block devices in `/sys/class/block`, with their GPT partition types.
 fn candidates() -> Vec<(BlockDev, Option<String>)> {
     let mut types: HashMap<(String, u32), Option<String>> = HashMap::new();
-    crate::devices::BlockScanner::default()
+    crate::sys::devices::BlockScanner::default()
         .scan(false)
         .into_iter()
         .filter(|d| {
@@ -515,9 +515,9 @@ pub fn read_counter() -> Result<Option<(bool, u32)>, String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::partition::crc32;
+    use crate::sys::partition::crc32;
     use super::*;
-    use crate::probe::Superblock;
+    use crate::sys::probe::Superblock;
     use std::io::Cursor;
 
     fn vfat(name: &str, label: Option<&str>) -> BlockDev {

@@ -46,14 +46,14 @@ pub fn follow_policy(cmd: &Cmdline) -> ! {
 
 /// Runs `/bin/sh -i` on our console and waits for it; says how it ended.
 fn run_shell() -> String {
-    match crate::handoff::Argv::new("/bin/sh", &["-i".into()]) {
+    match crate::boot::step10_handoff::Argv::new("/bin/sh", &["-i".into()]) {
         Ok(argv) => run(&argv),
         Err(e) => format!("cannot start it: {e}"),
     }
 }
 
 /// Runs a program and waits for it: "exit status N" or why not.
-fn run(argv: &crate::handoff::Argv) -> String {
+fn run(argv: &crate::boot::step10_handoff::Argv) -> String {
     // SAFETY: the child only calls execv and _exit (no allocation, no locks).
     match unsafe { libc::fork() } {
         -1 => format!("cannot fork: {}", std::io::Error::last_os_error()),
@@ -98,7 +98,7 @@ fn park() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handoff::Argv;
+    use crate::boot::step10_handoff::Argv;
 
     #[test]
     fn runs_a_program_and_reports_its_status() {
