@@ -5,6 +5,7 @@
 //! fails; a malformed value keeps the default and yields a warning naming the key.
 
 use crate::sys::devspec::DevSpec;
+use crate::sys::mounts::{parse_options, MountOptions};
 pub use crate::slots::Revert;
 use std::time::Duration;
 
@@ -43,11 +44,11 @@ pub struct Cmdline {
     pub real_root: String,
     pub hostpart: DevSpec,
     /// Mount options for the host partition (`loopdev_hostpart_flags=`).
-    pub hostpart_flags: String,
+    pub hostpart_flags: MountOptions,
     pub root_mode: RootMode,
     pub init: String,
     pub rootfstype: Option<String>,
-    pub rootflags: String,
+    pub rootflags: MountOptions,
     pub rootwait: bool,
     /// How long to wait for the host partition; `None` = forever (`rootwait` without `hn.timeout`).
     pub timeout: Option<Duration>,
@@ -73,11 +74,11 @@ impl Default for Cmdline {
         Cmdline {
             real_root: "/hn-root.img".into(),
             hostpart: DevSpec::Label("hostpart".into()),
-            hostpart_flags: String::new(),
+            hostpart_flags: MountOptions::default(),
             root_mode: RootMode::Default,
             init: "/sbin/init".into(),
             rootfstype: None,
-            rootflags: String::new(),
+            rootflags: MountOptions::default(),
             rootwait: false,
             timeout: Some(DEFAULT_TIMEOUT),
             on_error: OnError::Reboot,
@@ -197,7 +198,7 @@ pub fn parse(text: &str) -> (Cmdline, Vec<Warning>) {
             }
             "loopdev_hostpart_flags" => {
                 if let Some(v) = need(&mut w) {
-                    c.hostpart_flags = v.to_string();
+                    c.hostpart_flags = parse_options(v);
                 }
             }
             "ro" => c.root_mode = RootMode::Ro,
@@ -222,7 +223,7 @@ pub fn parse(text: &str) -> (Cmdline, Vec<Warning>) {
             }
             "rootflags" => {
                 if let Some(v) = need(&mut w) {
-                    c.rootflags = v.to_string();
+                    c.rootflags = parse_options(v);
                 }
             }
             "rootwait" => c.rootwait = true,

@@ -101,6 +101,15 @@ pub fn log(level: Level, args: fmt::Arguments<'_>) {
     }
 }
 
+/// A failure ignored on purpose: `why` says why the boot goes on regardless
+/// (systemd's `(void)` with a comment). Logged at debug level, so `hn.debug`
+/// shows every one of them.
+pub fn ignored<T, E: fmt::Display>(result: Result<T, E>, what: &str, why: &str) {
+    if let Err(e) = result {
+        log(Level::Debug, format_args!("{what}: {e} (ignored: {why})"));
+    }
+}
+
 #[macro_export]
 macro_rules! crit { ($($t:tt)*) => { $crate::log::log($crate::log::Level::Crit, format_args!($($t)*)) } }
 #[macro_export]

@@ -34,7 +34,7 @@ pub fn follow_policy(cmd: &Cmdline) -> ! {
         OnError::Halt => {
             crit!("system halted (hn.on_error=halt)");
             rustix::fs::sync();
-            let _ = rustix::system::reboot(RebootCommand::Halt);
+            crate::log::ignored(rustix::system::reboot(RebootCommand::Halt), "reboot(HALT)", "parked below either way");
             park()
         }
         OnError::Reboot => {

@@ -86,7 +86,7 @@ impl Boot {
         log::open_kmsg();
         // Userspace kmsg writes are rate-limited by default; our records must all show.
         self.saved_printk = Some((read_proc("/proc/sys/kernel/printk_devkmsg"), read_proc("/proc/sys/kernel/printk")));
-        let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
+        log::ignored(std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n"), "lift kmsg rate limiting", "a kernel without the knob only drops repeated lines");
         info!("hninit {} started: /proc /sys /dev /run mounted", env!("CARGO_PKG_VERSION"));
         Ok(())
     }
@@ -99,7 +99,7 @@ impl Boot {
         log::set_debug(self.cmd.debug);
         if self.cmd.debug {
             // Show our debug records on the console while we run.
-            let _ = std::fs::write("/proc/sys/kernel/printk", "8\n");
+            log::ignored(std::fs::write("/proc/sys/kernel/printk", "8\n"), "raise the console log level", "debug records still reach kmsg");
         }
         for w in &warnings {
             warn!("{w}");
@@ -153,7 +153,7 @@ impl Boot {
     fn settle_slots(&mut self) -> Result<PathBuf> {
         let image = select::image_path(Path::new(HOSTPART), &self.cmd.real_root);
         let dev = self.hostpart_dev();
-        if mounts::parse_options(&self.cmd.hostpart_flags).flags.contains(MountFlags::RDONLY) {
+        if self.cmd.hostpart_flags.flags.contains(MountFlags::RDONLY) {
             notice!("host partition mounted read-only (loopdev_hostpart_flags): no rotation, booting {}", image.display());
             return Ok(image);
         }
@@ -227,8 +227,8 @@ impl Boot {
         }
         info!("switching root: exec {} (host partition at {})", self.cmd.init, hostpart_at.display());
         if let Some((devkmsg, printk)) = self.saved_printk.take() {
-            let _ = std::fs::write("/proc/sys/kernel/printk", printk);
-            let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", devkmsg);
+            log::ignored(std::fs::write("/proc/sys/kernel/printk", printk), "restore the console log level", "the booted system sets its own");
+            log::ignored(std::fs::write("/proc/sys/kernel/printk_devkmsg", devkmsg), "restore kmsg rate limiting", "the booted system sets its own");
         }
         handoff::exec_init(&self.cmd.init)
     }

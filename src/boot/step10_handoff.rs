@@ -42,7 +42,11 @@ pub fn move_api_filesystems(newroot: &Path) -> Result<()> {
             if std::fs::create_dir(&dest).is_err() {
                 // A root without the directory: leave the mount behind and detach it.
                 warn!("the image has no {dir} directory; {dir} is not carried over");
-                let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+                crate::log::ignored(
+                    rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH),
+                    &format!("umount -l {dir}"),
+                    "the switch leaves it unreachable anyway",
+                );
                 continue;
             }
         }
@@ -67,6 +71,8 @@ pub fn delete_initramfs(keep: &Path) -> Result<()> {
 }
 
 fn remove_tree(dir: &Path, root_dev: u64, keep: &Path, freed: &mut u64) {
+    // Deleting the initramfs only frees memory: whatever cannot be read or
+    // removed stays, unreachable after the switch (as in systemd's switch-root).
     let Ok(rd) = std::fs::read_dir(dir) else { return };
     for entry in rd.flatten() {
         let path = entry.path();
@@ -79,10 +85,10 @@ fn remove_tree(dir: &Path, root_dev: u64, keep: &Path, freed: &mut u64) {
         }
         if meta.is_dir() {
             remove_tree(&path, root_dev, keep, freed);
-            let _ = std::fs::remove_dir(&path);
+            crate::log::ignored(std::fs::remove_dir(&path), &format!("rmdir {}", path.display()), "only frees memory");
         } else {
             *freed += meta.len();
-            let _ = std::fs::remove_file(&path);
+            crate::log::ignored(std::fs::remove_file(&path), &format!("rm {}", path.display()), "only frees memory");
         }
     }
 }

@@ -55,7 +55,11 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
             // A failing disk must not stop a boot that can still go on with hn-root.img.
             error!("slots: {e}; booting {} as it is", names.current);
             lines.push(format!("error: {e}"));
-            let _ = bootlog::append(&state, &bootlog::now(), &lines, true);
+            crate::log::ignored(
+                bootlog::append(&state, &bootlog::now(), &lines, true),
+                "append the slot error to the boot log",
+                "the error is on the console already",
+            );
             return Ok(Outcome::default());
         }
     };
@@ -200,7 +204,7 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// Mounts the image read-only on a read-only loop device, checks its init, unmounts.
 fn trial_mount(path: &Path, fstype: &str, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
     let target = Path::new(TRIAL_MOUNT);
-    let req = loopmount::Request { fstype: Some(fstype), options: "", flags: MountFlags::RDONLY, read_only_device: true };
+    let req = loopmount::Request { fstype: Some(fstype), options: &Default::default(), flags: MountFlags::RDONLY, read_only_device: true };
     loopmount::mount_image_file(path, target, &req, drivers).map_err(|e| format!("trial mount failed: {e}"))?;
     let checked = rootfs::check_init(target, init);
     if let Err(e) = rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()) {

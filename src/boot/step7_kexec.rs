@@ -93,7 +93,7 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
         return;
     }
     let mnt = Path::new(crate::layout::NEXT_MOUNT);
-    let req = loopmount::Request { fstype: None, options: "", flags: MountFlags::RDONLY, read_only_device: true };
+    let req = loopmount::Request { fstype: None, options: &Default::default(), flags: MountFlags::RDONLY, read_only_device: true };
     if let Err(e) = loopmount::mount_image_file(image, mnt, &req, drivers) {
         warn!("cannot mount the new image to look at its kernel ({e}); continuing on the running kernel");
         return;
@@ -104,7 +104,20 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
     let version = rustix::system::uname().version().to_string_lossy().into_owned();
     let theirs = kernel_version_of(&kernel).ok().flatten();
     let umount = || {
-        let _ = rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty());
+        crate::log::ignored(
+            rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()),
+            &format!("umount {}", mnt.display()),
+            "a read-only mount left behind costs a loop device until the handoff",
+        );
+    };
+    // Before kexec or reboot: the host partition goes clean; a failure leaves it
+    // to the journal's replay, as a power cut would.
+    let umount_hostpart = || {
+        crate::log::ignored(
+            rustix::mount::unmount(crate::layout::HOSTPART, rustix::mount::UnmountFlags::empty()),
+            "umount /hostpart",
+            "the next boot replays its journal, as after a power cut",
+        );
     };
     match &theirs {
         Some(v) if is_running_kernel(v, &release, &version) => {
@@ -120,7 +133,7 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
         match load(&kernel, &initrd, &line) {
             Ok(()) => {
                 umount();
-                let _ = rustix::mount::unmount(crate::layout::HOSTPART, rustix::mount::UnmountFlags::empty());
+                umount_hostpart();
                 info!("kexec into the new image's kernel with: {line}");
                 let e = exec();
                 warn!("kexec failed ({e}); rebooting instead");
@@ -131,7 +144,7 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
         info!("rebooting into the new image's kernel (hn.after_rotate=reboot)");
     }
     umount();
-    let _ = rustix::mount::unmount(crate::layout::HOSTPART, rustix::mount::UnmountFlags::empty());
+    umount_hostpart();
     crate::boot::failure::reboot(std::time::Duration::ZERO)
 }
 

@@ -26,7 +26,7 @@ pub struct RootOptions<'a> {
     /// `rootfstype=`, else probed.
     pub fstype: Option<&'a str>,
     /// `rootflags=`.
-    pub flags: &'a str,
+    pub flags: &'a crate::sys::mounts::MountOptions,
     /// `ro` / `rw` / neither.
     pub mode: RootMode,
     /// `init=`, checked inside the mounted image.

@@ -355,7 +355,7 @@ impl<'a> EspAccess<'a> {
             } else {
                 MountFlags::empty()
             };
-        crate::sys::mounts::mount_fs(&dev.path, target, "vfat", "", flags).map_err(|e| {
+        crate::sys::mounts::mount_fs(&dev.path, target, "vfat", &Default::default(), flags).map_err(|e| {
             EspError::Mount {
                 dev: devname.clone(),
                 reason: e.to_string(),

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct Request<'a> {
     /// The filesystem type; probed from the image when `None`.
     pub fstype: Option<&'a str>,
-    /// Mount options (`rootflags=`), as the filesystem's data string.
-    pub options: &'a str,
+    /// Mount options (`rootflags=`).
+    pub options: &'a mounts::MountOptions,
     /// Mount flags (e.g. read-only).
     pub flags: MountFlags,
     /// Attach a read-only loop device (nothing can write through it).

@@ -6,8 +6,12 @@ use crate::error::{sys, BootError, Result};
 use rustix::mount::{mount, MountFlags};
 use std::path::Path;
 
+/// A mount option string, parsed once: as given (for messages), the generic
+/// flags, and what the filesystem gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountOptions {
+    /// The options as given (`noatime,compress=zstd`).
+    pub text: String,
     pub flags: MountFlags,
     /// Options the kernel passes to the filesystem (comma-separated).
     pub data: String,
@@ -36,8 +40,34 @@ pub fn parse_options(s: &str) -> MountOptions {
         }
     }
     MountOptions {
+        text: s.to_string(),
         flags,
         data: data.join(","),
+    }
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { text: String::new(), flags: MountFlags::empty(), data: String::new() }
+    }
+}
+
+impl MountOptions {
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+}
+
+impl std::fmt::Display for MountOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Compares the options as given.
+impl PartialEq<&str> for MountOptions {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
     }
 }
 
@@ -69,17 +99,16 @@ pub fn mount_api_filesystems() -> Result<()> {
 }
 
 /// Mounts `source` on `target` with the given type and option string plus `extra` flags.
-pub fn mount_fs(source: &Path, target: &Path, fstype: &str, options: &str, extra: MountFlags) -> Result<()> {
+pub fn mount_fs(source: &Path, target: &Path, fstype: &str, o: &MountOptions, extra: MountFlags) -> Result<()> {
     ensure_dir(target)?;
-    let o = parse_options(options);
-    let data = std::ffi::CString::new(o.data).unwrap_or_default();
+    let data = std::ffi::CString::new(o.data.as_str()).unwrap_or_default();
     mount(source, target, fstype, o.flags | extra, Some(data.as_c_str())).map_err(|e| {
         if e == rustix::io::Errno::NODEV && !kernel_knows(&std::fs::read_to_string("/proc/filesystems").unwrap_or_default(), fstype) {
             return BootError::FsUnsupported { dev: source.display().to_string(), fstype: fstype.to_string() };
         }
         sys(format!(
             "mount -t {fstype} -o {} {} {}",
-            if options.is_empty() { "defaults" } else { options },
+            if o.is_empty() { "defaults" } else { o.text.as_str() },
             source.display(),
             target.display()
         ))(e)
