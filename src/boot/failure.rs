@@ -12,15 +12,30 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Prints the error and its diagnosis, then follows the policy. Never returns.
-pub fn fail(cmd: &Cmdline, err: &BootError, diagnosis: &[String]) -> ! {
+pub fn fail(policy: Policy, err: &BootError, diagnosis: &[String]) -> ! {
     crit!("boot failed: {err}");
     for line in diagnosis {
         error!("  {line}");
     }
-    follow_policy(cmd)
+    follow_policy(policy)
 }
 
-pub fn follow_policy(cmd: &Cmdline) -> ! {
+/// What the command line says to do after a failure.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// `hn.on_error=`.
+    pub on_error: OnError,
+    /// `hn.reboot_delay=` (else `panic=`, else 30 s).
+    pub reboot_delay: Duration,
+}
+
+impl Policy {
+    pub fn from_cmdline(cmd: &Cmdline) -> Policy {
+        Policy { on_error: cmd.on_error, reboot_delay: cmd.reboot_delay }
+    }
+}
+
+pub fn follow_policy(cmd: Policy) -> ! {
     match cmd.on_error {
         OnError::Shell if Path::new("/bin/sh").exists() => {
             crit!("starting /bin/sh on the console (hn.on_error=shell); leaving it reboots");

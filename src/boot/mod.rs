@@ -63,7 +63,7 @@ pub fn boot() -> ! {
         Err(e) => e,
     };
     let diagnosis = b.diagnose(&err);
-    failure::fail(&b.cmd, &err, &diagnosis)
+    failure::fail(failure::Policy::from_cmdline(&b.cmd), &err, &diagnosis)
 }
 
 impl Boot {
