@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | operator | `ctl` | `hnctl`'s commands on a host partition |
+//! | operator | `ctl`, `runtime/` | `hnctl`'s commands on a host partition; the booted system's platform duties |
 //! | boot | `boot/` | the ten steps, failure policy, shutdown |
 //! | | `cmdline` | the kernel command line, parsed once in step 2 |
 //! | first boot | `firstboot/` | config → files in the new root |
@@ -33,3 +33,4 @@ pub mod firstboot;
 pub mod cmdline;
 pub mod boot;
 pub mod ctl;
+pub mod runtime;
