@@ -38,6 +38,7 @@ pub mod rootwriter;
 pub mod rootfs;
 pub mod select;
 pub mod shutdown;
+pub mod shutdown_plan;
 pub mod slots;
 pub mod stage;
 pub mod ustar;
