@@ -104,23 +104,28 @@ pub fn main(args: &[String]) -> ! {
     // the init that handed over left it: take it out of the way first.
     let plan = crate::shutdown_plan::mounts_to_move_out(&mounts(), root, &loop_backing_files());
     let mut kept = Vec::new();
-    for (i, from) in plan.iter().enumerate() {
-        let to = if i == 0 { "/hostpart".to_string() } else { format!("/hostpart.{i}") };
+    for (i, out) in plan.iter().enumerate() {
+        let from = &out.mountpoint;
+        let to = match (out.hostpart, kept.iter().any(|(_, h)| *h)) {
+            (true, false) => "/hostpart".to_string(),
+            (true, true) => format!("/hostpart.{i}"),
+            (false, _) => format!("/moved.{i}"),
+        };
         let _ = std::fs::create_dir_all(&to);
         match mount_move(from.as_str(), to.as_str()) {
             Ok(()) => {
                 info!("shutdown: {from} moved out of the old root to {to}");
-                kept.push(to);
+                kept.push((to, out.hostpart));
             }
             Err(e) => warn!("shutdown: cannot move {from} out of the old root: {e}"),
         }
     }
     let root_end = unmount_old_root(root);
     detach_loops();
-    let mut host_end = if kept.is_empty() { HostpartEnd::NotFound } else { HostpartEnd::Unmounted };
-    for hp in &kept {
-        let end = release_hostpart(hp);
-        if end != HostpartEnd::Unmounted {
+    let mut host_end = HostpartEnd::NotFound;
+    for (mp, hostpart) in &kept {
+        let end = release_moved(mp, *hostpart);
+        if *hostpart && (host_end == HostpartEnd::NotFound || end != HostpartEnd::Unmounted) {
             host_end = end;
         }
     }
@@ -175,16 +180,22 @@ fn unmount_old_root(root: &str) -> RootEnd {
     RootEnd::DetachedLazily
 }
 
-/// Unmounts a host partition moved out of the old root (waiting a little for
-/// the loop devices to let go of their files). When it stays busy: remounted
-/// read-only, else frozen, after a sync, so that it is clean on disk anyway.
-fn release_hostpart(hp: &str) -> HostpartEnd {
+/// Unmounts a mount moved out of the old root (waiting a little for the loop
+/// devices to let go of their files). When the host partition stays busy:
+/// remounted read-only, else frozen, after a sync, so that it is clean on disk
+/// anyway; any other mount that stays busy is detached lazily.
+fn release_moved(hp: &str, hostpart: bool) -> HostpartEnd {
     for _ in 0..50 {
         if unmount_all(hp).is_empty() {
             return HostpartEnd::Unmounted;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         detach_loops();
+    }
+    if !hostpart {
+        warn!("shutdown: {hp} busy; detaching it lazily");
+        let _ = unmount(hp, UnmountFlags::DETACH);
+        return HostpartEnd::SyncedOnly;
     }
     rustix::fs::sync();
     let Err(e) = rustix::mount::mount_remount(hp, rustix::mount::MountFlags::RDONLY, "") else {

@@ -49,18 +49,28 @@ pub fn mount_holding<'a>(mounts: &'a [MountEntry], file: &str) -> Option<&'a Mou
     best
 }
 
+/// A mount to take out of the old root before unmounting it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveOut {
+    pub mountpoint: String,
+    /// It holds a loop device's backing file or is at one of hninit's host
+    /// partition paths: when it stays busy it is made clean on disk
+    /// (read-only remount, else freeze); any other is only detached lazily.
+    pub hostpart: bool,
+}
+
 /// The mounts to move out of `root` before unmounting it, shallowest first and
 /// none inside another (moving a mount carries what is mounted below it):
 /// the mounts strictly below `root` holding one of `backing_files` (the loop
-/// devices' files), then hninit's host partition paths and the mounts systemd
+/// devices' files) or at hninit's host partition paths, and the mounts systemd
 /// parked in `root/run/shutdown/mounts/`.
-pub fn mounts_to_move_out(mounts: &[MountEntry], root: &str, backing_files: &[String]) -> Vec<String> {
+pub fn mounts_to_move_out(mounts: &[MountEntry], root: &str, backing_files: &[String]) -> Vec<MoveOut> {
     let root = root.trim_end_matches('/');
-    let mut wanted: Vec<String> = Vec::new();
+    let mut wanted: Vec<MoveOut> = Vec::new();
     for f in backing_files {
         if let Some(m) = mount_holding(mounts, f) {
             if below(&m.mountpoint, root) {
-                wanted.push(m.mountpoint.clone());
+                wanted.push(MoveOut { mountpoint: m.mountpoint.clone(), hostpart: true });
             }
         }
     }
@@ -71,14 +81,18 @@ pub fn mounts_to_move_out(mounts: &[MountEntry], root: &str, backing_files: &[St
         // Directly in the parking directory: systemd's own names, one level.
         let parked_here = below(mp, &parked) && !mp[parked.len() + 1..].contains('/');
         if hninit || parked_here {
-            wanted.push(mp.clone());
+            wanted.push(MoveOut { mountpoint: mp.clone(), hostpart: hninit });
         }
     }
-    crate::util::sort_by(&mut wanted, &|a, b| a.matches('/').count().cmp(&b.matches('/').count()));
-    let mut out: Vec<String> = Vec::new();
+    crate::util::sort_by(&mut wanted, &|a, b| {
+        a.mountpoint.matches('/').count().cmp(&b.mountpoint.matches('/').count())
+    });
+    let mut out: Vec<MoveOut> = Vec::new();
     for w in wanted {
-        if !out.iter().any(|o| *o == w || below(&w, o)) {
-            out.push(w);
+        match out.iter_mut().find(|o| o.mountpoint == w.mountpoint || below(&w.mountpoint, &o.mountpoint)) {
+            // Moved with `o`; the host partition's care goes to what is moved.
+            Some(o) => o.hostpart |= w.hostpart,
+            None => out.push(w),
         }
     }
     out
@@ -157,24 +171,32 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    fn mv(v: &[(&str, bool)]) -> Vec<MoveOut> {
+        v.iter().map(|(m, h)| MoveOut { mountpoint: m.to_string(), hostpart: *h }).collect()
+    }
+
     #[test]
     fn finds_the_host_partition_parked_by_systemd_257() {
         let m = parse_mountinfo(TRIXIE);
         let files = s(&["/oldroot/run/shutdown/mounts/5f3c1a9e0b7d2c41/hn-root.img"]);
         assert_eq!(
             mounts_to_move_out(&m, "/oldroot", &files),
-            ["/oldroot/run/shutdown/mounts/5f3c1a9e0b7d2c41"]
+            mv(&[("/oldroot/run/shutdown/mounts/5f3c1a9e0b7d2c41", true)])
         );
-        // Without loop sysfs attributes: found as a parked mount all the same.
-        assert_eq!(mounts_to_move_out(&m, "/oldroot", &[]), ["/oldroot/run/shutdown/mounts/5f3c1a9e0b7d2c41"]);
+        // Without loop sysfs attributes: moved out as a parked mount all the
+        // same (so the old root can go), but not known to be the host partition.
+        assert_eq!(
+            mounts_to_move_out(&m, "/oldroot", &[]),
+            mv(&[("/oldroot/run/shutdown/mounts/5f3c1a9e0b7d2c41", false)])
+        );
     }
 
     #[test]
     fn finds_the_host_partition_where_hninit_put_it() {
         let m = parse_mountinfo(BOOKWORM);
         let files = s(&["/oldroot/hostpart/images/hn-root.img"]);
-        assert_eq!(mounts_to_move_out(&m, "/oldroot", &files), ["/oldroot/hostpart"]);
-        assert_eq!(mounts_to_move_out(&m, "/oldroot", &[]), ["/oldroot/hostpart"]);
+        assert_eq!(mounts_to_move_out(&m, "/oldroot", &files), mv(&[("/oldroot/hostpart", true)]));
+        assert_eq!(mounts_to_move_out(&m, "/oldroot", &[]), mv(&[("/oldroot/hostpart", true)]));
     }
 
     #[test]
@@ -198,7 +220,13 @@ mod tests {
         ]);
         assert_eq!(
             mounts_to_move_out(&m, "/oldroot/", &files),
-            ["/oldroot/srv/disk", "/oldroot/run/shutdown/mounts/0123456789abcdef"]
+            mv(&[("/oldroot/srv/disk", true), ("/oldroot/run/shutdown/mounts/0123456789abcdef", false)])
+        );
+        // A parked mount holding the image is the host partition.
+        let files = s(&["/oldroot/run/shutdown/mounts/0123456789abcdef/x/hn-root.img"]);
+        assert_eq!(
+            mounts_to_move_out(&m, "/oldroot", &files),
+            mv(&[("/oldroot/run/shutdown/mounts/0123456789abcdef", true)])
         );
     }
 
