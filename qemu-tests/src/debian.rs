@@ -6,8 +6,16 @@
 //! image as `hn-root-new.img` on the same host partition (`debugfs -w` on the
 //! disk file: offline, no mounting) and booted again.
 //!
-//! Two scenarios, on the same two images (their initramfs carries the shipped
-//! init, `build_init`):
+//! Debian 13 (trixie, the factory's default) by default; `debian-boot-bookworm`
+//! boots Debian 12 once. Each suite's images are built once per run (their
+//! initramfs carries the shipped init, `build_init`), from one cached
+//! debootstrap base per suite. Every poweroff checks where hninit's shutdown
+//! program found the host partition (systemd 257 parks it in
+//! `/run/shutdown/mounts/`, 252 leaves it at `/hostpart`), that it logged a
+//! clean unmount without any lazy detach, and that `dumpe2fs -h` shows the
+//! host partition clean without `needs_recovery`.
+//!
+//! On the two trixie images:
 //! * `debian-boot` needs nothing from first-boot instantiation (no config
 //!   source: step 9 lets the image boot as it is): the images carry a root ssh
 //!   key (a factory hook) and get their address from the factory's DHCP
@@ -45,12 +53,17 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "debian-boot",
-            about: "factory Debian image: hninit -> systemd multi-user, ssh, clean poweroff, upgrade to a second image",
+            about: "factory Debian 13 image: hninit -> systemd 257 multi-user, ssh, clean poweroff, upgrade to a second image",
             run: debian_boot,
         },
         Scenario {
+            name: "debian-boot-bookworm",
+            about: "factory Debian 12 image (systemd 252): hninit -> systemd multi-user, ssh, clean poweroff",
+            run: debian_boot_bookworm,
+        },
+        Scenario {
             name: "debian-e2e",
-            about: "factory Debian image instantiated from a Gandi swap-disk config; identity kept across an upgrade",
+            about: "factory Debian 13 image instantiated from a Gandi swap-disk config; identity kept across an upgrade",
             run: debian_e2e,
         },
     ]
@@ -76,12 +89,41 @@ const E2E_ADDRESS: &str = "10.0.2.15/24";
 /// Alias the host key is stored under in known_hosts, whatever the port.
 const HOST_ALIAS: &str = "hn-debian-vm";
 
-/// The two images and the root key they accept, built once per run.
+/// A Debian release the scenarios boot, with what differs in its shutdown
+/// handover (see `src/boot/shutdown_plan.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Suite {
+    /// Debian 13, the factory's default: systemd 257 parks the busy host
+    /// partition in `/run/shutdown/mounts/<id>` before the pivot.
+    Trixie,
+    /// Debian 12: systemd 252 leaves it at `/hostpart`.
+    Bookworm,
+}
+
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Trixie => "trixie",
+            Suite::Bookworm => "bookworm",
+        }
+    }
+
+    /// Where hninit's shutdown program finds the host partition after the pivot.
+    fn hostpart_at_shutdown(self) -> &'static str {
+        match self {
+            Suite::Trixie => "hninit: shutdown: /oldroot/run/shutdown/mounts/",
+            Suite::Bookworm => "hninit: shutdown: /oldroot/hostpart moved out",
+        }
+    }
+}
+
+/// The images of one suite and the root key they accept, built once per run.
 struct Images {
+    suite: Suite,
     /// `/etc/hn-image-id` = `first`.
     first: PathBuf,
-    /// `/etc/hn-image-id` = `second`.
-    second: PathBuf,
+    /// `/etc/hn-image-id` = `second`; only for the scenarios that upgrade.
+    second: Option<PathBuf>,
     /// `/boot/kernel` and `/boot/initramfs` of the first image.
     kernel: PathBuf,
     initramfs: PathBuf,
@@ -92,13 +134,30 @@ struct Images {
     notes: Vec<String>,
 }
 
-/// The images, built once per run for both scenarios.
-fn images() -> Result<&'static Images, Failure> {
-    static IMAGES: OnceLock<Result<Images, String>> = OnceLock::new();
-    IMAGES
-        .get_or_init(|| build_images().map_err(|e| format!("building the Debian images: {e:#}")))
-        .as_ref()
-        .map_err(|e| Failure::new(e.clone()))
+/// The images of `suite`, built once per run for the scenarios that share
+/// them (trixie: two, for `debian-boot` and `debian-e2e`; bookworm: one). Each
+/// suite's debootstrap base is cached once in `cache_dir()` (keyed by suite).
+fn images(suite: Suite) -> Result<&'static Images, Failure> {
+    static TRIXIE: OnceLock<Result<Images, String>> = OnceLock::new();
+    static BOOKWORM: OnceLock<Result<Images, String>> = OnceLock::new();
+    let (cell, with_second) = match suite {
+        Suite::Trixie => (&TRIXIE, true),
+        Suite::Bookworm => (&BOOKWORM, false),
+    };
+    cell.get_or_init(|| {
+        build_images(suite, with_second)
+            .map_err(|e| format!("building the Debian {} images: {e:#}", suite.name()))
+    })
+    .as_ref()
+    .map_err(|e| Failure::new(e.clone()))
+}
+
+impl Images {
+    fn second(&self) -> Result<&Path, Failure> {
+        self.second
+            .as_deref()
+            .ok_or_else(|| Failure::new(format!("no second {} image was built", self.suite.name())))
+    }
 }
 
 /// A factory hook giving root the test key and naming the image.
@@ -112,8 +171,8 @@ fn hook_script(pubkey: &str, id: &str) -> String {
     )
 }
 
-fn build_images() -> anyhow::Result<Images> {
-    let dir = qemu_tests::runner::default_out_dir().join("_debian");
+fn build_images(suite: Suite, with_second: bool) -> anyhow::Result<Images> {
+    let dir = qemu_tests::runner::default_out_dir().join(format!("_debian-{}", suite.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let root_key = dir.join("root_ed25519");
@@ -132,6 +191,7 @@ fn build_images() -> anyhow::Result<Images> {
         std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o755))?;
         let out = dir.join(format!("image-{id}.img"));
         let spec = ImageSpec {
+            suite: suite.name().into(),
             hooks: vec![hooks],
             size_mib: IMAGE_MIB,
             init: Some(init.clone()),
@@ -146,7 +206,8 @@ fn build_images() -> anyhow::Result<Images> {
             .collect();
         let total: f64 = r.steps.iter().map(|s| s.took.as_secs_f64()).sum();
         notes.push(format!(
-            "image {id}: {total:.1} s (base {}; {}), {} MiB allocated, kernel {}",
+            "{} image {id}: {total:.1} s (base {}; {}), {} MiB allocated, kernel {}",
+            suite.name(),
             if r.base_cached {
                 "cached"
             } else {
@@ -160,12 +221,13 @@ fn build_images() -> anyhow::Result<Images> {
         Ok(out)
     };
     let first = build("first")?;
-    let second = build("second")?;
+    let second = if with_second { Some(build("second")?) } else { None };
     let kernel = dir.join("kernel");
     let initramfs = dir.join("initramfs");
     debugfs_dump(&first, "/boot/kernel", &kernel)?;
     debugfs_dump(&first, "/boot/initramfs", &initramfs)?;
     Ok(Images {
+        suite,
         first,
         second,
         kernel,
@@ -484,10 +546,14 @@ impl Machine {
     }
 
     /// `systemctl poweroff` over ssh; QEMU must exit, hninit's shutdown must
-    /// report a clean unmount, and the host partition must be clean.
+    /// find the host partition where this suite's systemd left it, report a
+    /// clean unmount without any lazy detach, and the host partition must be
+    /// clean (`dumpe2fs -h`).
     fn poweroff(&self, ctx: &mut Ctx, mut r: Running, what: &str) -> Result<(), Failure> {
         let imgs = self.imgs;
         let t = Instant::now();
+        r.vm.forbid("detaching it lazily");
+        r.vm.forbid("hninit: shutdown: host partition still busy");
         self.ssh(
             &r,
             &imgs.root_key,
@@ -495,6 +561,8 @@ impl Machine {
             HostKey::Strict,
             "systemctl poweroff --no-block",
         )?;
+        let moved = r.vm.expect(imgs.suite.hostpart_at_shutdown(), POWEROFF_WAIT)?;
+        ctx.note(format!("{what}: {}", moved.trim()));
         r.vm.expect(
             "hninit: shutdown: old root and host partition unmounted cleanly",
             POWEROFF_WAIT,
@@ -593,7 +661,8 @@ const ROOT_PROBE: &str = "echo id=$(cat /etc/hn-image-id); echo kernel=$(uname -
      echo markgood=$(systemctl is-active hninit-mark-good.service); \
      echo trial=$(hnctl status | sed -n 's/^trial *//p'); \
      echo multi-user-us=$(systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target); \
-     echo hostname=$(hostname); echo machine-id=$(cat /etc/machine-id)";
+     echo hostname=$(hostname); echo machine-id=$(cat /etc/machine-id); \
+     echo os=$(. /etc/os-release; echo $VERSION_ID)";
 
 fn field<'a>(report: &'a str, key: &str) -> &'a str {
     report
@@ -614,6 +683,13 @@ fn check_root_report(
     let fail = |m: String| Err(vm_failure(&r.vm, format!("{m}\nroot's report:\n{report}")));
     if field(report, "id") != id {
         return fail(format!("expected image {id}"));
+    }
+    let os = match imgs.suite {
+        Suite::Trixie => "13",
+        Suite::Bookworm => "12",
+    };
+    if field(report, "os") != os {
+        return fail(format!("expected Debian {os} ({})", imgs.suite.name()));
     }
     if field(report, "kernel") != imgs.kernel_release {
         return fail(format!(
@@ -644,7 +720,7 @@ fn check_root_report(
 // debian-boot: nothing from instantiation needed
 
 fn debian_boot(ctx: &mut Ctx) -> Result<(), Failure> {
-    let imgs = images()?;
+    let imgs = images(Suite::Trixie)?;
     for n in &imgs.notes {
         ctx.note(n);
     }
@@ -663,7 +739,7 @@ fn debian_boot(ctx: &mut Ctx) -> Result<(), Failure> {
     m.poweroff(ctx, r, "boot 1")?;
 
     // Upgrade: stage the second image, boot, hninit rotates it in.
-    m.stage(ctx, &imgs.second)?;
+    m.stage(ctx, imgs.second()?)?;
     // Without instantiation the second image makes its own ssh host keys.
     let _ = std::fs::remove_file(&m.known_hosts);
     let r = m.boot(ctx, "boot 2")?;
@@ -681,6 +757,25 @@ fn debian_boot(ctx: &mut Ctx) -> Result<(), Failure> {
         return Err(vm_failure(&r.vm, format!("expected the first image kept as hn-root-old.img and nothing staged, /hostpart has: {files}")));
     }
     m.poweroff(ctx, r, "boot 2")
+}
+
+// ---------------------------------------------------------------------------
+// debian-boot-bookworm: the previous release still boots and powers off cleanly
+
+/// One boot of a Debian 12 image (systemd 252, kernel 6.1, plain `.ko`
+/// modules, virtio_pci a module): the root checks and a clean poweroff, where
+/// the host partition is still at `/oldroot/hostpart`. No upgrade: the
+/// rotation does not depend on the image's release and `debian-boot` covers it.
+fn debian_boot_bookworm(ctx: &mut Ctx) -> Result<(), Failure> {
+    let imgs = images(Suite::Bookworm)?;
+    for n in &imgs.notes {
+        ctx.note(n);
+    }
+    let m = Machine::new(ctx, imgs, None)?;
+    let r = m.boot(ctx, "boot 1")?;
+    let report = m.root_ssh_ready(ctx, &r, "boot 1", HostKey::AcceptNew)?;
+    check_root_report(ctx, imgs, &r, &report, "first")?;
+    m.poweroff(ctx, r, "boot 1")
 }
 
 // ---------------------------------------------------------------------------
@@ -774,7 +869,7 @@ fn check_instantiated(r: &Running, admin: &str, root: &str) -> Result<(), Failur
 }
 
 fn debian_e2e(ctx: &mut Ctx) -> Result<(), Failure> {
-    let imgs = images()?;
+    let imgs = images(Suite::Trixie)?;
     for n in &imgs.notes {
         ctx.note(n);
     }
@@ -835,7 +930,7 @@ fn debian_e2e(ctx: &mut Ctx) -> Result<(), Failure> {
     }
 
     // Part C: upgrade; the host keeps its identity (hn-state).
-    m.stage(ctx, &imgs.second)?;
+    m.stage(ctx, imgs.second()?)?;
     let r = m.boot(ctx, "boot 2")?;
     let root = m.root_ssh_ready(ctx, &r, "boot 2", HostKey::Strict).map_err(|f| Failure {
         message: format!("[instantiation] after the upgrade ssh with the first boot's known_hosts (StrictHostKeyChecking=yes) failed — host key changed? {}", f.message),

@@ -41,7 +41,13 @@ fn main() {
         args.out_dir = out;
     }
     // The long scenarios first, so the two job slots finish together.
-    const LONG: [&str; 4] = ["debian-e2e", "power-cut-steps", "debian-boot", "power-cut-random"];
+    const LONG: [&str; 5] = [
+        "debian-e2e",
+        "power-cut-steps",
+        "debian-boot",
+        "debian-boot-bookworm",
+        "power-cut-random",
+    ];
     let mut all = debian::scenarios();
     all.extend(scenarios::all());
     all.sort_by_key(|s| LONG.iter().position(|l| *l == s.name).unwrap_or(LONG.len()));

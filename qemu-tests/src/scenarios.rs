@@ -199,6 +199,52 @@ fn direct_boot(ctx: &mut Ctx) -> Result<(), Failure> {
     expect_hostpart_clean(ctx, &disk, &layout)
 }
 
+/// The handover of systemd >= 253 (Debian 13), without booting Debian: the
+/// root's init parks the host partition in /run/shutdown/mounts/<id> before
+/// pivoting, as systemd-shutdown does; the shutdown program still finds it by
+/// the loop root's backing file and unmounts everything cleanly.
+fn shutdown_parked_hostpart(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, layout) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "hntest.park_hostpart")?;
+    vm.forbid("detaching it lazily");
+    expect_root(&vm, "A", "ro")?;
+    vm.expect("HNROOT: hostpart parked", STEP)?;
+    vm.expect("HNROOT: poweroff via /run/initramfs/shutdown", STEP)?;
+    vm.expect("hninit: shutdown: /oldroot/run/shutdown/mounts/0123456789abcdef moved out of the old root to /hostpart", STEP)?;
+    vm.expect("hninit: shutdown: old root and host partition unmounted cleanly", STEP)?;
+    vm.wait_exit(Duration::from_secs(30))?;
+    vm.check_forbidden()?;
+    expect_hostpart_clean(ctx, &disk, &layout)
+}
+
+/// The last resort: a process keeps the old root busy, so it is detached
+/// lazily and its loop device keeps the image file open. The host partition
+/// cannot be unmounted; it must be clean on disk anyway: with a writable loop
+/// device (`rw`) it cannot even be remounted read-only and is frozen, with a
+/// read-only one (`ro`) it is remounted read-only.
+fn shutdown_busy_root(ctx: &mut Ctx, mode: &str, outcome: &str) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, layout) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, &format!("{mode} hntest.busy_root"))?;
+    vm.forbid("unmounted cleanly");
+    expect_root(&vm, "A", mode)?;
+    vm.expect("HNROOT: root held busy", STEP)?;
+    vm.expect("hninit: shutdown: /oldroot busy", STEP)?;
+    vm.expect(&format!("hninit: shutdown: host partition still busy{outcome}"), STEP)?;
+    vm.wait_exit(Duration::from_secs(30))?;
+    vm.check_forbidden()?;
+    expect_hostpart_clean(ctx, &disk, &layout)
+}
+
+fn shutdown_busy_root_rw(ctx: &mut Ctx) -> Result<(), Failure> {
+    shutdown_busy_root(ctx, "rw", " and not remountable read-only: frozen and synced")
+}
+
+fn shutdown_busy_root_ro(ctx: &mut Ctx) -> Result<(), Failure> {
+    shutdown_busy_root(ctx, "ro", ": remounted read-only and synced")
+}
+
 fn grub_uefi(ctx: &mut Ctx) -> Result<(), Failure> {
     let s = shared()?;
     let cfg = GrubVars { timeout: 0, hostpart_label: "hostpart".into(), image_dir: String::new(), cmdline: BASE.to_string() + " rw" }.render();
@@ -765,6 +811,9 @@ fn power_cut_at_random_moments(ctx: &mut Ctx) -> Result<(), Failure> {
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "direct-boot", about: "direct kernel boot, ext4 host partition, default mode (ro mount on a writable loop)", run: direct_boot },
+        Scenario { name: "shutdown-parked-hostpart", about: "systemd >= 253's handover emulated: host partition parked in /run/shutdown/mounts, still unmounted cleanly", run: shutdown_parked_hostpart },
+        Scenario { name: "shutdown-busy-root-rw", about: "old root held busy: lazy detach, host partition frozen (rw loop), clean on disk", run: shutdown_busy_root_rw },
+        Scenario { name: "shutdown-busy-root-ro", about: "old root held busy: lazy detach, host partition remounted read-only (ro loop), clean on disk", run: shutdown_busy_root_ro },
         Scenario { name: "grub-uefi", about: "OVMF + GRUB loopback boot from the ESP menu, rw", run: grub_uefi },
         Scenario { name: "ro", about: "`ro`: read-only loop device and mount", run: read_only },
         Scenario { name: "rw", about: "`rw` and loopdev_hostpart_flags=noatime", run: read_write },

@@ -22,6 +22,7 @@
 
 pub mod failure;
 pub mod shutdown;
+pub mod shutdown_plan;
 pub mod step10_handoff;
 pub mod step6_slots;
 pub mod step7_kexec;

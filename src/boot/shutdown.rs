@@ -1,14 +1,18 @@
 //! Clean poweroff of a loop root: at handoff hninit leaves a copy of itself at
 //! `/run/initramfs/shutdown`; systemd-shutdown (or any init doing the same)
 //! pivots into /run/initramfs and runs it as `shutdown reboot|poweroff|halt|kexec`.
-//! It then moves the host partition out of the old root, unmounts everything under
-//! /oldroot (the loop root last), detaches the loop devices backed by files on the
-//! host partition, unmounts the host partition (read-only remount if it stays busy)
-//! and only then reboots, so no journal replay is needed on the next boot.
+//! It then moves the host partition out of the old root (found by the loop root's
+//! backing file, wherever systemd left it: `shutdown_plan` has the decisions),
+//! unmounts everything under /oldroot (the loop root last; a lazy detach only
+//! when nothing else moves), detaches the loop devices backed by files on the
+//! host partition, unmounts the host partition (remounted read-only, else frozen,
+//! and synced if it stays busy) and only then reboots, so no journal replay is
+//! needed on the next boot.
 
 use rustix::mount::{mount_change, mount_move, unmount, MountPropagationFlags, UnmountFlags};
+use super::shutdown_plan::{HostpartEnd, RootEnd};
 use rustix::system::RebootCommand;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const DIR: &str = crate::layout::SHUTDOWN_DIR;
 
@@ -86,52 +90,50 @@ pub fn main(args: &[String]) -> ! {
     let _ = rustix::mount::mount("proc", "/proc", "proc", rustix::mount::MountFlags::empty(), None);
     let _ = std::fs::create_dir_all("/dev");
     let _ = rustix::mount::mount("devtmpfs", "/dev", "devtmpfs", rustix::mount::MountFlags::empty(), None);
+    if !Path::new("/sys/block").is_dir() {
+        let _ = std::fs::create_dir_all("/sys");
+        let _ = rustix::mount::mount("sysfs", "/sys", "sysfs", rustix::mount::MountFlags::empty(), None);
+    }
     crate::log::open_kmsg();
     let verb = args.get(1).map(String::as_str).unwrap_or("reboot");
     // systemd marks mounts shared; a move out of a shared parent fails.
     let _ = mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC);
 
     let root = "/oldroot";
+    // What holds the loop root's backing file (the host partition), wherever
+    // the init that handed over left it: take it out of the way first.
+    let plan = super::shutdown_plan::mounts_to_move_out(&mounts(), root, &loop_backing_files());
     let mut kept = Vec::new();
-    let all = mounts();
-    // The host partition holds the loop root's backing file: take it out of the way first.
-    for hp in ["/oldroot/hostpart", "/oldroot/run/hninit/hostpart"] {
-        if all.iter().any(|m| m.mountpoint == hp) {
-            let _ = std::fs::create_dir_all("/hostpart");
-            match mount_move(hp, "/hostpart") {
-                Ok(()) => kept.push(PathBuf::from("/hostpart")),
-                Err(e) => warn!("shutdown: cannot move {hp} out of the old root: {e}"),
+    for (i, out) in plan.iter().enumerate() {
+        let from = &out.mountpoint;
+        let to = match (out.hostpart, kept.iter().any(|(_, h)| *h)) {
+            (true, false) => "/hostpart".to_string(),
+            (true, true) => format!("/hostpart.{i}"),
+            (false, _) => format!("/moved.{i}"),
+        };
+        let _ = std::fs::create_dir_all(&to);
+        match mount_move(from.as_str(), to.as_str()) {
+            Ok(()) => {
+                info!("shutdown: {from} moved out of the old root to {to}");
+                kept.push((to, out.hostpart));
             }
+            Err(e) => warn!("shutdown: cannot move {from} out of the old root: {e}"),
         }
     }
-    let order = unmount_order(&mounts(), root, &[]);
-    let mut busy = Vec::new();
-    for m in &order {
-        if let Err(e) = unmount(m.as_str(), UnmountFlags::empty()) {
-            busy.push((m.clone(), e));
-        }
-    }
-    for (m, e) in &busy {
-        warn!("shutdown: {m} busy ({e}); detaching it lazily");
-        let _ = unmount(m.as_str(), UnmountFlags::DETACH);
-    }
+    let root_end = unmount_old_root(root);
     detach_loops();
-    for hp in kept {
-        let mut done = false;
-        for _ in 0..50 {
-            if unmount(&hp, UnmountFlags::empty()).is_ok() {
-                done = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            detach_loops();
+    let mut host_end = HostpartEnd::NotFound;
+    for (mp, hostpart) in &kept {
+        let end = release_moved(mp, *hostpart);
+        if *hostpart && (host_end == HostpartEnd::NotFound || end != HostpartEnd::Unmounted) {
+            host_end = end;
         }
-        if done {
-            info!("shutdown: old root and host partition unmounted cleanly");
-        } else {
-            warn!("shutdown: host partition still busy; remounting it read-only");
-            let _ = rustix::mount::mount_remount(&hp, rustix::mount::MountFlags::RDONLY, "");
-        }
+    }
+    let (clean, line) = super::shutdown_plan::outcome(root_end, host_end);
+    if clean {
+        info!("shutdown: {line}");
+    } else {
+        warn!("shutdown: {line}");
     }
     rustix::fs::sync();
     let cmd = match verb {
@@ -146,6 +148,95 @@ pub fn main(args: &[String]) -> ! {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+/// Unmounts everything at and below `root`, deepest first, pass after pass
+/// while passes make progress; returns what is still busy (empty: all gone).
+fn unmount_all(root: &str) -> Vec<(String, rustix::io::Errno)> {
+    loop {
+        let order = unmount_order(&mounts(), root, &[]);
+        let mut busy = Vec::new();
+        for m in &order {
+            if let Err(e) = unmount(m.as_str(), UnmountFlags::empty()) {
+                busy.push((m.clone(), e));
+            }
+        }
+        if busy.is_empty() || busy.len() == order.len() {
+            return busy;
+        }
+    }
+}
+
+/// The old root: unmounted, or, as the last resort, what stays busy detached lazily.
+fn unmount_old_root(root: &str) -> RootEnd {
+    let busy = unmount_all(root);
+    if busy.is_empty() {
+        return RootEnd::Unmounted;
+    }
+    for (m, e) in &busy {
+        warn!("shutdown: {m} busy ({e}); detaching it lazily");
+        let _ = unmount(m.as_str(), UnmountFlags::DETACH);
+    }
+    RootEnd::DetachedLazily
+}
+
+/// Unmounts a mount moved out of the old root (waiting a little for the loop
+/// devices to let go of their files). When the host partition stays busy:
+/// remounted read-only, else frozen, after a sync, so that it is clean on disk
+/// anyway; any other mount that stays busy is detached lazily.
+fn release_moved(hp: &str, hostpart: bool) -> HostpartEnd {
+    for _ in 0..50 {
+        if unmount_all(hp).is_empty() {
+            return HostpartEnd::Unmounted;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        detach_loops();
+    }
+    if !hostpart {
+        warn!("shutdown: {hp} busy; detaching it lazily");
+        let _ = unmount(hp, UnmountFlags::DETACH);
+        return HostpartEnd::SyncedOnly;
+    }
+    rustix::fs::sync();
+    let Err(e) = rustix::mount::mount_remount(hp, rustix::mount::MountFlags::RDONLY, "") else {
+        return HostpartEnd::RemountedReadOnly;
+    };
+    warn!("shutdown: {hp}: read-only remount refused ({e}); freezing it");
+    match freeze(hp) {
+        Ok(()) => HostpartEnd::Frozen,
+        Err(e) => {
+            warn!("shutdown: {hp}: freeze refused ({e})");
+            HostpartEnd::SyncedOnly
+        }
+    }
+}
+
+/// `_IOWR('X', 119, int)`.
+const FIFREEZE: u32 = 0xC004_5877;
+
+/// FIFREEZE: the filesystem writes everything out and blocks new writes; ext4
+/// flushes its journal and clears needs_recovery on disk.
+fn freeze(dir: &str) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    // SAFETY: FIFREEZE takes no argument (the pointer is ignored); the fd is valid.
+    let r = unsafe { libc::ioctl(rustix::fd::AsRawFd::as_raw_fd(&fd), FIFREEZE as _, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The backing files of the loop devices, as paths seen from our root.
+fn loop_backing_files() -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Clears every loop device (autoclear makes a busy one go when released).

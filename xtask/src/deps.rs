@@ -38,6 +38,8 @@ const REQUIREMENTS: &[(Probe, &str)] = &[
     (Probe::Program("depmod"), "kmod"),
     (Probe::Program("cpio"), "cpio"),
     (Probe::Program("zstd"), "zstd"),
+    // Debian 13 kernels ship .ko.xz modules; the initramfs holds them plain.
+    (Probe::Program("xz"), "xz-utils"),
     (Probe::Program("dpkg-deb"), "dpkg"),
     (Probe::Program("fakeroot"), "fakeroot"),
 ];

@@ -398,7 +398,8 @@ fn print_demo(a: &xtask::DemoArtifacts) {
 enum ImageCmd {
     /// Build a generic Debian root image (debootstrap base cached in ~/.cache/hninit).
     Build {
-        #[arg(long, default_value = "bookworm")]
+        /// Debian suite: trixie (Debian 13) or bookworm (Debian 12).
+        #[arg(long, default_value = xtask::factory::DEFAULT_SUITE)]
         suite: String,
         #[arg(long, default_value = "amd64")]
         arch: String,

@@ -163,6 +163,20 @@ case " $cmdline " in
         say "shell"
         exec setsid cttyhack sh -l ;;
 esac
+case " $cmdline " in
+    *" hntest.park_hostpart "*)
+        # What systemd >= 253's shutdown does with a mount it cannot unmount
+        # (the host partition: the loop root holds its image file open).
+        mkdir -p /run/shutdown/mounts/0123456789abcdef
+        mount -o move /hostpart /run/shutdown/mounts/0123456789abcdef && say "hostpart parked" ;;
+esac
+case " $cmdline " in
+    *" hntest.busy_root "*)
+        # A process that outlives the handover, holding a file of the root
+        # open: the old root can then only be detached lazily.
+        sleep 100000 < /etc/hn-image-id &
+        say "root held busy" ;;
+esac
 sync
 mount -o remount,ro / 2> /dev/null
 sync
