@@ -1,6 +1,6 @@
 //! The key store: trusted public keys in `<etc>/trusted.d/*.pub` and revoked key
 //! ids in `<etc>/revoked.d/<KEYID>` (one empty or commented file per key id,
-//! named by the 16 hex digits minisign prints). Read with the boot's rules: every
+//! named by the key id as minisign prints it). Read with the boot's rules: every
 //! file opened `O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`, regular files only, size and
 //! count caps. A damaged entry is an error, never skipped: skipping the only key
 //! would turn "signature required" into "no keys, not verified", and a mistyped

@@ -25,15 +25,16 @@ pub const MAX_UNTRUSTED_COMMENT: usize = 1024;
 const UNTRUSTED: &str = "untrusted comment: ";
 const TRUSTED: &str = "trusted comment: ";
 
-/// A key number as minisign shows it: 16 upper-case hex digits of the 8 key-number
-/// bytes read as a little-endian integer (`minisign -G` prints `E2C6E5452AB807C9`
-/// for the bytes `C9 07 B8 2A 45 E5 C6 E2`).
+/// A key number as minisign shows it: the 8 key-number bytes read as a
+/// little-endian integer, in upper-case hex *without leading zeros* (minisign
+/// 0.11 prints it with `%llX`): `E2C6E5452AB807C9` for the bytes
+/// `C9 07 B8 2A 45 E5 C6 E2`, and 15 digits or fewer when the last byte is small.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub [u8; 8]);
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016X}", u64::from_le_bytes(self.0))
+        write!(f, "{:X}", u64::from_le_bytes(self.0))
     }
 }
 
@@ -45,10 +46,10 @@ impl fmt::Debug for KeyId {
 
 impl FromStr for KeyId {
     type Err = String;
-    /// Exactly 16 hex digits, either case.
+    /// 1 to 16 hex digits, either case (leading zeros allowed).
     fn from_str(s: &str) -> Result<KeyId, String> {
-        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{s:?} is not a key id (16 hex digits, as minisign prints it)"));
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{s:?} is not a key id (up to 16 hex digits, as minisign prints it)"));
         }
         let n = u64::from_str_radix(s, 16).map_err(|e| format!("{s:?}: {e}"))?;
         Ok(KeyId(n.to_le_bytes()))
@@ -377,8 +378,14 @@ SZakI6U3omNfj55W5WWd1F0KZMID53zUrVqyiDDs28JhjoqbcbaVXYSmGGOuXy9UDpuCNUcuGVM9eA/f
         let k = PublicKey::parse_file(PUB.as_bytes()).unwrap();
         assert_eq!(k.id.to_string(), "E2C6E5452AB807C9");
         assert_eq!("e2c6e5452ab807c9".parse::<KeyId>().unwrap(), k.id);
-        assert!("E2C6E5452AB807C".parse::<KeyId>().is_err());
         assert!("E2C6E5452AB807CG".parse::<KeyId>().is_err());
+        assert!("E2C6E5452AB807C91".parse::<KeyId>().is_err());
+        assert!("".parse::<KeyId>().is_err());
+        // No leading zeros when shown, as minisign; accepted with them.
+        let small = KeyId([0x6a, 0x6c, 0x47, 0x35, 0xed, 0x4b, 0xdf, 0x07]);
+        assert_eq!(small.to_string(), "7DF4BED35476C6A");
+        assert_eq!("07df4bed35476c6a".parse::<KeyId>().unwrap(), small);
+        assert_eq!("7DF4BED35476C6A".parse::<KeyId>().unwrap(), small);
     }
 
     #[test]
