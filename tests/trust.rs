@@ -416,3 +416,47 @@ fn one_read_feeds_the_digest_and_the_signature() {
     std::os::unix::fs::symlink(&sidecar, &link).unwrap();
     assert!(stream::read_signature(&link).unwrap_err().contains("symbolic link"));
 }
+
+/// `hnctl verify`: what the operator sees, and the exit codes (0 accepted or not
+/// verified, 3 refused).
+#[test]
+fn hnctl_verify_prints_key_version_compat_and_verdict() {
+    let l = lab();
+    let etc = etc_with(&l, &[&l.k1]);
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_hnctl")).args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let img = l.img.to_str().unwrap();
+    let keys = etc.to_str().unwrap();
+    // The sidecar by its default name.
+    let s = l.k1.sign(&l.img, &format!("{META} build=7"), false, "cli");
+    std::fs::copy(&s, format!("{img}.minisig")).unwrap();
+    let (code, out, _) = run(&["verify", img, "--keys", keys]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("key id     {}\n", l.k1.shown_id)), "{out}");
+    assert!(out.contains("version    2026.12.5\n"), "{out}");
+    assert!(out.contains("compat     web-amd64\n"), "{out}");
+    assert!(out.contains("build      7\n"), "{out}");
+    assert!(out.contains(&format!("verdict    accepted: signed by key {} (trusted.d/k1.pub)", l.k1.shown_id)), "{out}");
+
+    // Another key's signature, given with --signature: refused, exit 3.
+    let other = l.k2.sign(&l.img, META, false, "cli2");
+    let (code, out, err) = run(&["verify", img, "--keys", keys, "--signature", other.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(out.contains("version    2026.12.5 (not verified)"), "{out}");
+    assert!(err.contains(&format!("unknown-key: signed by key {}", l.k2.shown_id)), "{err}");
+
+    // Unsigned.
+    std::fs::remove_file(format!("{img}.minisig")).unwrap();
+    let (code, out, err) = run(&["verify", img, "--keys", keys]);
+    assert_eq!(code, Some(3));
+    assert!(out.contains("signature  none"), "{out}");
+    assert!(err.contains("rejected: unsigned"), "{err}");
+
+    // No trusted keys: not verified, as /init would boot it.
+    let empty = l.dir.path().join("no-keys");
+    let (code, out, _) = run(&["verify", img, "--keys", empty.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("verdict    not verified: no trusted keys are installed"), "{out}");
+}

@@ -14,7 +14,8 @@ Exit codes:
   0  done
   1  the operation failed (e.g. the image to stage does not exist, an I/O error)
   2  usage error (bad command or arguments)
-  3  refused (not enough free space, not a bootable image, sha256 mismatch)
+  3  refused (not enough free space, not a bootable image, sha256 mismatch,
+     an image whose signature is missing or not accepted)
 
 Errors are printed as `hnctl: <what was tried>: <what was found>`.
 
@@ -73,6 +74,23 @@ Refused (exit 3) leaves nothing behind.")]
         /// Copy every byte by read/write, sharing no extents (no reflink, no copy_file_range)
         #[arg(long)]
         no_reflink: bool,
+    },
+    /// Check an image's minisign signature against the trusted keys, without staging it
+    #[command(long_about = "Checks FILE as /init checks a staged image: its signature \
+(FILE.minisig, or --signature) must be a valid minisign signature by a key in \
+KEYS/trusted.d/*.pub that is not revoked (KEYS/revoked.d/<key id>), over the file and \
+over the trusted comment, which must carry version=. Prints the key id, version, compat \
+and the verdict. Exit 0: accepted (or no trusted keys installed: not verified, as /init \
+would boot it); exit 3: refused, with the reason.")]
+    Verify {
+        /// The image file
+        file: PathBuf,
+        /// The signature file [default: FILE.minisig]
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        /// The directory holding trusted.d/ and revoked.d/
+        #[arg(long, value_name = "DIR", default_value = hninit::trust::keystore::DEFAULT_ETC)]
+        keys: PathBuf,
     },
     /// Remove the staged image (and its digest)
     Unstage,
@@ -173,6 +191,18 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             sha256,
             no_reflink,
         } => stage(&host()?, image, *sha256, !no_reflink),
+        Cmd::Verify { file, signature, keys } => {
+            let r = hninit::trust::verify_cmd::verify(file, signature.as_deref(), keys)?;
+            out(&r.render_text())?;
+            match r.exit_code() {
+                0 => Ok(()),
+                code => Err(CtlError {
+                    what: format!("verifying {}", file.display()),
+                    found: r.verdict.to_string(),
+                    kind: if code == ctl::EXIT_REFUSED { ctl::ErrorKind::Refused } else { ctl::ErrorKind::Failed },
+                }),
+            }
+        }
         Cmd::Unstage => {
             let host = host()?;
             let r = ctl::unstage(&host)?;

@@ -16,6 +16,7 @@ pub mod keystore;
 pub mod minisign;
 pub mod policy;
 pub mod stream;
+pub mod verify_cmd;
 
 pub use comment::{Meta, Version};
 pub use keystore::KeyStore;

@@ -171,7 +171,7 @@ impl fmt::Display for Verdict {
         match self {
             Verdict::NotVerified => f.write_str("not verified: no trusted keys are installed"),
             Verdict::Accept(a) => write!(f, "accepted: {a}"),
-            Verdict::Reject(r) => write!(f, "rejected ({r})"),
+            Verdict::Reject(r) => write!(f, "rejected: {r}"),
         }
     }
 }
