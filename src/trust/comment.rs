@@ -3,7 +3,8 @@
 //! (`2026.12.10` > `2026.12.9`, `1.2` = `1.2.0`), `compat=` a free string that
 //! must match the running image's, `size=` the image's length in bytes; other
 //! keys are kept (in order) and shown. A token that is not `key=value`, a key
-//! given twice or an empty value is an error naming the token.
+//! given twice, an empty value or a control character (values reach consoles) is
+//! an error naming the token.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -108,6 +109,10 @@ impl Meta {
             if v.is_empty() {
                 return Err(format!("token {tok:?}: empty value"));
             }
+            // Values are shown on consoles and terminals: no control characters.
+            if v.chars().any(char::is_control) {
+                return Err(format!("token {tok:?}: control character in the value"));
+            }
             if seen.contains(&k) {
                 return Err(format!("key {k:?} given twice"));
             }
@@ -189,5 +194,6 @@ mod tests {
         assert!(Meta::parse(b"size=12k").is_err());
         assert!(Meta::parse(b"version=1.x").is_err());
         assert!(Meta::parse(&[b'a', b'=', 0xff]).is_err());
+        assert!(Meta::parse(b"compat=web\x1b[2J").unwrap_err().contains("control character"));
     }
 }

@@ -130,15 +130,20 @@ fn entries(dir: &Path) -> Result<(Option<OwnedFd>, Vec<String>), KeyStoreError> 
         Err(rustix::io::Errno::NOENT) => return Ok((None, Vec::new())),
         Err(e) => return Err(err(format!("opening the directory: {}", io::Error::from(e)))),
     };
-    let rd = rfs::Dir::read_from(&fd).map_err(|e| err(format!("listing: {}", io::Error::from(e))))?;
+    // Listed by path: the directory was just opened without following a link, and
+    // whoever could swap it could as well write keys into it.
+    let rd = std::fs::read_dir(dir).map_err(|e| err(format!("listing: {e}")))?;
     let mut names = Vec::new();
     for ent in rd {
-        let ent = ent.map_err(|e| err(format!("listing: {}", io::Error::from(e))))?;
-        let name = ent.file_name().to_str().map_err(|_| err(format!("entry {:?} is not UTF-8", ent.file_name())))?;
+        let ent = ent.map_err(|e| err(format!("listing: {e}")))?;
+        let name = ent
+            .file_name()
+            .into_string()
+            .map_err(|n| err(format!("entry {n:?} is not UTF-8")))?;
         if name.starts_with('.') {
             continue;
         }
-        names.push(name.to_string());
+        names.push(name);
         if names.len() > MAX_ENTRIES {
             return Err(err(format!("more than {MAX_ENTRIES} entries")));
         }
