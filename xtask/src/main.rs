@@ -61,6 +61,13 @@ enum Cmd {
         /// The init binary [default: build it].
         #[arg(long)]
         init: Option<PathBuf>,
+        /// minisign public key trusted for staged images (repeatable): installed as
+        /// /etc/hninit/trusted.d/NAME.pub; with one, /init requires a valid signature.
+        #[arg(long = "trust-key", value_name = "FILE")]
+        trust_keys: Vec<PathBuf>,
+        /// Key id to revoke, as minisign prints it (repeatable): /etc/hninit/revoked.d/ID.
+        #[arg(long = "revoke-key", value_name = "KEYID")]
+        revoke_keys: Vec<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -202,6 +209,8 @@ fn real_main() -> Result<()> {
             compress,
             busybox,
             init,
+            trust_keys,
+            revoke_keys,
             out,
         } => {
             let modules = xtask::initramfs::with_added_modules(modules, &add_modules);
@@ -219,6 +228,8 @@ fn real_main() -> Result<()> {
                 force,
                 busybox,
                 compression: compress,
+                trust_keys,
+                revoke_keys,
             };
             let r = build_initramfs(&spec, &out)?;
             println!(
@@ -236,6 +247,15 @@ fn real_main() -> Result<()> {
             }
             if !r.skipped.is_empty() {
                 println!("not in this kernel (skipped): {}", r.skipped.join(" "));
+            }
+            if r.trusted_keys.is_empty() {
+                println!("trusted keys: none (staged images are not verified)");
+            } else {
+                let t: Vec<String> = r.trusted_keys.iter().map(|(n, id)| format!("{id} ({n})")).collect();
+                println!("trusted keys: {} (staged images must be signed by one)", t.join(", "));
+            }
+            if !r.revoked_keys.is_empty() {
+                println!("revoked keys: {}", r.revoked_keys.join(", "));
             }
         }
         Cmd::GrubCfg {
