@@ -449,6 +449,23 @@ enum ImageCmd {
         /// Use this init binary instead of building it.
         #[arg(long)]
         init: Option<PathBuf>,
+        /// minisign public key trusted for the next images (repeatable): installed in
+        /// the image's initramfs and in its /etc/hninit/trusted.d/.
+        #[arg(long = "trust-key", value_name = "FILE")]
+        trust_keys: Vec<PathBuf>,
+        /// Key id to revoke, as minisign prints it (repeatable).
+        #[arg(long = "revoke-key", value_name = "KEYID")]
+        revoke_keys: Vec<String>,
+        /// Sign the image into OUT.minisig with this minisign secret key (unencrypted:
+        /// minisign -G -W); needs --version.
+        #[arg(long = "sign-key", value_name = "FILE", requires = "version")]
+        sign_key: Option<PathBuf>,
+        /// version= of the signed image (dot-separated numbers, e.g. 2026.12.5).
+        #[arg(long, requires = "sign_key")]
+        version: Option<String>,
+        /// compat= of the signed image (one word, e.g. web-amd64).
+        #[arg(long, requires = "sign_key")]
+        compat: Option<String>,
         #[arg(long, default_value = "hn-root.img")]
         out: PathBuf,
     },
@@ -496,8 +513,22 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
             no_hnctl,
             no_dhcp_fallback,
             init,
+            trust_keys,
+            revoke_keys,
+            sign_key,
+            version,
+            compat,
             out,
         } => {
+            let sign = sign_key.map(|key| xtask::signing::SignSpec {
+                key,
+                version: version.unwrap_or_default(),
+                compat,
+            });
+            if let Some(s) = &sign {
+                // Checked before the long build.
+                xtask::signing::trusted_comment(s, 0)?;
+            }
             let spec = xtask::ImageSpec {
                 suite,
                 arch,
@@ -511,6 +542,9 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
                 with_hnctl: !no_hnctl,
                 dhcp_fallback: !no_dhcp_fallback,
                 add_modules,
+                trust_keys,
+                revoke_keys,
+                sign,
             };
             let r = xtask::build_image(&spec, &out)?;
             println!(
