@@ -192,16 +192,25 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             no_reflink,
         } => stage(&host()?, image, *sha256, !no_reflink),
         Cmd::Verify { file, signature, keys } => {
-            let r = hninit::trust::verify_cmd::verify(file, signature.as_deref(), keys)?;
+            use hninit::trust::verify_cmd::{verify, VerifyError};
+            let r = verify(file, signature.as_deref(), keys).map_err(|e| {
+                let kind = match e {
+                    VerifyError::KeyStore { .. } => ctl::ErrorKind::Refused,
+                    VerifyError::Io { .. } => ctl::ErrorKind::Failed,
+                };
+                let s = e.to_string();
+                let (what, found) = s.split_once(": ").unwrap_or((&s, ""));
+                CtlError { what: what.to_string(), found: found.to_string(), kind }
+            })?;
             out(&r.render_text())?;
-            match r.exit_code() {
-                0 => Ok(()),
-                code => Err(CtlError {
+            if r.is_refused() {
+                return Err(CtlError {
                     what: format!("verifying {}", file.display()),
                     found: r.verdict.to_string(),
-                    kind: if code == ctl::EXIT_REFUSED { ctl::ErrorKind::Refused } else { ctl::ErrorKind::Failed },
-                }),
+                    kind: ctl::ErrorKind::Refused,
+                });
             }
+            Ok(())
         }
         Cmd::Unstage => {
             let host = host()?;

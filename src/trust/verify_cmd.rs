@@ -2,17 +2,28 @@
 //! without staging it: the signature (`FILE.minisig` or a given one) against the
 //! key store of an etc directory (`/etc/hninit` by default), one read of the
 //! file, and a report (key id, version, compat, other metadata, verdict, time).
-//! Refusals are exit 3 (`ctl::EXIT_REFUSED`).
+//! `hnctl` turns a refusal into exit 3; this module depends on nothing above
+//! `trust/`.
 
 use super::keystore::KeyStore;
 use super::minisign::Signature;
 use super::policy::{Context, Verdict};
 use super::stream::{self, Check};
 use super::{comment::Meta, SIG_SUFFIX};
-use crate::ctl::{CtlError, ErrorKind};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Why no verdict could be given.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The key store is damaged: a refusal (nothing can be accepted).
+    #[error("{what}: the key store: {found}")]
+    KeyStore { what: String, found: String },
+    /// The file could not be read.
+    #[error("{what}: {found}")]
+    Io { what: String, found: String },
+}
 
 /// What `hnctl verify` found.
 #[derive(Debug)]
@@ -30,24 +41,27 @@ pub struct VerifyReport {
 
 /// Checks `image` with `signature` (default `IMAGE.minisig`) against the keys in
 /// `etc` (`trusted.d/`, `revoked.d/`).
-pub fn verify(image: &Path, signature: Option<&Path>, etc: &Path) -> Result<VerifyReport, CtlError> {
+pub fn verify(image: &Path, signature: Option<&Path>, etc: &Path) -> Result<VerifyReport, VerifyError> {
     let what = format!("verifying {}", image.display());
-    let store = KeyStore::load(etc).map_err(|e| CtlError {
+    let store = KeyStore::load(etc).map_err(|e| VerifyError::KeyStore {
         what: what.clone(),
-        found: format!("the key store: {e}"),
-        kind: ErrorKind::Refused,
+        found: e.to_string(),
     })?;
+    let io = |what: &String, e: &dyn std::fmt::Display| VerifyError::Io {
+        what: what.clone(),
+        found: e.to_string(),
+    };
     let signature_path = signature
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("{}{SIG_SUFFIX}", image.display())));
     let sig = stream::read_signature(&signature_path);
-    let mut f = std::fs::File::open(image).map_err(|e| CtlError::failed(what.clone(), e))?;
+    let mut f = std::fs::File::open(image).map_err(|e| io(&what, &e))?;
     if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
-        return Err(CtlError::failed(what, "not a regular file"));
+        return Err(io(&what, &"not a regular file"));
     }
     let started = Instant::now();
     let check = Check::start(&store, sig.as_ref().map(Option::as_ref).map_err(Clone::clone), &Context::default());
-    let (verdict, bytes) = stream::check_reader(check, &mut f, None).map_err(|e| CtlError::failed(what, e))?;
+    let (verdict, bytes) = stream::check_reader(check, &mut f, None).map_err(|e| io(&what, &e))?;
     Ok(VerifyReport {
         image: image.to_path_buf(),
         bytes,
@@ -61,12 +75,9 @@ pub fn verify(image: &Path, signature: Option<&Path>, etc: &Path) -> Result<Veri
 }
 
 impl VerifyReport {
-    pub fn exit_code(&self) -> i32 {
-        if self.verdict.is_accepted() {
-            crate::ctl::EXIT_OK
-        } else {
-            crate::ctl::EXIT_REFUSED
-        }
+    /// Refused: `hnctl verify` exits 3.
+    pub fn is_refused(&self) -> bool {
+        !self.verdict.is_accepted()
     }
 
     pub fn render_text(&self) -> String {
