@@ -1,6 +1,8 @@
 //! Step 6 at boot: the slots on the mounted host partition. Opens the image
 //! directory and `hn-state/`, validates a staged image (size, superblock,
-//! optional sha256 digest, read-only trial mount with its init checked), runs
+//! read-only trial mount with its init checked, then one read of the image for
+//! the optional sha256 digest and the minisign signature against the
+//! initramfs's `/etc/hninit` key store), runs
 //! `slots::settle`, logs each decision to kmsg and `hn-state/boot.log`, and
 //! starts GRUB's trial counter on the ESP when an image was rotated in.
 
@@ -13,9 +15,11 @@ use crate::slots::{self, Names, Outcome, Request, SlotError};
 use crate::slots::bootlog;
 use crate::sys::{loopmount, probe};
 use super::step8_rootfs as rootfs;
+use crate::trust::policy::{Context, Reject, Verdict};
+use crate::trust::stream::{self, Check};
+use crate::trust::KeyStore;
 use rustix::mount::MountFlags;
 use sha2::Digest;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::layout::{STATE_DIR, TRIAL_MOUNT};
@@ -45,7 +49,8 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
         tries: cmd.tries,
         count_tries: !cmd.kexeced && !cmd.tries_by_grub,
     };
-    let mut validate = |name: &str| validate_staged(&dir.join(name), drivers, &cmd.init);
+    let trust = load_trust(cmd);
+    let mut validate = |name: &str| validate_staged(&dir.join(name), drivers, &cmd.init, &trust);
     let result = slots::settle(&images, &state, &names, &req, &mut validate);
     let mut lines = vec![format!("boot: {}", std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim())];
     let outcome = match result {
@@ -160,8 +165,23 @@ impl Dir for Stepped<'_> {
     }
 }
 
+/// The initramfs's key store (`/etc/hninit`): `Err` when it is damaged, which
+/// rejects every staged image (fail closed). Says why `hn.verify=off` is refused.
+fn load_trust(cmd: &Cmdline) -> std::result::Result<KeyStore, String> {
+    let store = KeyStore::load(Path::new(crate::trust::keystore::DEFAULT_ETC)).map_err(|e| e.to_string());
+    if cmd.verify_off && store.as_ref().map_or(true, |s| !s.is_empty()) {
+        warn!("hn.verify=off refused: this initramfs trusts signing keys, and whoever can edit the command line could otherwise boot any image; to stop verifying, boot an initramfs built without --trust-key");
+    }
+    store
+}
+
 /// Checks a staged image before it may become current. The reason is logged and kept.
-pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
+pub fn validate_staged(
+    path: &Path,
+    drivers: &Drivers,
+    init: &str,
+    trust: &std::result::Result<KeyStore, String>,
+) -> std::result::Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
     let size = meta.len();
     if size < 1 << 20 {
@@ -175,30 +195,53 @@ pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::resul
         Some(sb) if sb.fstype != probe::FsType::Swap => sb.fstype.mount_type(),
         _ => return Err("no filesystem recognised".into()),
     };
+    trial_mount(path, fstype, drivers, init)?;
+    check_bytes(path, trust)
+}
+
+/// One read of the staged image for its digest (`X.sha256`, when present) and its
+/// signature (`X.minisig`, required when keys are trusted).
+fn check_bytes(path: &Path, trust: &std::result::Result<KeyStore, String>) -> std::result::Result<(), String> {
     let digest_file = PathBuf::from(format!("{}.sha256", path.display()));
-    if let Ok(text) = std::fs::read_to_string(&digest_file) {
-        let want = text.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
-        let got = sha256_file(path).map_err(|e| format!("cannot read for its digest: {e}"))?;
+    let want = std::fs::read_to_string(&digest_file)
+        .ok()
+        .map(|t| t.split_whitespace().next().unwrap_or("").to_ascii_lowercase());
+    let empty = KeyStore::default();
+    let (store, broken) = match trust {
+        Ok(s) => (s, None),
+        Err(e) => (&empty, Some(e.clone())),
+    };
+    let sig_path = PathBuf::from(format!("{}{}", path.display(), crate::trust::SIG_SUFFIX));
+    let sig = stream::read_signature(&sig_path);
+    let check = match &broken {
+        Some(e) => return Err(format!("signature: {}", Verdict::Reject(Reject::KeyStore(e.clone())))),
+        None => Check::start(store, sig.as_ref().map(Option::as_ref).map_err(Clone::clone), &Context::default()),
+    };
+    let started = std::time::Instant::now();
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut h = sha2::Sha256::new();
+    let mut feed = |c: &[u8]| h.update(c);
+    let also: Option<&mut dyn FnMut(&[u8])> = if want.is_some() { Some(&mut feed) } else { None };
+    let (verdict, n) = stream::check_reader(check, &mut f, also).map_err(|e| format!("cannot read: {e}"))?;
+    let took = started.elapsed();
+    if let Some(want) = want {
+        let got = crate::util::hex(&h.finalize());
         if want != got {
             return Err(format!("sha256 {got} does not match {}", digest_file.display()));
         }
         info!("{}: sha256 matches", path.display());
     }
-    trial_mount(path, fstype, drivers, init)
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+    match verdict {
+        Verdict::Reject(r) => Err(format!("signature rejected: {r}")),
+        Verdict::NotVerified => {
+            notice!("{}: not verified: this initramfs trusts no signing keys", path.display());
+            Ok(())
         }
-        h.update(&buf[..n]);
+        Verdict::Accept(a) => {
+            info!("{}: signature verified in {:.2} s ({n} bytes): {a}", path.display(), took.as_secs_f64());
+            Ok(())
+        }
     }
-    Ok(crate::util::hex(&h.finalize()))
 }
 
 /// Mounts the image read-only on a read-only loop device, checks its init, unmounts.
