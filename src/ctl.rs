@@ -490,15 +490,37 @@ impl Status {
     }
 }
 
-/// `hnctl stage`: `image` is a path or `-` (standard input).
+/// `hnctl stage`: `image` is a path or `-` (standard input); the signature is
+/// `signature`, else `IMAGE.minisig` when it exists, checked against the key
+/// store in `keys` (`/etc/hninit`) before the copy and over the copy before it
+/// becomes `hn-root-new.img`.
+#[allow(clippy::too_many_arguments)]
 pub fn stage(
     host: &Host,
     image: &str,
     sha256: Option<[u8; 32]>,
     reflink: bool,
+    signature: Option<&Path>,
+    keys: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<StageReport, CtlError> {
     let what = format!("staging {image}");
+    let refused = |found: String| CtlError { what: what.clone(), found, kind: ErrorKind::Refused };
+    let store = crate::trust::KeyStore::load(keys).map_err(|e| refused(format!("the key store: {e}")))?;
+    let sig_path = match signature {
+        Some(p) => Some(p.to_path_buf()),
+        None if image != "-" => Some(PathBuf::from(format!("{image}{}", crate::trust::SIG_SUFFIX))),
+        None => None,
+    };
+    let raw_sig = match &sig_path {
+        None => None,
+        Some(p) => match std::fs::read(p) {
+            Ok(b) if b.len() <= crate::trust::minisign::MAX_SIGNATURE_FILE => Some(b),
+            Ok(b) => return Err(refused(format!("{}: {} bytes, not a signature", p.display(), b.len()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && signature.is_none() => None,
+            Err(e) => return Err(CtlError::failed(format!("reading the signature {}", p.display()), e)),
+        },
+    };
     let mut source = if image == "-" {
         StageSource::stdin()
     } else {
@@ -513,7 +535,8 @@ pub fn stage(
         reflink,
         free_bytes,
     };
-    stage::stage(&images, &host.names, &mut source, &opts, progress).map_err(|e| CtlError {
+    let trust = stage::StageTrust { store: &store, signature: raw_sig, context: Default::default() };
+    stage::stage_signed(&images, &host.names, &mut source, &opts, Some(&trust), progress).map_err(|e| CtlError {
         what,
         found: e.to_string(),
         kind: if e.is_refusal() {

@@ -460,3 +460,75 @@ fn hnctl_verify_prints_key_version_compat_and_verdict() {
     assert_eq!(code, Some(0));
     assert!(out.contains("verdict    not verified: no trusted keys are installed"), "{out}");
 }
+
+/// `hnctl stage` with signatures: the same verdicts as `/init`, exit 3 and nothing
+/// left on the host partition for a refused image, the signature kept as
+/// `hn-root-new.img.minisig` for an accepted one.
+#[test]
+fn hnctl_stage_verifies_and_keeps_the_signature() {
+    let l = lab();
+    let etc = etc_with(&l, &[&l.k1]);
+    let hp = l.dir.path().join("hostpart");
+    std::fs::create_dir(&hp).unwrap();
+    let mkfs = |p: &Path| {
+        let st = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(p).arg("4M").stdout(std::process::Stdio::null()).status().unwrap();
+        assert!(st.success());
+    };
+    mkfs(&hp.join("hn-root.img"));
+    let img = l.dir.path().join("next.img");
+    mkfs(&img);
+    let stage = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_hnctl"))
+            .arg("--hostpart")
+            .arg(&hp)
+            .args(["--real-root", "/hn-root.img", "stage"])
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(&hp).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    let i = img.to_str().unwrap();
+    let keys = etc.to_str().unwrap();
+
+    // Refusals: nothing left behind.
+    let (code, err) = stage(&[i, "--keys", keys]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("signature rejected: unsigned"), "{err}");
+    assert_eq!(listing(), ["hn-root.img"]);
+    let other = l.k2.sign(&img, META, false, "k2");
+    let (code, err) = stage(&[i, "--keys", keys, "--signature", other.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains(&format!("unknown-key: signed by key {}", l.k2.shown_id)), "{err}");
+    assert_eq!(listing(), ["hn-root.img"]);
+    let good = l.k1.sign(&img, META, false, "k1");
+    let tampered = l.dir.path().join("tampered.img");
+    let mut data = std::fs::read(&img).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    std::fs::write(&tampered, data).unwrap();
+    let (code, err) = stage(&[tampered.to_str().unwrap(), "--keys", keys, "--signature", good.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("bad-signature: the image does not match"), "{err}");
+    assert_eq!(listing(), ["hn-root.img"]);
+
+    // Accepted: the signature by its default name is found and kept.
+    std::fs::copy(&good, format!("{i}.minisig")).unwrap();
+    let (code, err) = stage(&[i, "--keys", keys]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(listing(), ["hn-root-new.img", "hn-root-new.img.minisig", "hn-root.img"]);
+    assert_eq!(std::fs::read(hp.join("hn-root-new.img.minisig")).unwrap(), std::fs::read(&good).unwrap());
+    // ... and what was staged verifies as /init will check it.
+    let s = sig(&hp.join("hn-root-new.img.minisig"));
+    assert!(judge(&KeyStore::load(&etc).unwrap(), Some(&s), &Context::default(), &hp.join("hn-root-new.img")).is_accepted());
+
+    // Staging an unsigned image without keys replaces it and drops the old sidecar.
+    std::fs::remove_file(format!("{i}.minisig")).unwrap();
+    let (code, err) = stage(&[i, "--keys", l.dir.path().join("none").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(listing(), ["hn-root-new.img", "hn-root.img"]);
+}

@@ -74,6 +74,12 @@ Refused (exit 3) leaves nothing behind.")]
         /// Copy every byte by read/write, sharing no extents (no reflink, no copy_file_range)
         #[arg(long)]
         no_reflink: bool,
+        /// The image's minisign signature [default: IMAGE.minisig if it exists]; kept as hn-root-new.img.minisig
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        /// The directory holding trusted.d/ and revoked.d/: with trusted keys, a valid signature is required
+        #[arg(long, value_name = "DIR", default_value = hninit::trust::keystore::DEFAULT_ETC)]
+        keys: PathBuf,
     },
     /// Check an image's minisign signature against the trusted keys, without staging it
     #[command(long_about = "Checks FILE as /init checks a staged image: its signature \
@@ -190,7 +196,9 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             image,
             sha256,
             no_reflink,
-        } => stage(&host()?, image, *sha256, !no_reflink),
+            signature,
+            keys,
+        } => stage(&host()?, image, *sha256, !no_reflink, signature.as_deref(), keys),
         Cmd::Verify { file, signature, keys } => {
             use hninit::trust::verify_cmd::{verify, VerifyError};
             let r = verify(file, signature.as_deref(), keys).map_err(|e| {
@@ -354,10 +362,17 @@ fn man_page() -> Result<String, CtlError> {
     Ok(page)
 }
 
-fn stage(host: &Host, image: &str, sha256: Option<[u8; 32]>, reflink: bool) -> Result<(), CtlError> {
+fn stage(
+    host: &Host,
+    image: &str,
+    sha256: Option<[u8; 32]>,
+    reflink: bool,
+    signature: Option<&std::path::Path>,
+    keys: &std::path::Path,
+) -> Result<(), CtlError> {
     let start = Instant::now();
     let mut line = Progress::new(std::io::stderr().is_terminal());
-    let res = ctl::stage(host, image, sha256, reflink, &mut |done, total| {
+    let res = ctl::stage(host, image, sha256, reflink, signature, keys, &mut |done, total| {
         line.update(done, total)
     });
     line.clear();
