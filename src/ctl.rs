@@ -5,7 +5,8 @@
 //! classified into hnctl's exit codes. `src/bin/hnctl.rs` only parses arguments
 //! and prints.
 
-use crate::slots::bootlog::{utc, BOOT_LOG};
+use crate::slots::bootlog::{self, utc, BOOT_LOG};
+use crate::slots::trust_state;
 use crate::slots::dir::{Dir, RealDir};
 use crate::slots::{self, Names, Trial, TRIAL};
 use crate::slots::stage::{self, RevertReport, StageOptions, StageReport, StageSource, UnstageReport};
@@ -502,6 +503,7 @@ pub fn stage(
     reflink: bool,
     signature: Option<&Path>,
     keys: &Path,
+    allow_downgrade: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<StageReport, CtlError> {
     let what = format!("staging {image}");
@@ -535,16 +537,40 @@ pub fn stage(
         reflink,
         free_bytes,
     };
-    let trust = stage::StageTrust { store: &store, signature: raw_sig, context: Default::default() };
-    stage::stage_signed(&images, &host.names, &mut source, &opts, Some(&trust), progress).map_err(|e| CtlError {
-        what,
+    // The same floor and compat as the next boot will apply.
+    let state = host.open_state(false)?;
+    let floor = match &state {
+        Some(st) => trust_state::read_floor(st).map_err(|e| refused(format!("the anti-rollback state: {e}")))?,
+        None => None,
+    };
+    let compat = trust_state::slot_meta(&images, &host.names.current, &store).and_then(|(_, m)| m.compat);
+    let parsed = raw_sig.as_deref().and_then(|r| crate::trust::Signature::parse(r).ok());
+    let allowance = match (&parsed, allow_downgrade) {
+        (Some(sig), true) => crate::trust::Meta::parse(&sig.trusted_comment)
+            .ok()
+            .and_then(|m| m.version)
+            .map(|v| crate::trust::Allowance::for_signature(sig, v)),
+        _ => None,
+    };
+    let context = crate::trust::Context { current_compat: compat.as_deref(), floor: floor.as_ref(), allowance: allowance.as_ref() };
+    let trust = stage::StageTrust { store: &store, signature: raw_sig.clone(), context };
+    let report = stage::stage_signed(&images, &host.names, &mut source, &opts, Some(&trust), progress).map_err(|e| CtlError {
+        what: what.clone(),
         found: e.to_string(),
         kind: if e.is_refusal() {
             ErrorKind::Refused
         } else {
             ErrorKind::Failed
         },
-    })
+    })?;
+    // Recorded after the image is staged: a crash before leaves no allowance, and
+    // the boot refuses the downgrade (the operator stages again).
+    if let (Some(a), true) = (&allowance, floor.as_ref().is_some_and(|f| allowance.as_ref().is_some_and(|a| &a.version < f))) {
+        let st = host.open_state(true)?.ok_or_else(|| CtlError::failed(what.clone(), "no state directory"))?;
+        trust_state::write_allowance(&st, a, &bootlog::now())
+            .map_err(|e| CtlError::failed(format!("recording the downgrade allowance in {}", host.state_dir().display()), e))?;
+    }
+    Ok(report)
 }
 
 /// `hnctl unstage`.
@@ -579,11 +605,19 @@ pub struct MarkGood {
 /// GRUB's counter on the ESP.
 pub fn mark_good(host: &Host, grub: bool) -> Result<MarkGood, CtlError> {
     let images = host.open_images()?;
-    let trial = match host.open_state(true)? {
-        Some(state) => slots::mark_good(&images, &state, &host.names)
+    let state = host.open_state(true)?;
+    let trial = match &state {
+        Some(state) => slots::mark_good(&images, state, &host.names)
             .map_err(|e| CtlError::failed(format!("ending the trial of {}", host.names.current), e))?,
         None => None,
     };
+    // The image marked good raises the anti-rollback floor to its signed version.
+    if let (Some(state), Ok(store)) = (&state, crate::trust::KeyStore::load(Path::new(crate::trust::keystore::DEFAULT_ETC))) {
+        if let Some(v) = trust_state::slot_meta(&images, &host.names.current, &store).and_then(|(_, m)| m.version) {
+            trust_state::raise_floor(state, &v)
+                .map_err(|e| CtlError::failed("raising the anti-rollback floor", e))?;
+        }
+    }
     let grub = grub.then(crate::slots::esp::clear_trial_counter);
     Ok(MarkGood { trial, grub })
 }

@@ -526,9 +526,24 @@ fn hnctl_stage_verifies_and_keeps_the_signature() {
     let s = sig(&hp.join("hn-root-new.img.minisig"));
     assert!(judge(&KeyStore::load(&etc).unwrap(), Some(&s), &Context::default(), &hp.join("hn-root-new.img")).is_accepted());
 
+    // Anti-rollback: below the floor in hn-state/ is refused, unless allowed once.
+    std::fs::create_dir_all(hp.join("hn-state")).unwrap();
+    std::fs::write(hp.join("hn-state/trust.json"), r#"{"floor":"2026.12.6"}"#).unwrap();
+    let (code, err) = stage(&[i, "--keys", keys]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("downgrade: version 2026.12.5 is lower than 2026.12.6"), "{err}");
+    let (code, err) = stage(&[i, "--keys", keys, "--allow-downgrade"]);
+    assert_eq!(code, Some(0), "{err}");
+    let allow = std::fs::read_to_string(hp.join("hn-state/allow-downgrade.json")).unwrap();
+    assert!(allow.contains("\"version\": \"2026.12.5\""), "{allow}");
+    let st = hninit::slots::dir::RealDir::open(&hp.join("hn-state"), false).unwrap();
+    let a = hninit::slots::trust_state::read_allowance(&st).unwrap().unwrap();
+    assert_eq!(a.signature, sig(&good).signature);
+    std::fs::remove_file(hp.join("hn-state/trust.json")).unwrap();
+
     // Staging an unsigned image without keys replaces it and drops the old sidecar.
     std::fs::remove_file(format!("{i}.minisig")).unwrap();
     let (code, err) = stage(&[i, "--keys", l.dir.path().join("none").to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(listing(), ["hn-root-new.img", "hn-root.img"]);
+    assert_eq!(listing(), ["hn-root-new.img", "hn-root.img", "hn-state"]);
 }

@@ -80,6 +80,9 @@ Refused (exit 3) leaves nothing behind.")]
         /// The directory holding trusted.d/ and revoked.d/: with trusted keys, a valid signature is required
         #[arg(long, value_name = "DIR", default_value = hninit::trust::keystore::DEFAULT_ETC)]
         keys: PathBuf,
+        /// Allow this signed image below the anti-rollback floor, once (recorded in hn-state/)
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Check an image's minisign signature against the trusted keys, without staging it
     #[command(long_about = "Checks FILE as /init checks a staged image: its signature \
@@ -198,7 +201,8 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             no_reflink,
             signature,
             keys,
-        } => stage(&host()?, image, *sha256, !no_reflink, signature.as_deref(), keys),
+            allow_downgrade,
+        } => stage(&host()?, image, *sha256, !no_reflink, signature.as_deref(), keys, *allow_downgrade),
         Cmd::Verify { file, signature, keys } => {
             use hninit::trust::verify_cmd::{verify, VerifyError};
             let r = verify(file, signature.as_deref(), keys).map_err(|e| {
@@ -369,10 +373,11 @@ fn stage(
     reflink: bool,
     signature: Option<&std::path::Path>,
     keys: &std::path::Path,
+    allow_downgrade: bool,
 ) -> Result<(), CtlError> {
     let start = Instant::now();
     let mut line = Progress::new(std::io::stderr().is_terminal());
-    let res = ctl::stage(host, image, sha256, reflink, signature, keys, &mut |done, total| {
+    let res = ctl::stage(host, image, sha256, reflink, signature, keys, allow_downgrade, &mut |done, total| {
         line.update(done, total)
     });
     line.clear();

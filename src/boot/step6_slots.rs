@@ -13,6 +13,7 @@ use crate::error::{sys, BootError, Result};
 use crate::slots::dir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
 use crate::slots::{self, Names, Outcome, Request, SlotError};
 use crate::slots::bootlog;
+use crate::slots::trust_state;
 use crate::sys::{loopmount, probe};
 use super::step8_rootfs as rootfs;
 use crate::trust::policy::{Context, Reject, Verdict};
@@ -49,7 +50,7 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
         tries: cmd.tries,
         count_tries: !cmd.kexeced && !cmd.tries_by_grub,
     };
-    let trust = load_trust(cmd);
+    let trust = boot_trust(cmd, &images, &state, &names);
     let mut validate = |name: &str| validate_staged(&dir.join(name), drivers, &cmd.init, &trust);
     let result = slots::settle(&images, &state, &names, &req, &mut validate);
     let mut lines = vec![format!("boot: {}", std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim())];
@@ -70,6 +71,13 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
     };
     for e in &outcome.events {
         notice!("{e}");
+    }
+    // The downgrade allowance is for the staged image it names, once: gone with it.
+    if trust.allowance.is_some() && !images.exists(&names.new).unwrap_or(true) {
+        match trust_state::clear_allowance(&state) {
+            Ok(_) => info!("the operator's downgrade allowance was used up"),
+            Err(e) => warn!("cannot remove {STATE_DIR}/{}: {e}", trust_state::ALLOW_FILE),
+        }
     }
     lines.extend(outcome.events.iter().cloned());
     // A boot that changed nothing logs its header line without an fsync (≈ 20 ms
@@ -165,14 +173,32 @@ impl Dir for Stepped<'_> {
     }
 }
 
-/// The initramfs's key store (`/etc/hninit`): `Err` when it is damaged, which
-/// rejects every staged image (fail closed). Says why `hn.verify=off` is refused.
-fn load_trust(cmd: &Cmdline) -> std::result::Result<KeyStore, String> {
+/// What step 6 judges a staged image by: the initramfs's key store
+/// (`/etc/hninit`; `Err` when damaged: every staged image is rejected), the
+/// anti-rollback floor and the downgrade allowance from `hn-state/`, and the
+/// current image's `compat=` from its verified sidecar.
+pub struct BootTrust {
+    pub store: std::result::Result<KeyStore, String>,
+    pub floor: std::result::Result<Option<crate::trust::Version>, String>,
+    pub allowance: Option<crate::trust::Allowance>,
+    pub compat: Option<String>,
+}
+
+fn boot_trust(cmd: &Cmdline, images: &dyn Dir, state: &dyn Dir, names: &Names) -> BootTrust {
     let store = KeyStore::load(Path::new(crate::trust::keystore::DEFAULT_ETC)).map_err(|e| e.to_string());
     if cmd.verify_off && store.as_ref().map_or(true, |s| !s.is_empty()) {
         warn!("hn.verify=off refused: this initramfs trusts signing keys, and whoever can edit the command line could otherwise boot any image; to stop verifying, boot an initramfs built without --trust-key");
     }
-    store
+    let allowance = trust_state::read_allowance(state).unwrap_or_else(|e| {
+        warn!("{e}: no downgrade is allowed");
+        None
+    });
+    let compat = store
+        .as_ref()
+        .ok()
+        .and_then(|s| trust_state::slot_meta(images, &names.current, s))
+        .and_then(|(_, m)| m.compat);
+    BootTrust { floor: trust_state::read_floor(state), store, allowance, compat }
 }
 
 /// Checks a staged image before it may become current. The reason is logged and kept.
@@ -180,7 +206,7 @@ pub fn validate_staged(
     path: &Path,
     drivers: &Drivers,
     init: &str,
-    trust: &std::result::Result<KeyStore, String>,
+    trust: &BootTrust,
 ) -> std::result::Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
     let size = meta.len();
@@ -201,21 +227,30 @@ pub fn validate_staged(
 
 /// One read of the staged image for its digest (`X.sha256`, when present) and its
 /// signature (`X.minisig`, required when keys are trusted).
-fn check_bytes(path: &Path, trust: &std::result::Result<KeyStore, String>) -> std::result::Result<(), String> {
+fn check_bytes(path: &Path, trust: &BootTrust) -> std::result::Result<(), String> {
     let digest_file = PathBuf::from(format!("{}.sha256", path.display()));
     let want = std::fs::read_to_string(&digest_file)
         .ok()
         .map(|t| t.split_whitespace().next().unwrap_or("").to_ascii_lowercase());
     let empty = KeyStore::default();
-    let (store, broken) = match trust {
+    let (store, mut broken) = match &trust.store {
         Ok(s) => (s, None),
         Err(e) => (&empty, Some(e.clone())),
     };
+    let floor = match &trust.floor {
+        Ok(f) => f.clone(),
+        Err(e) if !store.is_empty() => {
+            broken = Some(format!("anti-rollback state {e}"));
+            None
+        }
+        Err(_) => None,
+    };
+    let ctx = Context { current_compat: trust.compat.as_deref(), floor: floor.as_ref(), allowance: trust.allowance.as_ref() };
     let sig_path = PathBuf::from(format!("{}{}", path.display(), crate::trust::SIG_SUFFIX));
     let sig = stream::read_signature(&sig_path);
     let check = match &broken {
         Some(e) => return Err(format!("signature: {}", Verdict::Reject(Reject::KeyStore(e.clone())))),
-        None => Check::start(store, sig.as_ref().map(Option::as_ref).map_err(Clone::clone), &Context::default()),
+        None => Check::start(store, sig.as_ref().map(Option::as_ref).map_err(Clone::clone), &ctx),
     };
     let started = std::time::Instant::now();
     let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
