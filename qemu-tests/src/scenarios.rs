@@ -527,12 +527,18 @@ fn build_signed() -> anyhow::Result<Signed> {
 /// Boots the signed initramfs with image A current and `staged` (with `sig` as
 /// its sidecar) staged; returns the VM after hninit's slot decision.
 fn boot_signed(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>) -> Result<Vm, Failure> {
+    boot_signed_with(ctx, staged, sig, &[])
+}
+
+/// [`boot_signed`] with more files on the host partition (state, current sidecar).
+fn boot_signed_with(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>, more: &[(&str, &Path)]) -> Result<Vm, Failure> {
     let s = shared()?;
     let g = signed()?;
     let mut files = vec![("hn-root.img", s.image_a.as_path()), ("hn-root-new.img", staged)];
     if let Some(sig) = sig {
         files.push(("hn-root-new.img.minisig", sig));
     }
+    files.extend_from_slice(more);
     let (disk, _) = simple_disk(ctx, HostpartSpec { size_mib: 128, ..hostpart(&files) })?;
     let spec = QemuSpec {
         drives: vec![Drive::on(&disk, DiskIf::Virtio)],
@@ -593,6 +599,57 @@ fn signed_unknown_key(ctx: &mut Ctx) -> Result<(), Failure> {
 fn signed_revoked_key(ctx: &mut Ctx) -> Result<(), Failure> {
     let g = signed()?;
     signed_rejected(ctx, &g.image_b, Some(&g.sig_k3), &format!("revoked-key: signed by key {}, which is revoked", g.k3_id))
+}
+
+fn signed_downgrade(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    let floor = ctx.dir().join("trust.json");
+    std::fs::write(&floor, r#"{"floor":"2026.12.6"}"#)?;
+    let mut vm = boot_signed_with(ctx, &g.image_b, Some(&g.sig_k1), &[("hn-state/trust.json", &floor)])?;
+    vm.expect("hninit: staged hn-root-new.img rejected (signature rejected: downgrade: version 2026.12.5 is lower than 2026.12.6", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn signed_downgrade_allowed(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    let floor = ctx.dir().join("trust.json");
+    std::fs::write(&floor, r#"{"floor":"2026.12.6"}"#)?;
+    let sig = hninit::trust::Signature::parse(&std::fs::read(&g.sig_k1)?).map_err(|e| Failure::new(e.to_string()))?;
+    let hex: String = sig.signature.iter().map(|b| format!("{b:02x}")).collect();
+    let allow = ctx.dir().join("allow-downgrade.json");
+    std::fs::write(&allow, format!(r#"{{"version":"2026.12.5","signature":"{hex}","time":"2026-12-05T09:00:00Z"}}"#))?;
+    let more = [("hn-state/trust.json", floor.as_path()), ("hn-state/allow-downgrade.json", allow.as_path())];
+    let mut vm = boot_signed_with(ctx, &g.image_b, Some(&g.sig_k1), &more)?;
+    vm.expect("version=2026.12.5 compat=test-amd64, downgrade allowed once by the operator", STEP)?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    vm.expect("hninit: the operator's downgrade allowance was used up", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn signed_compat_mismatch(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let g = signed()?;
+    // The running image A is signed by K1 as another class.
+    let dir = qemu_tests::runner::default_out_dir().join("_shared/signed");
+    let cur_sig = ctx.dir().join("a.minisig");
+    let st = std::process::Command::new("minisign")
+        .args(["-S", "-s", "k1.key", "-m"])
+        .arg(&s.image_a)
+        .arg("-x")
+        .arg(&cur_sig)
+        .args(["-t", "version=2026.12.1 compat=db-amd64"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !st.success() {
+        return Err(Failure::new("minisign -S of image A failed"));
+    }
+    let mut vm = boot_signed_with(ctx, &g.image_b, Some(&g.sig_k1), &[("hn-root.img.minisig", &cur_sig)])?;
+    vm.expect("hninit: staged hn-root-new.img rejected (signature rejected: compat-mismatch: the image is compat=test-amd64, the running image is compat=db-amd64", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
 }
 
 fn files_line(vm: &Vm) -> Result<String, Failure> {
@@ -940,6 +997,9 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "signed-tampered", about: "keys trusted: one byte changed after signing: rejected (bad-signature)", run: signed_tampered },
         Scenario { name: "signed-unknown-key", about: "keys trusted: signed by another key: rejected (unknown-key)", run: signed_unknown_key },
         Scenario { name: "signed-revoked-key", about: "keys trusted: signed by a key both trusted and revoked: rejected (revoked-key)", run: signed_revoked_key },
+        Scenario { name: "signed-downgrade", about: "keys trusted: a signed image below the anti-rollback floor is rejected (downgrade)", run: signed_downgrade },
+        Scenario { name: "signed-downgrade-allowed", about: "keys trusted: the operator's one-shot allowance lets that signed image below the floor, once", run: signed_downgrade_allowed },
+        Scenario { name: "signed-compat", about: "keys trusted: a signed image of another compat= than the running image's is rejected", run: signed_compat_mismatch },
         Scenario { name: "trial-init-fails", about: "a trial image whose init fails is rolled back after its tries", run: trial_init_fails },
         Scenario { name: "grub-counter", about: "a trial image whose kernel panics is rolled back by GRUB's counter (OVMF)", run: grub_counter_rollback },
         Scenario { name: "power-cut-steps", about: "QEMU killed at each slot step of an upgrade (hn.debug marks them); the next boot completes it", run: power_cut_at_each_step },
