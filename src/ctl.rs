@@ -204,6 +204,22 @@ pub struct SlotInfo {
     pub mtime: i64,
     /// The same as `YYYY-MM-DDTHH:MM:SSZ`.
     pub mtime_utc: String,
+    /// The image's signature sidecar (`NAME.minisig`), when present.
+    #[serde(default)]
+    pub signature: Option<SlotSignature>,
+}
+
+/// What a slot's `.minisig` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSignature {
+    pub key_id: String,
+    /// The trusted comment is signed by a key trusted (and not revoked) in
+    /// `/etc/hninit`; otherwise the values below are shown unverified.
+    pub trusted_key: bool,
+    pub version: Option<String>,
+    pub compat: Option<String>,
+    /// The whole trusted comment.
+    pub comment: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +245,9 @@ pub struct Status {
     pub staged_digest: Option<String>,
     /// The last lines of `hn-state/boot.log`.
     pub boot_log: Vec<String>,
+    /// The anti-rollback floor (`hn-state/trust.json`): the highest version marked good.
+    #[serde(default)]
+    pub anti_rollback_floor: Option<String>,
 }
 
 fn slot_roles(n: &Names) -> [(&'static str, &str); 6] {
@@ -245,6 +264,7 @@ fn slot_roles(n: &Names) -> [(&'static str, &str); 6] {
 /// Gathers the state of the host partition and of the running system.
 pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
     let images = host.open_images()?;
+    let store = crate::trust::KeyStore::load(Path::new(crate::trust::keystore::DEFAULT_ETC)).unwrap_or_default();
     let mut slots = Vec::new();
     for (role, name) in slot_roles(&host.names) {
         let path = host.image_path(name);
@@ -255,6 +275,7 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
                 size: md.len(),
                 mtime: md.mtime(),
                 mtime_utc: utc(md.mtime().max(0) as u64),
+                signature: slot_signature(&images, name, &store),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(CtlError::failed(format!("reading {}", path.display()), e)),
@@ -282,6 +303,13 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
         });
     // A missing or unreadable log only leaves this part empty (`hnctl log` says why).
     let boot_log = boot_log(host, Some(STATUS_LOG_LINES)).unwrap_or_default();
+    let anti_rollback_floor = match host.open_state(false)? {
+        Some(st) => match trust_state::read_floor(&st) {
+            Ok(f) => f.map(|v| v.to_string()),
+            Err(e) => Some(format!("unreadable: {e}")),
+        },
+        None => None,
+    };
     Ok(Status {
         hostpart: host.hostpart.display().to_string(),
         images_dir: host.images.display().to_string(),
@@ -292,6 +320,21 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
         revert_requested,
         staged_digest,
         boot_log,
+        anti_rollback_floor,
+    })
+}
+
+fn slot_signature(images: &RealDir, name: &str, store: &crate::trust::KeyStore) -> Option<SlotSignature> {
+    let raw = images.read(&Names::sig(name), crate::trust::minisign::MAX_SIGNATURE_FILE).ok()??;
+    let sig = crate::trust::Signature::parse(&raw).ok()?;
+    let trusted = trust_state::slot_meta(images, name, store);
+    let meta = crate::trust::Meta::parse(&sig.trusted_comment).ok();
+    Some(SlotSignature {
+        key_id: sig.key_id.to_string(),
+        trusted_key: trusted.is_some(),
+        version: meta.as_ref().and_then(|m| m.version.as_ref()).map(|v| v.to_string()),
+        compat: meta.as_ref().and_then(|m| m.compat.clone()),
+        comment: String::from_utf8_lossy(&sig.trusted_comment).chars().filter(|c| !c.is_control()).collect(),
     })
 }
 
@@ -458,7 +501,31 @@ impl Status {
                 human(slot.size),
                 slot.mtime_utc
             );
+            match &slot.signature {
+                Some(g) => {
+                    let _ = writeln!(
+                        s,
+                        "            signed by key {}{}: version={} compat={}",
+                        g.key_id,
+                        if g.trusted_key { " (trusted)" } else { " (not trusted here: unverified)" },
+                        g.version.as_deref().unwrap_or("-"),
+                        g.compat.as_deref().unwrap_or("-")
+                    );
+                }
+                None if slot.role != "partial" => {
+                    let _ = writeln!(s, "            unsigned");
+                }
+                None => {}
+            }
         }
+        let _ = writeln!(
+            s,
+            "anti-rollback   {}",
+            match &self.anti_rollback_floor {
+                Some(f) => format!("floor {f} (a staged image below it is refused)"),
+                None => "no floor yet (set by mark-good of a signed image)".into(),
+            }
+        );
         let trial = match &self.trial {
             Some(t) => format!(
                 "{} on trial: {} of {} tries left; `hnctl mark-good` ends it",

@@ -526,6 +526,26 @@ fn hnctl_stage_verifies_and_keeps_the_signature() {
     let s = sig(&hp.join("hn-root-new.img.minisig"));
     assert!(judge(&KeyStore::load(&etc).unwrap(), Some(&s), &Context::default(), &hp.join("hn-root-new.img")).is_accepted());
 
+    // hnctl status shows the staged image's signature (this machine's /etc/hninit
+    // does not trust k1: shown as unverified) and the floor.
+    let status = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hnctl"));
+        c.arg("--hostpart").arg(&hp).args(["--real-root", "/hn-root.img", "status"]);
+        if json {
+            c.arg("--json");
+        }
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let j: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let staged = j["slots"].as_array().unwrap().iter().find(|x| x["role"] == "staged").unwrap();
+    assert_eq!(staged["signature"]["key_id"], l.k1.shown_id.as_str());
+    assert_eq!(staged["signature"]["version"], "2026.12.5");
+    assert_eq!(staged["signature"]["compat"], "web-amd64");
+    let text = status(false);
+    assert!(text.contains(&format!("signed by key {}", l.k1.shown_id)), "{text}");
+    assert!(text.contains("unsigned"), "{text}"); // the current image
+    assert!(text.contains("anti-rollback   no floor yet"), "{text}");
+
     // Anti-rollback: below the floor in hn-state/ is refused, unless allowed once.
     std::fs::create_dir_all(hp.join("hn-state")).unwrap();
     std::fs::write(hp.join("hn-state/trust.json"), r#"{"floor":"2026.12.6"}"#).unwrap();
@@ -539,6 +559,7 @@ fn hnctl_stage_verifies_and_keeps_the_signature() {
     let st = hninit::slots::dir::RealDir::open(&hp.join("hn-state"), false).unwrap();
     let a = hninit::slots::trust_state::read_allowance(&st).unwrap().unwrap();
     assert_eq!(a.signature, sig(&good).signature);
+    assert!(status(false).contains("anti-rollback   floor 2026.12.6"));
     std::fs::remove_file(hp.join("hn-state/trust.json")).unwrap();
 
     // Staging an unsigned image without keys replaces it and drops the old sidecar.
