@@ -466,6 +466,9 @@ struct Signed {
     sig_k3: PathBuf,
     /// Image B with its last byte changed after K1 signed it.
     tampered: PathBuf,
+    /// For the key rotation: trusts K1 and K2 (image N's), trusts K2 and K3 (N+1's).
+    initramfs_k12: PathBuf,
+    initramfs_k23: PathBuf,
 }
 
 fn signed() -> Result<&'static Signed, Failure> {
@@ -504,6 +507,16 @@ fn build_signed() -> anyhow::Result<Signed> {
     spec.trust_keys = vec![dir.join("k1.pub"), dir.join("k3.pub")];
     spec.revoke_keys = vec![ids[2].clone()];
     build_initramfs(&spec, &initramfs)?;
+    let rotation = |keys: [&str; 2], name: &str| -> anyhow::Result<PathBuf> {
+        let out = dir.join(name);
+        let mut spec = InitramfsSpec::new(&init, &s.kernel.release, &s.kernel.modules_dir);
+        spec.busybox = Some(PathBuf::from("/bin/busybox"));
+        spec.trust_keys = keys.iter().map(|k| dir.join(format!("{k}.pub"))).collect();
+        build_initramfs(&spec, &out)?;
+        Ok(out)
+    };
+    let initramfs_k12 = rotation(["k1", "k2"], "initramfs-k12.cpio.zst")?;
+    let initramfs_k23 = rotation(["k2", "k3"], "initramfs-k23.cpio.zst")?;
     let image_b = dir.join("image-B.img");
     std::fs::copy(&s.image_b, &image_b)?;
     let comment = "version=2026.12.5 compat=test-amd64";
@@ -521,7 +534,7 @@ fn build_signed() -> anyhow::Result<Signed> {
     std::fs::write(&tampered, data)?;
     let [sig_k1, sig_k2, sig_k3] = <[PathBuf; 3]>::try_from(sigs).map_err(|_| anyhow::anyhow!("three signatures"))?;
     let [k1_id, k2_id, k3_id] = <[String; 3]>::try_from(ids).map_err(|_| anyhow::anyhow!("three keys"))?;
-    Ok(Signed { initramfs, k1_id, k2_id, k3_id, image_b, sig_k1, sig_k2, sig_k3, tampered })
+    Ok(Signed { initramfs, k1_id, k2_id, k3_id, image_b, sig_k1, sig_k2, sig_k3, tampered, initramfs_k12, initramfs_k23 })
 }
 
 /// Boots the signed initramfs with image A current and `staged` (with `sig` as
@@ -532,8 +545,12 @@ fn boot_signed(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>) -> Result<Vm, F
 
 /// [`boot_signed`] with more files on the host partition (state, current sidecar).
 fn boot_signed_with(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>, more: &[(&str, &Path)]) -> Result<Vm, Failure> {
-    let s = shared()?;
     let g = signed()?;
+    boot_initramfs_with(ctx, &g.initramfs, staged, sig, more)
+}
+
+fn boot_initramfs_with(ctx: &mut Ctx, initramfs: &Path, staged: &Path, sig: Option<&Path>, more: &[(&str, &Path)]) -> Result<Vm, Failure> {
+    let s = shared()?;
     let mut files = vec![("hn-root.img", s.image_a.as_path()), ("hn-root-new.img", staged)];
     if let Some(sig) = sig {
         files.push(("hn-root-new.img.minisig", sig));
@@ -544,7 +561,7 @@ fn boot_signed_with(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>, more: &[(&
         drives: vec![Drive::on(&disk, DiskIf::Virtio)],
         ..QemuSpec::new(Boot::Direct {
             kernel: s.kernel.vmlinuz.clone(),
-            initrd: Some(g.initramfs.clone()),
+            initrd: Some(initramfs.to_path_buf()),
             append: format!("{BASE} rw"),
         })
     };
@@ -599,6 +616,29 @@ fn signed_unknown_key(ctx: &mut Ctx) -> Result<(), Failure> {
 fn signed_revoked_key(ctx: &mut Ctx) -> Result<(), Failure> {
     let g = signed()?;
     signed_rejected(ctx, &g.image_b, Some(&g.sig_k3), &format!("revoked-key: signed by key {}, which is revoked", g.k3_id))
+}
+
+/// Image N trusts K1 and K2; N+1 is signed by K2 and trusts K2 and K3; then an
+/// image signed by K3 is accepted and one signed by K1 is not. (Direct boots pass
+/// the running image's initramfs explicitly.)
+fn signed_key_rotation(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    // Running N (keys K1, K2): N+1 signed by K2 is accepted.
+    let mut vm = boot_initramfs_with(ctx, &g.initramfs_k12, &g.image_b, Some(&g.sig_k2), &[])?;
+    vm.expect(&format!("signed by key {} (trusted.d/k2.pub)", g.k2_id), STEP)?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_clean_poweroff(&mut vm)?;
+    // Running N+1 (keys K2, K3): signed by K3 accepted ...
+    let mut vm = boot_initramfs_with(ctx, &g.initramfs_k23, &g.image_b, Some(&g.sig_k3), &[])?;
+    vm.expect(&format!("signed by key {} (trusted.d/k3.pub)", g.k3_id), STEP)?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    expect_clean_poweroff(&mut vm)?;
+    // ... signed by K1 no longer.
+    let mut vm = boot_initramfs_with(ctx, &g.initramfs_k23, &g.image_b, Some(&g.sig_k1), &[])?;
+    vm.expect(&format!("hninit: staged hn-root-new.img rejected (signature rejected: unknown-key: signed by key {}", g.k1_id), STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
 }
 
 fn signed_downgrade(ctx: &mut Ctx) -> Result<(), Failure> {
@@ -997,6 +1037,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "signed-tampered", about: "keys trusted: one byte changed after signing: rejected (bad-signature)", run: signed_tampered },
         Scenario { name: "signed-unknown-key", about: "keys trusted: signed by another key: rejected (unknown-key)", run: signed_unknown_key },
         Scenario { name: "signed-revoked-key", about: "keys trusted: signed by a key both trusted and revoked: rejected (revoked-key)", run: signed_revoked_key },
+        Scenario { name: "signed-key-rotation", about: "K1,K2 → K2,K3: an image signed by K2, then by K3 is accepted, one signed by K1 no longer", run: signed_key_rotation },
         Scenario { name: "signed-downgrade", about: "keys trusted: a signed image below the anti-rollback floor is rejected (downgrade)", run: signed_downgrade },
         Scenario { name: "signed-downgrade-allowed", about: "keys trusted: the operator's one-shot allowance lets that signed image below the floor, once", run: signed_downgrade_allowed },
         Scenario { name: "signed-compat", about: "keys trusted: a signed image of another compat= than the running image's is rejected", run: signed_compat_mismatch },
