@@ -256,7 +256,7 @@ fn check_bytes(path: &Path, trust: &BootTrust) -> std::result::Result<(), String
     let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     let mut h = sha2::Sha256::new();
     let mut feed = |c: &[u8]| h.update(c);
-    let also: Option<&mut dyn FnMut(&[u8])> = if want.is_some() { Some(&mut feed) } else { None };
+    let also: stream::Feed = if want.is_some() { Some(&mut feed) } else { None };
     let (verdict, n) = stream::check_reader(check, &mut f, also).map_err(|e| format!("cannot read: {e}"))?;
     let took = started.elapsed();
     if let Some(want) = want {

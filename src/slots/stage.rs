@@ -158,7 +158,7 @@ pub enum StageError {
     #[error("sha256 mismatch: expected {expected}, the image has {actual}")]
     DigestMismatch { expected: String, actual: String },
     #[error("signature {0}")]
-    Signature(crate::trust::Verdict),
+    Signature(Box<crate::trust::Verdict>),
     #[error("{step} in {dir}: {source}")]
     Io {
         step: String,
@@ -227,7 +227,7 @@ pub fn stage_signed(
     if let (Some(t), Some(p)) = (trust, &parsed) {
         let check = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
         if let Some(Verdict::Reject(r)) = check.decided() {
-            return Err(StageError::Signature(Verdict::Reject(r.clone())));
+            return Err(StageError::Signature(Box::new(Verdict::Reject(r.clone()))));
         }
     }
     // Leftovers of an interrupted stage; their space comes back.
@@ -295,7 +295,7 @@ pub fn stage_signed(
             let (v, _) = stream::check_reader(check, &mut f, None)
                 .map_err(io_err(images, format!("read back {} to verify it", names.part)))?;
             if let Verdict::Reject(_) = v {
-                return Err(StageError::Signature(v));
+                return Err(StageError::Signature(Box::new(v)));
             }
         }
         Ok(x)

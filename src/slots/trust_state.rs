@@ -129,7 +129,7 @@ mod tests {
         let a = Allowance { version: v("2026.11.1"), signature: [7u8; 64] };
         write_allowance(&d, &a, "2026-12-05T09:00:00Z").unwrap();
         assert_eq!(read_allowance(&d), Ok(Some(a)));
-        assert_eq!(clear_allowance(&d).unwrap(), true);
+        assert!(clear_allowance(&d).unwrap());
         assert_eq!(read_allowance(&d), Ok(None));
         std::fs::write(t.path().join(ALLOW_FILE), "{}").unwrap();
         assert!(read_allowance(&d).is_err());

@@ -87,7 +87,7 @@ impl KeyStore {
             if !name.ends_with(".pub") {
                 continue;
             }
-            let path = tdir.join(&name);
+            let path = tdir.join(name);
             let err = |reason: String| KeyStoreError {
                 path: path.display().to_string(),
                 reason,

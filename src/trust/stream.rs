@@ -67,13 +67,16 @@ impl<'s> Check<'s> {
     }
 }
 
+/// Another consumer of the image's bytes (e.g. a digest).
+pub type Feed<'a> = Option<&'a mut dyn FnMut(&[u8])>;
+
 /// Reads `r` to its end once, feeding `check` and `also` (e.g. a digest) from
 /// the same buffer; returns the verdict and the number of bytes read. Stops
 /// reading early only when the verdict is already known and `also` is `None`.
 pub fn check_reader(
     mut check: Check,
     r: &mut dyn Read,
-    mut also: Option<&mut dyn FnMut(&[u8])>,
+    mut also: Feed,
 ) -> io::Result<(Verdict, u64)> {
     if also.is_none() && check.decided().is_some() {
         return Ok((check.finish(), 0));

@@ -113,14 +113,14 @@ pub struct InitramfsReport {
     pub revoked_keys: Vec<String>,
 }
 
+/// Files of the key store: (path under `/etc/hninit/`, content).
+pub type TrustFiles = Vec<(String, Vec<u8>)>;
+
 /// The key store files for `/etc/hninit/` (`trusted.d/NAME.pub` → content,
 /// `revoked.d/ID`), each key file checked with the parser `/init` uses. A key
 /// file keeps its name (`.pub` added if missing); two files of one name, or two
 /// different keys with one id, are errors.
-pub fn trust_files(
-    trust_keys: &[PathBuf],
-    revoke_keys: &[String],
-) -> Result<(Vec<(String, Vec<u8>)>, InitramfsKeys)> {
+pub fn trust_files(trust_keys: &[PathBuf], revoke_keys: &[String]) -> Result<(TrustFiles, InitramfsKeys)> {
     use hninit::trust::{KeyId, KeyStore, PublicKey};
     let mut files = Vec::new();
     let mut store = KeyStore::default();

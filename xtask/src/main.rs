@@ -415,6 +415,7 @@ fn print_demo(a: &xtask::DemoArtifacts) {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum ImageCmd {
     /// Build a generic Debian root image (debootstrap base cached in ~/.cache/hninit).
     Build {
