@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 secs="${1:-30}"
-targets=(ustar config_json)
+targets=(ustar config_json minisign)
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "run-smoke: cargo-fuzz is not installed (cargo install cargo-fuzz)" >&2
@@ -20,7 +20,7 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
 fi
 
 # Seeds (regenerated every run; corpus/ is not committed).
-mkdir -p corpus/ustar corpus/config_json
+mkdir -p corpus/ustar corpus/config_json corpus/minisign
 seed=$(mktemp -d)
 trap 'rm -rf "$seed"' EXIT
 mkdir -p "$seed/gandi"
@@ -33,6 +33,18 @@ for format in ustar gnu pax v7; do
 done
 awk '/^```json$/{on=1; next} /^```$/{on=0} on' ../docs/config.md > corpus/config_json/seed-example.json
 printf '{"vm_hostname": "h"}' > corpus/config_json/seed-minimal.json
+# Keys and signatures (prehashed and legacy) made by the real minisign tool.
+if command -v minisign >/dev/null 2>&1; then
+  printf 'image' > "$seed/img"
+  minisign -G -W -f -p "$seed/k.pub" -s "$seed/k.key" >/dev/null
+  minisign -S -s "$seed/k.key" -m "$seed/img" -t "version=2026.12.5 compat=web-amd64 size=5" >/dev/null
+  minisign -S -l -s "$seed/k.key" -m "$seed/img" -x "$seed/legacy.minisig" -t "version=1" >/dev/null
+  cp "$seed/k.pub" corpus/minisign/seed-key.pub
+  cp "$seed/img.minisig" corpus/minisign/seed-prehashed.minisig
+  cp "$seed/legacy.minisig" corpus/minisign/seed-legacy.minisig
+else
+  echo "run-smoke: minisign is not installed; the minisign target starts without seeds" >&2
+fi
 
 status=0
 for t in "${targets[@]}"; do

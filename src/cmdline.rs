@@ -67,6 +67,9 @@ pub struct Cmdline {
     pub kexeced: bool,
     /// `hn.tries_by=grub`: the boot loader already spent a try for this boot.
     pub tries_by_grub: bool,
+    /// `hn.verify=off`: asks not to verify staged images' signatures; refused
+    /// (with a warning) when the initramfs trusts keys.
+    pub verify_off: bool,
 }
 
 impl Default for Cmdline {
@@ -92,6 +95,7 @@ impl Default for Cmdline {
             modules: Vec::new(),
             kexeced: false,
             tries_by_grub: false,
+            verify_off: false,
         }
     }
 }
@@ -325,6 +329,11 @@ pub fn parse(text: &str) -> (Cmdline, Vec<Warning>) {
                 Some("grub") => c.tries_by_grub = true,
                 Some("hninit") => c.tries_by_grub = false,
                 v => w.push(warn(key, format!("{v:?} is not grub or hninit"))),
+            },
+            "hn.verify" => match value {
+                Some("off") => c.verify_off = true,
+                Some("on") => c.verify_off = false,
+                v => w.push(warn(key, format!("{v:?} is not on or off"))),
             },
             k if k.starts_with("hn.") => {
                 w.push(warn(k, "unknown hninit parameter, ignored".into()));

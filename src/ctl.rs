@@ -5,7 +5,8 @@
 //! classified into hnctl's exit codes. `src/bin/hnctl.rs` only parses arguments
 //! and prints.
 
-use crate::slots::bootlog::{utc, BOOT_LOG};
+use crate::slots::bootlog::{self, utc, BOOT_LOG};
+use crate::slots::trust_state;
 use crate::slots::dir::{Dir, RealDir};
 use crate::slots::{self, Names, Trial, TRIAL};
 use crate::slots::stage::{self, RevertReport, StageOptions, StageReport, StageSource, UnstageReport};
@@ -203,6 +204,22 @@ pub struct SlotInfo {
     pub mtime: i64,
     /// The same as `YYYY-MM-DDTHH:MM:SSZ`.
     pub mtime_utc: String,
+    /// The image's signature sidecar (`NAME.minisig`), when present.
+    #[serde(default)]
+    pub signature: Option<SlotSignature>,
+}
+
+/// What a slot's `.minisig` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSignature {
+    pub key_id: String,
+    /// The trusted comment is signed by a key trusted (and not revoked) in
+    /// `/etc/hninit`; otherwise the values below are shown unverified.
+    pub trusted_key: bool,
+    pub version: Option<String>,
+    pub compat: Option<String>,
+    /// The whole trusted comment.
+    pub comment: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +245,9 @@ pub struct Status {
     pub staged_digest: Option<String>,
     /// The last lines of `hn-state/boot.log`.
     pub boot_log: Vec<String>,
+    /// The anti-rollback floor (`hn-state/trust.json`): the highest version marked good.
+    #[serde(default)]
+    pub anti_rollback_floor: Option<String>,
 }
 
 fn slot_roles(n: &Names) -> [(&'static str, &str); 6] {
@@ -244,6 +264,7 @@ fn slot_roles(n: &Names) -> [(&'static str, &str); 6] {
 /// Gathers the state of the host partition and of the running system.
 pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
     let images = host.open_images()?;
+    let store = crate::trust::KeyStore::load(Path::new(crate::trust::keystore::DEFAULT_ETC)).unwrap_or_default();
     let mut slots = Vec::new();
     for (role, name) in slot_roles(&host.names) {
         let path = host.image_path(name);
@@ -254,6 +275,7 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
                 size: md.len(),
                 mtime: md.mtime(),
                 mtime_utc: utc(md.mtime().max(0) as u64),
+                signature: slot_signature(&images, name, &store),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(CtlError::failed(format!("reading {}", path.display()), e)),
@@ -281,6 +303,13 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
         });
     // A missing or unreadable log only leaves this part empty (`hnctl log` says why).
     let boot_log = boot_log(host, Some(STATUS_LOG_LINES)).unwrap_or_default();
+    let anti_rollback_floor = match host.open_state(false)? {
+        Some(st) => match trust_state::read_floor(&st) {
+            Ok(f) => f.map(|v| v.to_string()),
+            Err(e) => Some(format!("unreadable: {e}")),
+        },
+        None => None,
+    };
     Ok(Status {
         hostpart: host.hostpart.display().to_string(),
         images_dir: host.images.display().to_string(),
@@ -291,6 +320,21 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
         revert_requested,
         staged_digest,
         boot_log,
+        anti_rollback_floor,
+    })
+}
+
+fn slot_signature(images: &RealDir, name: &str, store: &crate::trust::KeyStore) -> Option<SlotSignature> {
+    let raw = images.read(&Names::sig(name), crate::trust::minisign::MAX_SIGNATURE_FILE).ok()??;
+    let sig = crate::trust::Signature::parse(&raw).ok()?;
+    let trusted = trust_state::slot_meta(images, name, store);
+    let meta = crate::trust::Meta::parse(&sig.trusted_comment).ok();
+    Some(SlotSignature {
+        key_id: sig.key_id.to_string(),
+        trusted_key: trusted.is_some(),
+        version: meta.as_ref().and_then(|m| m.version.as_ref()).map(|v| v.to_string()),
+        compat: meta.as_ref().and_then(|m| m.compat.clone()),
+        comment: String::from_utf8_lossy(&sig.trusted_comment).chars().filter(|c| !c.is_control()).collect(),
     })
 }
 
@@ -457,7 +501,31 @@ impl Status {
                 human(slot.size),
                 slot.mtime_utc
             );
+            match &slot.signature {
+                Some(g) => {
+                    let _ = writeln!(
+                        s,
+                        "            signed by key {}{}: version={} compat={}",
+                        g.key_id,
+                        if g.trusted_key { " (trusted)" } else { " (not trusted here: unverified)" },
+                        g.version.as_deref().unwrap_or("-"),
+                        g.compat.as_deref().unwrap_or("-")
+                    );
+                }
+                None if slot.role != "partial" => {
+                    let _ = writeln!(s, "            unsigned");
+                }
+                None => {}
+            }
         }
+        let _ = writeln!(
+            s,
+            "anti-rollback   {}",
+            match &self.anti_rollback_floor {
+                Some(f) => format!("floor {f} (a staged image below it is refused)"),
+                None => "no floor yet (set by mark-good of a signed image)".into(),
+            }
+        );
         let trial = match &self.trial {
             Some(t) => format!(
                 "{} on trial: {} of {} tries left; `hnctl mark-good` ends it",
@@ -490,15 +558,38 @@ impl Status {
     }
 }
 
-/// `hnctl stage`: `image` is a path or `-` (standard input).
+/// `hnctl stage`: `image` is a path or `-` (standard input); the signature is
+/// `signature`, else `IMAGE.minisig` when it exists, checked against the key
+/// store in `keys` (`/etc/hninit`) before the copy and over the copy before it
+/// becomes `hn-root-new.img`.
+#[allow(clippy::too_many_arguments)]
 pub fn stage(
     host: &Host,
     image: &str,
     sha256: Option<[u8; 32]>,
     reflink: bool,
+    signature: Option<&Path>,
+    keys: &Path,
+    allow_downgrade: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<StageReport, CtlError> {
     let what = format!("staging {image}");
+    let refused = |found: String| CtlError { what: what.clone(), found, kind: ErrorKind::Refused };
+    let store = crate::trust::KeyStore::load(keys).map_err(|e| refused(format!("the key store: {e}")))?;
+    let sig_path = match signature {
+        Some(p) => Some(p.to_path_buf()),
+        None if image != "-" => Some(PathBuf::from(format!("{image}{}", crate::trust::SIG_SUFFIX))),
+        None => None,
+    };
+    let raw_sig = match &sig_path {
+        None => None,
+        Some(p) => match std::fs::read(p) {
+            Ok(b) if b.len() <= crate::trust::minisign::MAX_SIGNATURE_FILE => Some(b),
+            Ok(b) => return Err(refused(format!("{}: {} bytes, not a signature", p.display(), b.len()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && signature.is_none() => None,
+            Err(e) => return Err(CtlError::failed(format!("reading the signature {}", p.display()), e)),
+        },
+    };
     let mut source = if image == "-" {
         StageSource::stdin()
     } else {
@@ -513,15 +604,40 @@ pub fn stage(
         reflink,
         free_bytes,
     };
-    stage::stage(&images, &host.names, &mut source, &opts, progress).map_err(|e| CtlError {
-        what,
+    // The same floor and compat as the next boot will apply.
+    let state = host.open_state(false)?;
+    let floor = match &state {
+        Some(st) => trust_state::read_floor(st).map_err(|e| refused(format!("the anti-rollback state: {e}")))?,
+        None => None,
+    };
+    let compat = trust_state::slot_meta(&images, &host.names.current, &store).and_then(|(_, m)| m.compat);
+    let parsed = raw_sig.as_deref().and_then(|r| crate::trust::Signature::parse(r).ok());
+    let allowance = match (&parsed, allow_downgrade) {
+        (Some(sig), true) => crate::trust::Meta::parse(&sig.trusted_comment)
+            .ok()
+            .and_then(|m| m.version)
+            .map(|v| crate::trust::Allowance::for_signature(sig, v)),
+        _ => None,
+    };
+    let context = crate::trust::Context { current_compat: compat.as_deref(), floor: floor.as_ref(), allowance: allowance.as_ref() };
+    let trust = stage::StageTrust { store: &store, signature: raw_sig.clone(), context };
+    let report = stage::stage_signed(&images, &host.names, &mut source, &opts, Some(&trust), progress).map_err(|e| CtlError {
+        what: what.clone(),
         found: e.to_string(),
         kind: if e.is_refusal() {
             ErrorKind::Refused
         } else {
             ErrorKind::Failed
         },
-    })
+    })?;
+    // Recorded after the image is staged: a crash before leaves no allowance, and
+    // the boot refuses the downgrade (the operator stages again).
+    if let (Some(a), true) = (&allowance, floor.as_ref().is_some_and(|f| allowance.as_ref().is_some_and(|a| &a.version < f))) {
+        let st = host.open_state(true)?.ok_or_else(|| CtlError::failed(what.clone(), "no state directory"))?;
+        trust_state::write_allowance(&st, a, &bootlog::now())
+            .map_err(|e| CtlError::failed(format!("recording the downgrade allowance in {}", host.state_dir().display()), e))?;
+    }
+    Ok(report)
 }
 
 /// `hnctl unstage`.
@@ -556,11 +672,19 @@ pub struct MarkGood {
 /// GRUB's counter on the ESP.
 pub fn mark_good(host: &Host, grub: bool) -> Result<MarkGood, CtlError> {
     let images = host.open_images()?;
-    let trial = match host.open_state(true)? {
-        Some(state) => slots::mark_good(&images, &state, &host.names)
+    let state = host.open_state(true)?;
+    let trial = match &state {
+        Some(state) => slots::mark_good(&images, state, &host.names)
             .map_err(|e| CtlError::failed(format!("ending the trial of {}", host.names.current), e))?,
         None => None,
     };
+    // The image marked good raises the anti-rollback floor to its signed version.
+    if let (Some(state), Ok(store)) = (&state, crate::trust::KeyStore::load(Path::new(crate::trust::keystore::DEFAULT_ETC))) {
+        if let Some(v) = trust_state::slot_meta(&images, &host.names.current, &store).and_then(|(_, m)| m.version) {
+            trust_state::raise_floor(state, &v)
+                .map_err(|e| CtlError::failed("raising the anti-rollback floor", e))?;
+        }
+    }
     let grub = grub.then(crate::slots::esp::clear_trial_counter);
     Ok(MarkGood { trial, grub })
 }

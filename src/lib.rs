@@ -15,6 +15,7 @@
 //! | first boot | `firstboot/` | config → files in the new root |
 //! | config | `config/` | config sources, the strict JSON reader, the tar reader |
 //! | slots | `slots/` | rotation, the `Dir` trait, staging, boot log, ESP counter |
+//! | trust | `trust/` | minisign keys and signatures, the key store, the acceptance policy |
 //! | system | `sys/` | syscall wrappers: mounts, loop devices, devices, probe, partition tables |
 //! | modules | `modules/` | module index, loader, modprobe helper |
 //! | base | `log`, `error`, `util`, `layout` | logging, error values, names on disk |
@@ -27,6 +28,7 @@ pub mod util;
 
 pub mod modules;
 pub mod sys;
+pub mod trust;
 pub mod slots;
 pub mod config;
 pub mod firstboot;

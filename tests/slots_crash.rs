@@ -3,6 +3,9 @@
 //! cut) injected at that step; then boot-time `settle` runs again on what is left.
 //! At every crash point `hn-root.img` must name a complete image, and recovery must
 //! converge to the same slots as an uninterrupted run; a further run changes nothing.
+//! Signature sidecars (`X.minisig`, here "SIG A" for "IMAGE A") move with their
+//! images: at no crash point does a bootable slot carry another image's sidecar,
+//! and recovery puts each sidecar beside its image.
 
 use hninit::cmdline::Revert;
 mod common;
@@ -15,15 +18,40 @@ use std::path::Path;
 
 const IMAGES: &[&str] = &["IMAGE A", "IMAGE B", "IMAGE C"];
 
-fn validate(dir: &Path) -> impl FnMut(&str) -> Result<(), String> + '_ {
+/// Like step 6: a filesystem, and with keys, a sidecar that signs this image.
+fn validate(dir: &Path, keys: bool) -> impl FnMut(&str) -> Result<(), String> + '_ {
     move |name| {
         let data = std::fs::read(dir.join(name)).map_err(|e| e.to_string())?;
-        if data.starts_with(b"IMAGE ") {
-            Ok(())
-        } else {
-            Err("no filesystem recognised".into())
+        if !data.starts_with(b"IMAGE ") {
+            return Err("no filesystem recognised".into());
+        }
+        match std::fs::read(dir.join(Names::sig(name))) {
+            Ok(sig) if sig[..] == [b"SIG ", &data[6..]].concat()[..] => Ok(()),
+            Ok(_) => Err("bad-signature".into()),
+            Err(_) if keys => Err("unsigned".into()),
+            Err(_) => Ok(()),
         }
     }
+}
+
+/// At a crash point: no slot that may boot without validation (current, old,
+/// broken) carries another image's sidecar. A staged image's sidecar is checked
+/// by validation itself; a rejected one never boots.
+fn sidecars_match(now: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, content) in now {
+        let Some(image) = name.strip_suffix(".minisig") else { continue };
+        if image.ends_with("-rejected.img") || image.ends_with("-new.img") {
+            continue;
+        }
+        if let Some(img) = now.get(image) {
+            if let Some(letter) = img.strip_prefix("IMAGE ") {
+                if content != &format!("SIG {letter}") {
+                    return Err(format!("{name} is {content:?} beside {img:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// name -> content of every file in the images dir (hn-state excluded).
@@ -130,6 +158,91 @@ fn cases() -> Vec<Case> {
             expect: &[("hn-root.img", "IMAGE A")],
         },
         Case {
+            name: "signed upgrade",
+            start: &[("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A"), ("hn-root-new.img", "IMAGE B"), ("hn-root-new.img.minisig", "SIG B")],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE B"), ("hn-root.img.minisig", "SIG B"), ("hn-root-old.img", "IMAGE A"), ("hn-root-old.img.minisig", "SIG A")],
+        },
+        Case {
+            name: "signed upgrade over a signed old image",
+            start: &[
+                ("hn-root.img", "IMAGE B"), ("hn-root.img.minisig", "SIG B"),
+                ("hn-root-old.img", "IMAGE A"), ("hn-root-old.img.minisig", "SIG A"),
+                ("hn-root-new.img", "IMAGE C"), ("hn-root-new.img.minisig", "SIG C"),
+            ],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE C"), ("hn-root.img.minisig", "SIG C"), ("hn-root-old.img", "IMAGE B"), ("hn-root-old.img.minisig", "SIG B")],
+        },
+        Case {
+            name: "signed upgrade from an unsigned image over a signed old one",
+            start: &[
+                ("hn-root.img", "IMAGE B"),
+                ("hn-root-old.img", "IMAGE A"), ("hn-root-old.img.minisig", "SIG A"),
+                ("hn-root-new.img", "IMAGE C"), ("hn-root-new.img.minisig", "SIG C"),
+            ],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE C"), ("hn-root.img.minisig", "SIG C"), ("hn-root-old.img", "IMAGE B")],
+        },
+        Case {
+            name: "staged image signed for another image is rejected with its sidecar",
+            start: &[
+                ("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A"),
+                ("hn-root-rejected.img", "IMAGE C"), ("hn-root-rejected.img.minisig", "SIG C"),
+                ("hn-root-new.img", "IMAGE B"), ("hn-root-new.img.minisig", "SIG C"),
+            ],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A"), ("hn-root-rejected.img", "IMAGE B"), ("hn-root-rejected.img.minisig", "SIG C")],
+        },
+        Case {
+            name: "unsigned staged image is rejected when keys are present",
+            start: &[
+                ("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A"),
+                ("hn-root-rejected.img", "IMAGE C"), ("hn-root-rejected.img.minisig", "SIG C"),
+                ("hn-root-new.img", "IMAGE B"),
+            ],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A"), ("hn-root-rejected.img", "IMAGE B")],
+        },
+        Case {
+            name: "signed revert by flag",
+            start: &[
+                ("hn-root.img", "IMAGE B"), ("hn-root.img.minisig", "SIG B"),
+                ("hn-root-old.img", "IMAGE A"), ("hn-root-old.img.minisig", "SIG A"),
+                ("hn-root-broken.img", "IMAGE C"), ("hn-root-broken.img.minisig", "SIG C"),
+                ("system-revert", ""),
+            ],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A"), ("hn-root-broken.img", "IMAGE B"), ("hn-root-broken.img.minisig", "SIG B")],
+        },
+        Case {
+            name: "signed revert wins over a signed staged image",
+            start: &[
+                ("hn-root.img", "IMAGE B"), ("hn-root.img.minisig", "SIG B"),
+                ("hn-root-old.img", "IMAGE A"), ("hn-root-old.img.minisig", "SIG A"),
+                ("hn-root-new.img", "IMAGE C"), ("hn-root-new.img.minisig", "SIG C"),
+            ],
+            trial_left: None,
+            req: req(Some(Revert::Manual), false),
+            expect: &[
+                ("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A"),
+                ("hn-root-broken.img", "IMAGE B"), ("hn-root-broken.img.minisig", "SIG B"),
+                ("hn-root-rejected.img", "IMAGE C"), ("hn-root-rejected.img.minisig", "SIG C"),
+            ],
+        },
+        Case {
+            name: "missing signed current image is recovered from old with its sidecar",
+            start: &[("hn-root.img.minisig", "SIG B"), ("hn-root-old.img", "IMAGE A"), ("hn-root-old.img.minisig", "SIG A")],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE A"), ("hn-root.img.minisig", "SIG A")],
+        },
+        Case {
             name: "missing current image with only a staged one",
             start: &[("hn-root-new.img", "IMAGE B")],
             trial_left: None,
@@ -160,7 +273,8 @@ fn run(root: &Path, case: &Case, plan: &Plan) -> Result<hninit::slots::Outcome, 
     let state = Faulty { inner: RealDir::open(&root.join("state"), false).unwrap(), plan, tag: "state" };
     let names = Names::new("hn-root.img");
     let img_dir = root.join("img");
-    let mut v = validate(&img_dir);
+    let keys = case.start.iter().any(|(n, _)| n.ends_with(".minisig"));
+    let mut v = validate(&img_dir, keys);
     settle(&images, &state, &names, &case.req, &mut v)
 }
 
@@ -177,6 +291,7 @@ fn every_case_converges_without_a_crash() {
         let out = run(&root, &case, &Plan::new(None)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         assert!(!out.events.is_empty() || case.expect == case.start, "{}: no event logged", case.name);
         assert_eq!(snapshot(&root.join("img")), expected(&case), "{}", case.name);
+        sidecars_match(&snapshot(&root.join("img"))).unwrap();
     }
 }
 
@@ -205,6 +320,7 @@ fn every_case_survives_a_crash_at_every_step() {
                 Some(c) => assert!(IMAGES.contains(&c.as_str()), "{}: crash at {crashed_at}: hn-root.img holds {c:?}", case.name),
                 None => assert!(started_without, "{}: crash at {crashed_at}: hn-root.img missing", case.name),
             }
+            sidecars_match(&now).unwrap_or_else(|e| panic!("{}: crash at {crashed_at}: {e}", case.name));
             // No image other than those the case replaces on purpose is gone.
             for (_, content) in case.expect {
                 assert!(now.values().any(|c| c == content), "{}: crash at {crashed_at}: {content} lost", case.name);

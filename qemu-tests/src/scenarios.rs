@@ -38,6 +38,7 @@ for l in /sys/block/loop*; do [ -e "$l/loop/backing_file" ] && say "loop $(basen
 say "kernel $(uname -r)"
 say "hostpart-files $(ls /hostpart | tr '\n' ' ')"
 [ -e /hostpart/hn-state/trial.json ] && say "trial $(cat /hostpart/hn-state/trial.json)"
+[ -e /hostpart/hn-state/boot.log ] && tail -n 3 /hostpart/hn-state/boot.log | while read -r l; do say "bootlog ${l#* }"; done
 case " $(cat /proc/cmdline) " in
     *" hntest.mark_good "*) hnctl mark-good; say "mark-good exit=$?" ;;
 esac
@@ -496,6 +497,247 @@ fn build_cloud() -> anyhow::Result<Cloud> {
     Ok(Cloud { release: kernel.release, image })
 }
 
+/// Artifacts of the signature scenarios: keys made by the real `minisign`, an
+/// initramfs trusting K1 and K3 with K3 revoked, and image B signed in every way.
+struct Signed {
+    /// Trusts K1 and K3, revokes K3.
+    initramfs: PathBuf,
+    k1_id: String,
+    k2_id: String,
+    k3_id: String,
+    /// Image B and its sidecars: by K1, by K2 (unknown), by K3 (revoked).
+    image_b: PathBuf,
+    sig_k1: PathBuf,
+    sig_k2: PathBuf,
+    sig_k3: PathBuf,
+    /// Image B with its last byte changed after K1 signed it.
+    tampered: PathBuf,
+    /// For the key rotation: trusts K1 and K2 (image N's), trusts K2 and K3 (N+1's).
+    initramfs_k12: PathBuf,
+    initramfs_k23: PathBuf,
+}
+
+fn signed() -> Result<&'static Signed, Failure> {
+    static SIGNED: OnceLock<Result<Signed, String>> = OnceLock::new();
+    SIGNED
+        .get_or_init(|| build_signed().map_err(|e| format!("building the signed artifacts: {e:#}")))
+        .as_ref()
+        .map_err(|e| Failure::new(e.clone()))
+}
+
+fn build_signed() -> anyhow::Result<Signed> {
+    let s = shared().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = qemu_tests::runner::default_out_dir().join("_shared/signed");
+    std::fs::create_dir_all(&dir)?;
+    let minisign = |args: &[&str]| -> anyhow::Result<()> {
+        let st = std::process::Command::new("minisign")
+            .args(args)
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "minisign {args:?} failed (Debian package minisign)");
+        Ok(())
+    };
+    let mut ids = Vec::new();
+    for k in ["k1", "k2", "k3"] {
+        minisign(&["-G", "-W", "-f", "-p", &format!("{k}.pub"), "-s", &format!("{k}.key")])?;
+        let text = std::fs::read(dir.join(format!("{k}.pub")))?;
+        let key = hninit::trust::PublicKey::parse_file(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ids.push(key.id.to_string());
+    }
+    let init = build_init()?;
+    let initramfs = dir.join("initramfs-signed.cpio.zst");
+    let mut spec = InitramfsSpec::new(&init, &s.kernel.release, &s.kernel.modules_dir);
+    spec.busybox = Some(PathBuf::from("/bin/busybox"));
+    spec.trust_keys = vec![dir.join("k1.pub"), dir.join("k3.pub")];
+    spec.revoke_keys = vec![ids[2].clone()];
+    build_initramfs(&spec, &initramfs)?;
+    let rotation = |keys: [&str; 2], name: &str| -> anyhow::Result<PathBuf> {
+        let out = dir.join(name);
+        let mut spec = InitramfsSpec::new(&init, &s.kernel.release, &s.kernel.modules_dir);
+        spec.busybox = Some(PathBuf::from("/bin/busybox"));
+        spec.trust_keys = keys.iter().map(|k| dir.join(format!("{k}.pub"))).collect();
+        build_initramfs(&spec, &out)?;
+        Ok(out)
+    };
+    let initramfs_k12 = rotation(["k1", "k2"], "initramfs-k12.cpio.zst")?;
+    let initramfs_k23 = rotation(["k2", "k3"], "initramfs-k23.cpio.zst")?;
+    let image_b = dir.join("image-B.img");
+    std::fs::copy(&s.image_b, &image_b)?;
+    let comment = "version=2026.12.5 compat=test-amd64";
+    let mut sigs = Vec::new();
+    for k in ["k1", "k2", "k3"] {
+        let sig = dir.join(format!("image-B.{k}.minisig"));
+        minisign(&["-S", "-s", &format!("{k}.key"), "-m", "image-B.img", "-x", sig.to_str().unwrap_or_default(), "-t", comment])?;
+        sigs.push(sig);
+    }
+    let tampered = dir.join("image-B-tampered.img");
+    let mut data = std::fs::read(&image_b)?;
+    if let Some(last) = data.last_mut() {
+        *last ^= 0x01;
+    }
+    std::fs::write(&tampered, data)?;
+    let [sig_k1, sig_k2, sig_k3] = <[PathBuf; 3]>::try_from(sigs).map_err(|_| anyhow::anyhow!("three signatures"))?;
+    let [k1_id, k2_id, k3_id] = <[String; 3]>::try_from(ids).map_err(|_| anyhow::anyhow!("three keys"))?;
+    Ok(Signed { initramfs, k1_id, k2_id, k3_id, image_b, sig_k1, sig_k2, sig_k3, tampered, initramfs_k12, initramfs_k23 })
+}
+
+/// Boots the signed initramfs with image A current and `staged` (with `sig` as
+/// its sidecar) staged; returns the VM after hninit's slot decision.
+fn boot_signed(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>) -> Result<Vm, Failure> {
+    boot_signed_with(ctx, staged, sig, &[])
+}
+
+/// [`boot_signed`] with more files on the host partition (state, current sidecar).
+fn boot_signed_with(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>, more: &[(&str, &Path)]) -> Result<Vm, Failure> {
+    let g = signed()?;
+    boot_initramfs_with(ctx, &g.initramfs, staged, sig, more)
+}
+
+fn boot_initramfs_with(ctx: &mut Ctx, initramfs: &Path, staged: &Path, sig: Option<&Path>, more: &[(&str, &Path)]) -> Result<Vm, Failure> {
+    let s = shared()?;
+    let mut files = vec![("hn-root.img", s.image_a.as_path()), ("hn-root-new.img", staged)];
+    if let Some(sig) = sig {
+        files.push(("hn-root-new.img.minisig", sig));
+    }
+    files.extend_from_slice(more);
+    let (disk, _) = simple_disk(ctx, HostpartSpec { size_mib: 128, ..hostpart(&files) })?;
+    let spec = QemuSpec {
+        drives: vec![Drive::on(&disk, DiskIf::Virtio)],
+        ..QemuSpec::new(Boot::Direct {
+            kernel: s.kernel.vmlinuz.clone(),
+            initrd: Some(initramfs.to_path_buf()),
+            append: format!("{BASE} rw"),
+        })
+    };
+    let mut vm = ctx.spawn(qemu_command(&spec), BOOT_TIMEOUT)?;
+    vm.forbid("Kernel panic");
+    vm.forbid("hninit: boot failed");
+    Ok(vm)
+}
+
+fn signed_rejected(ctx: &mut Ctx, staged: &Path, sig: Option<&Path>, reason: &str) -> Result<(), Failure> {
+    let mut vm = boot_signed(ctx, staged, sig)?;
+    vm.expect(&format!("hninit: staged hn-root-new.img rejected (signature rejected: {reason}"), STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    let files = files_line(&vm)?;
+    let mut present = vec!["hn-root.img", "hn-root-rejected.img"];
+    if sig.is_some() {
+        present.push("hn-root-rejected.img.minisig");
+    }
+    expect_files(&files, &present, &["hn-root-new.img", "hn-root-new.img.minisig", "hn-root-old.img"])?;
+    vm.expect(&format!("HNROOT: bootlog staged hn-root-new.img rejected (signature rejected: {reason}"), STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn signed_good(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    let mut vm = boot_signed(ctx, &g.image_b, Some(&g.sig_k1))?;
+    let line = vm.expect(&format!("signed by key {} (trusted.d/k1.pub), version=2026.12.5 compat=test-amd64", g.k1_id), STEP)?;
+    if !line.contains("hninit: /hostpart/hn-root-new.img: signature verified in ") || !line.contains("bytes): ") {
+        return Err(Failure::new(format!("no time and size on the verification line: {line:?}")));
+    }
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_files(&files_line(&vm)?, &["hn-root.img", "hn-root.img.minisig", "hn-root-old.img"], &["hn-root-new.img", "hn-root-new.img.minisig"])?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn signed_unsigned(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    signed_rejected(ctx, &g.image_b, None, "unsigned: trusted keys are installed but the image has no signature")
+}
+
+fn signed_tampered(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    signed_rejected(ctx, &g.tampered, Some(&g.sig_k1), &format!("bad-signature: the image does not match its signature by key {}", g.k1_id))
+}
+
+fn signed_unknown_key(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    signed_rejected(ctx, &g.image_b, Some(&g.sig_k2), &format!("unknown-key: signed by key {}, which is not in trusted.d/", g.k2_id))
+}
+
+fn signed_revoked_key(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    signed_rejected(ctx, &g.image_b, Some(&g.sig_k3), &format!("revoked-key: signed by key {}, which is revoked", g.k3_id))
+}
+
+/// Image N trusts K1 and K2; N+1 is signed by K2 and trusts K2 and K3; then an
+/// image signed by K3 is accepted and one signed by K1 is not. (Direct boots pass
+/// the running image's initramfs explicitly.)
+fn signed_key_rotation(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    // Running N (keys K1, K2): N+1 signed by K2 is accepted.
+    let mut vm = boot_initramfs_with(ctx, &g.initramfs_k12, &g.image_b, Some(&g.sig_k2), &[])?;
+    vm.expect(&format!("signed by key {} (trusted.d/k2.pub)", g.k2_id), STEP)?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_clean_poweroff(&mut vm)?;
+    // Running N+1 (keys K2, K3): signed by K3 accepted ...
+    let mut vm = boot_initramfs_with(ctx, &g.initramfs_k23, &g.image_b, Some(&g.sig_k3), &[])?;
+    vm.expect(&format!("signed by key {} (trusted.d/k3.pub)", g.k3_id), STEP)?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    expect_clean_poweroff(&mut vm)?;
+    // ... signed by K1 no longer.
+    let mut vm = boot_initramfs_with(ctx, &g.initramfs_k23, &g.image_b, Some(&g.sig_k1), &[])?;
+    vm.expect(&format!("hninit: staged hn-root-new.img rejected (signature rejected: unknown-key: signed by key {}", g.k1_id), STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn signed_downgrade(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    let floor = ctx.dir().join("trust.json");
+    std::fs::write(&floor, r#"{"floor":"2026.12.6"}"#)?;
+    let mut vm = boot_signed_with(ctx, &g.image_b, Some(&g.sig_k1), &[("hn-state/trust.json", &floor)])?;
+    vm.expect("hninit: staged hn-root-new.img rejected (signature rejected: downgrade: version 2026.12.5 is lower than 2026.12.6", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn signed_downgrade_allowed(ctx: &mut Ctx) -> Result<(), Failure> {
+    let g = signed()?;
+    let floor = ctx.dir().join("trust.json");
+    std::fs::write(&floor, r#"{"floor":"2026.12.6"}"#)?;
+    let sig = hninit::trust::Signature::parse(&std::fs::read(&g.sig_k1)?).map_err(|e| Failure::new(e.to_string()))?;
+    let hex: String = sig.signature.iter().map(|b| format!("{b:02x}")).collect();
+    let allow = ctx.dir().join("allow-downgrade.json");
+    std::fs::write(&allow, format!(r#"{{"version":"2026.12.5","signature":"{hex}","time":"2026-12-05T09:00:00Z"}}"#))?;
+    let more = [("hn-state/trust.json", floor.as_path()), ("hn-state/allow-downgrade.json", allow.as_path())];
+    let mut vm = boot_signed_with(ctx, &g.image_b, Some(&g.sig_k1), &more)?;
+    vm.expect("version=2026.12.5 compat=test-amd64, downgrade allowed once by the operator", STEP)?;
+    vm.expect("hninit: upgraded: hn-root-new.img is now hn-root.img", STEP)?;
+    vm.expect("hninit: the operator's downgrade allowance was used up", STEP)?;
+    expect_root(&vm, "B", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn signed_compat_mismatch(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let g = signed()?;
+    // The running image A is signed by K1 as another class.
+    let dir = qemu_tests::runner::default_out_dir().join("_shared/signed");
+    let cur_sig = ctx.dir().join("a.minisig");
+    let st = std::process::Command::new("minisign")
+        .args(["-S", "-s", "k1.key", "-m"])
+        .arg(&s.image_a)
+        .arg("-x")
+        .arg(&cur_sig)
+        .args(["-t", "version=2026.12.1 compat=db-amd64"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !st.success() {
+        return Err(Failure::new("minisign -S of image A failed"));
+    }
+    let mut vm = boot_signed_with(ctx, &g.image_b, Some(&g.sig_k1), &[("hn-root.img.minisig", &cur_sig)])?;
+    vm.expect("hninit: staged hn-root-new.img rejected (signature rejected: compat-mismatch: the image is compat=test-amd64, the running image is compat=db-amd64", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    expect_clean_poweroff(&mut vm)
+}
+
 fn files_line(vm: &Vm) -> Result<String, Failure> {
     vm.expect("HNROOT: hostpart-files ", STEP)
 }
@@ -839,6 +1081,15 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "staged-garbage", about: "a staged image that is no filesystem is rejected", run: staged_garbage },
         Scenario { name: "staged-truncated", about: "a truncated staged image fails its trial mount and is rejected", run: staged_truncated },
         Scenario { name: "staged-empty", about: "an empty staged image is rejected", run: staged_empty },
+        Scenario { name: "signed-good", about: "keys trusted: a staged image signed by a trusted key (real minisign) is verified and rotated in with its sidecar", run: signed_good },
+        Scenario { name: "signed-unsigned", about: "keys trusted: an unsigned staged image is rejected (unsigned)", run: signed_unsigned },
+        Scenario { name: "signed-tampered", about: "keys trusted: one byte changed after signing: rejected (bad-signature)", run: signed_tampered },
+        Scenario { name: "signed-unknown-key", about: "keys trusted: signed by another key: rejected (unknown-key)", run: signed_unknown_key },
+        Scenario { name: "signed-revoked-key", about: "keys trusted: signed by a key both trusted and revoked: rejected (revoked-key)", run: signed_revoked_key },
+        Scenario { name: "signed-key-rotation", about: "K1,K2 → K2,K3: an image signed by K2, then by K3 is accepted, one signed by K1 no longer", run: signed_key_rotation },
+        Scenario { name: "signed-downgrade", about: "keys trusted: a signed image below the anti-rollback floor is rejected (downgrade)", run: signed_downgrade },
+        Scenario { name: "signed-downgrade-allowed", about: "keys trusted: the operator's one-shot allowance lets that signed image below the floor, once", run: signed_downgrade_allowed },
+        Scenario { name: "signed-compat", about: "keys trusted: a signed image of another compat= than the running image's is rejected", run: signed_compat_mismatch },
         Scenario { name: "trial-init-fails", about: "a trial image whose init fails is rolled back after its tries", run: trial_init_fails },
         Scenario { name: "grub-counter", about: "a trial image whose kernel panics is rolled back by GRUB's counter (OVMF)", run: grub_counter_rollback },
         Scenario { name: "power-cut-steps", about: "QEMU killed at each slot step of an upgrade (hn.debug marks them); the next boot completes it", run: power_cut_at_each_step },

@@ -14,7 +14,8 @@ Exit codes:
   0  done
   1  the operation failed (e.g. the image to stage does not exist, an I/O error)
   2  usage error (bad command or arguments)
-  3  refused (not enough free space, not a bootable image, sha256 mismatch)
+  3  refused (not enough free space, not a bootable image, sha256 mismatch,
+     an image whose signature is missing or not accepted)
 
 Errors are printed as `hnctl: <what was tried>: <what was found>`.
 
@@ -73,6 +74,32 @@ Refused (exit 3) leaves nothing behind.")]
         /// Copy every byte by read/write, sharing no extents (no reflink, no copy_file_range)
         #[arg(long)]
         no_reflink: bool,
+        /// The image's minisign signature [default: IMAGE.minisig if it exists]; kept as hn-root-new.img.minisig
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        /// The directory holding trusted.d/ and revoked.d/: with trusted keys, a valid signature is required
+        #[arg(long, value_name = "DIR", default_value = hninit::trust::keystore::DEFAULT_ETC)]
+        keys: PathBuf,
+        /// Allow this signed image below the anti-rollback floor, once (recorded in hn-state/)
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// Check an image's minisign signature against the trusted keys, without staging it
+    #[command(long_about = "Checks FILE as /init checks a staged image: its signature \
+(FILE.minisig, or --signature) must be a valid minisign signature by a key in \
+KEYS/trusted.d/*.pub that is not revoked (KEYS/revoked.d/<key id>), over the file and \
+over the trusted comment, which must carry version=. Prints the key id, version, compat \
+and the verdict. Exit 0: accepted (or no trusted keys installed: not verified, as /init \
+would boot it); exit 3: refused, with the reason.")]
+    Verify {
+        /// The image file
+        file: PathBuf,
+        /// The signature file [default: FILE.minisig]
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        /// The directory holding trusted.d/ and revoked.d/
+        #[arg(long, value_name = "DIR", default_value = hninit::trust::keystore::DEFAULT_ETC)]
+        keys: PathBuf,
     },
     /// Remove the staged image (and its digest)
     Unstage,
@@ -172,7 +199,31 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             image,
             sha256,
             no_reflink,
-        } => stage(&host()?, image, *sha256, !no_reflink),
+            signature,
+            keys,
+            allow_downgrade,
+        } => stage(&host()?, image, *sha256, !no_reflink, signature.as_deref(), keys, *allow_downgrade),
+        Cmd::Verify { file, signature, keys } => {
+            use hninit::trust::verify_cmd::{verify, VerifyError};
+            let r = verify(file, signature.as_deref(), keys).map_err(|e| {
+                let kind = match e {
+                    VerifyError::KeyStore { .. } => ctl::ErrorKind::Refused,
+                    VerifyError::Io { .. } => ctl::ErrorKind::Failed,
+                };
+                let s = e.to_string();
+                let (what, found) = s.split_once(": ").unwrap_or((&s, ""));
+                CtlError { what: what.to_string(), found: found.to_string(), kind }
+            })?;
+            out(&r.render_text())?;
+            if r.is_refused() {
+                return Err(CtlError {
+                    what: format!("verifying {}", file.display()),
+                    found: r.verdict.to_string(),
+                    kind: ctl::ErrorKind::Refused,
+                });
+            }
+            Ok(())
+        }
         Cmd::Unstage => {
             let host = host()?;
             let r = ctl::unstage(&host)?;
@@ -315,10 +366,18 @@ fn man_page() -> Result<String, CtlError> {
     Ok(page)
 }
 
-fn stage(host: &Host, image: &str, sha256: Option<[u8; 32]>, reflink: bool) -> Result<(), CtlError> {
+fn stage(
+    host: &Host,
+    image: &str,
+    sha256: Option<[u8; 32]>,
+    reflink: bool,
+    signature: Option<&std::path::Path>,
+    keys: &std::path::Path,
+    allow_downgrade: bool,
+) -> Result<(), CtlError> {
     let start = Instant::now();
     let mut line = Progress::new(std::io::stderr().is_terminal());
-    let res = ctl::stage(host, image, sha256, reflink, &mut |done, total| {
+    let res = ctl::stage(host, image, sha256, reflink, signature, keys, allow_downgrade, &mut |done, total| {
         line.update(done, total)
     });
     line.clear();

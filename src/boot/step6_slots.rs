@@ -1,6 +1,8 @@
 //! Step 6 at boot: the slots on the mounted host partition. Opens the image
 //! directory and `hn-state/`, validates a staged image (size, superblock,
-//! optional sha256 digest, read-only trial mount with its init checked), runs
+//! read-only trial mount with its init checked, then one read of the image for
+//! the optional sha256 digest and the minisign signature against the
+//! initramfs's `/etc/hninit` key store), runs
 //! `slots::settle`, logs each decision to kmsg and `hn-state/boot.log`, and
 //! starts GRUB's trial counter on the ESP when an image was rotated in.
 
@@ -11,11 +13,14 @@ use crate::error::{sys, BootError, Result};
 use crate::slots::dir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
 use crate::slots::{self, Names, Outcome, Request, SlotError};
 use crate::slots::bootlog;
+use crate::slots::trust_state;
 use crate::sys::{loopmount, probe};
 use super::step8_rootfs as rootfs;
+use crate::trust::policy::{Context, Reject, Verdict};
+use crate::trust::stream::{self, Check};
+use crate::trust::KeyStore;
 use rustix::mount::MountFlags;
 use sha2::Digest;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::layout::{STATE_DIR, TRIAL_MOUNT};
@@ -45,7 +50,8 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
         tries: cmd.tries,
         count_tries: !cmd.kexeced && !cmd.tries_by_grub,
     };
-    let mut validate = |name: &str| validate_staged(&dir.join(name), drivers, &cmd.init);
+    let trust = boot_trust(cmd, &images, &state, &names);
+    let mut validate = |name: &str| validate_staged(&dir.join(name), drivers, &cmd.init, &trust);
     let result = slots::settle(&images, &state, &names, &req, &mut validate);
     let mut lines = vec![format!("boot: {}", std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim())];
     let outcome = match result {
@@ -65,6 +71,13 @@ pub fn settle_at_boot(cmd: &Cmdline, hostpart: &Path, hostpart_dev: &str, driver
     };
     for e in &outcome.events {
         notice!("{e}");
+    }
+    // The downgrade allowance is for the staged image it names, once: gone with it.
+    if trust.allowance.is_some() && !images.exists(&names.new).unwrap_or(true) {
+        match trust_state::clear_allowance(&state) {
+            Ok(_) => info!("the operator's downgrade allowance was used up"),
+            Err(e) => warn!("cannot remove {STATE_DIR}/{}: {e}", trust_state::ALLOW_FILE),
+        }
     }
     lines.extend(outcome.events.iter().cloned());
     // A boot that changed nothing logs its header line without an fsync (≈ 20 ms
@@ -160,8 +173,41 @@ impl Dir for Stepped<'_> {
     }
 }
 
+/// What step 6 judges a staged image by: the initramfs's key store
+/// (`/etc/hninit`; `Err` when damaged: every staged image is rejected), the
+/// anti-rollback floor and the downgrade allowance from `hn-state/`, and the
+/// current image's `compat=` from its verified sidecar.
+pub struct BootTrust {
+    pub store: std::result::Result<KeyStore, String>,
+    pub floor: std::result::Result<Option<crate::trust::Version>, String>,
+    pub allowance: Option<crate::trust::Allowance>,
+    pub compat: Option<String>,
+}
+
+fn boot_trust(cmd: &Cmdline, images: &dyn Dir, state: &dyn Dir, names: &Names) -> BootTrust {
+    let store = KeyStore::load(Path::new(crate::trust::keystore::DEFAULT_ETC)).map_err(|e| e.to_string());
+    if cmd.verify_off && store.as_ref().map_or(true, |s| !s.is_empty()) {
+        warn!("hn.verify=off refused: this initramfs trusts signing keys, and whoever can edit the command line could otherwise boot any image; to stop verifying, boot an initramfs built without --trust-key");
+    }
+    let allowance = trust_state::read_allowance(state).unwrap_or_else(|e| {
+        warn!("{e}: no downgrade is allowed");
+        None
+    });
+    let compat = store
+        .as_ref()
+        .ok()
+        .and_then(|s| trust_state::slot_meta(images, &names.current, s))
+        .and_then(|(_, m)| m.compat);
+    BootTrust { floor: trust_state::read_floor(state), store, allowance, compat }
+}
+
 /// Checks a staged image before it may become current. The reason is logged and kept.
-pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
+pub fn validate_staged(
+    path: &Path,
+    drivers: &Drivers,
+    init: &str,
+    trust: &BootTrust,
+) -> std::result::Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
     let size = meta.len();
     if size < 1 << 20 {
@@ -175,30 +221,62 @@ pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::resul
         Some(sb) if sb.fstype != probe::FsType::Swap => sb.fstype.mount_type(),
         _ => return Err("no filesystem recognised".into()),
     };
+    trial_mount(path, fstype, drivers, init)?;
+    check_bytes(path, trust)
+}
+
+/// One read of the staged image for its digest (`X.sha256`, when present) and its
+/// signature (`X.minisig`, required when keys are trusted).
+fn check_bytes(path: &Path, trust: &BootTrust) -> std::result::Result<(), String> {
     let digest_file = PathBuf::from(format!("{}.sha256", path.display()));
-    if let Ok(text) = std::fs::read_to_string(&digest_file) {
-        let want = text.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
-        let got = sha256_file(path).map_err(|e| format!("cannot read for its digest: {e}"))?;
+    let want = std::fs::read_to_string(&digest_file)
+        .ok()
+        .map(|t| t.split_whitespace().next().unwrap_or("").to_ascii_lowercase());
+    let empty = KeyStore::default();
+    let (store, mut broken) = match &trust.store {
+        Ok(s) => (s, None),
+        Err(e) => (&empty, Some(e.clone())),
+    };
+    let floor = match &trust.floor {
+        Ok(f) => f.clone(),
+        Err(e) if !store.is_empty() => {
+            broken = Some(format!("anti-rollback state {e}"));
+            None
+        }
+        Err(_) => None,
+    };
+    let ctx = Context { current_compat: trust.compat.as_deref(), floor: floor.as_ref(), allowance: trust.allowance.as_ref() };
+    let sig_path = PathBuf::from(format!("{}{}", path.display(), crate::trust::SIG_SUFFIX));
+    let sig = stream::read_signature(&sig_path);
+    let check = match &broken {
+        Some(e) => return Err(format!("signature: {}", Verdict::Reject(Reject::KeyStore(e.clone())))),
+        None => Check::start(store, sig.as_ref().map(Option::as_ref).map_err(Clone::clone), &ctx),
+    };
+    let started = std::time::Instant::now();
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut h = sha2::Sha256::new();
+    let mut feed = |c: &[u8]| h.update(c);
+    let also: stream::Feed = if want.is_some() { Some(&mut feed) } else { None };
+    let (verdict, n) = stream::check_reader(check, &mut f, also).map_err(|e| format!("cannot read: {e}"))?;
+    let took = started.elapsed();
+    if let Some(want) = want {
+        let got = crate::util::hex(&h.finalize());
         if want != got {
             return Err(format!("sha256 {got} does not match {}", digest_file.display()));
         }
         info!("{}: sha256 matches", path.display());
     }
-    trial_mount(path, fstype, drivers, init)
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+    match verdict {
+        Verdict::Reject(r) => Err(format!("signature rejected: {r}")),
+        Verdict::NotVerified => {
+            notice!("{}: not verified: this initramfs trusts no signing keys", path.display());
+            Ok(())
         }
-        h.update(&buf[..n]);
+        Verdict::Accept(a) => {
+            info!("{}: signature verified in {:.2} s ({n} bytes): {a}", path.display(), took.as_secs_f64());
+            Ok(())
+        }
     }
-    Ok(crate::util::hex(&h.finalize()))
 }
 
 /// Mounts the image read-only on a read-only loop device, checks its init, unmounts.

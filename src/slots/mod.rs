@@ -13,5 +13,6 @@ pub mod esp;
 pub mod grubenv;
 pub mod rotation;
 pub mod stage;
+pub mod trust_state;
 
 pub use rotation::*;

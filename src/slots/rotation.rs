@@ -3,6 +3,14 @@
 //! Every mutating step is one `Dir` operation; the sequence is ordered so that
 //! `hn-root.img` names a complete image at every instant and running `settle`
 //! again after a crash at any step converges to the same result.
+//!
+//! An image's signature sidecar (`X.minisig`) moves with it. The orders keep
+//! two rules at every instant: a slot never has another image's sidecar (a
+//! sidecar is removed or linked before its image is replaced, and a staged
+//! image's moves to `-rejected` first), and a sidecar left behind by an
+//! interrupted move (`-new`, `-old` or `-broken` sidecar without its image,
+//! `hn-root.img` without one) is the current image's and is completed at the
+//! next run.
 
 use crate::slots::dir::{remove_if_exists, write_atomic, Dir, FileId};
 use serde::{Deserialize, Serialize};
@@ -51,6 +59,15 @@ impl Names {
 
     fn tmp(name: &str) -> String {
         format!("{name}.tmp")
+    }
+
+    fn next(name: &str) -> String {
+        format!("{name}.next")
+    }
+
+    /// The signature sidecar of slot `name`: `NAME.minisig`.
+    pub fn sig(name: &str) -> String {
+        format!("{name}{}", crate::trust::SIG_SUFFIX)
     }
 }
 
@@ -133,6 +150,57 @@ impl Ctx<'_> {
         self.remove(&tmp)?;
         self.io(self.images, format!("link {from} -> {tmp}"), self.images.link(from, &tmp))?;
         self.rename(&tmp, to)
+    }
+    fn same_file(&self, a: &str, b: &str) -> Result<bool, SlotError> {
+        let ia = self.io(self.images, format!("stat {a}"), self.images.id(a))?;
+        let ib = self.io(self.images, format!("stat {b}"), self.images.id(b))?;
+        Ok(ia.is_some() && ia == ib)
+    }
+    /// Slot `to` (already a link to `from`'s image, its stale sidecar removed
+    /// before that) gets `from`'s sidecar by a second link, if it has one.
+    fn link_sig(&self, from: &str, to: &str) -> Result<(), SlotError> {
+        let fs = Names::sig(from);
+        if self.exists(&fs)? {
+            self.copy_by_link(&fs, &Names::sig(to))?;
+        }
+        Ok(())
+    }
+    /// The staged image becomes `-rejected` with its sidecar. The sidecar waits
+    /// as `-rejected.img.minisig.next` while the image moves, so that a crash
+    /// leaves no doubt whose it is (see `clean_leftovers`).
+    fn move_to_rejected(&self) -> Result<(), SlotError> {
+        let (new, rej) = (self.n.new.clone(), self.n.rejected.clone());
+        let (nsig, rsig, next) = (Names::sig(&new), Names::sig(&rej), Names::next(&Names::sig(&rej)));
+        if self.remove(&rsig)? {
+            self.sync()?;
+        }
+        let signed = self.exists(&nsig)?;
+        if signed {
+            self.rename(&nsig, &next)?;
+            self.sync()?;
+        }
+        self.rename(&new, &rej)?;
+        self.sync()?;
+        if signed {
+            self.rename(&next, &rsig)?;
+        }
+        Ok(())
+    }
+    /// Image `from` becomes the current one: the current sidecar is removed
+    /// first, the image renamed, then its sidecar follows.
+    fn move_to_current(&self, from: &str) -> Result<(), SlotError> {
+        let cur = self.n.current.clone();
+        if self.remove(&Names::sig(&cur))? {
+            self.sync()?;
+        }
+        self.rename(from, &cur)?;
+        self.sync()?;
+        let fs = Names::sig(from);
+        if self.exists(&fs)? {
+            self.rename(&fs, &Names::sig(&cur))?;
+            self.sync()?;
+        }
+        Ok(())
     }
     fn event(&mut self, e: String) {
         self.out.events.push(e);
@@ -219,11 +287,44 @@ fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
         c.n.part.clone(),
         Names::tmp(&c.n.digest),
         Names::tmp(&c.n.revert_flag),
+        Names::tmp(&Names::sig(&c.n.old)),
+        Names::tmp(&Names::sig(&c.n.broken)),
+        Names::tmp(&Names::sig(&c.n.new)),
     ];
     for name in leftovers {
         if c.remove(&name)? {
             removed.push(name);
         }
+    }
+    // The sidecar of a staged image on its way to -rejected goes back to the
+    // staged image if that has not moved yet, else on to -rejected.
+    let next = Names::next(&Names::sig(&c.n.rejected));
+    if c.exists(&next)? {
+        let to = if c.exists(&c.n.new)? { Names::sig(&c.n.new) } else { Names::sig(&c.n.rejected) };
+        c.rename(&next, &to)?;
+        c.sync()?;
+        c.event(format!("completed an interrupted move: {next} is now {to}"));
+    }
+    // A sidecar whose image moved to hn-root.img before it could follow: it is the
+    // current image's when that has none; otherwise an orphan.
+    for slot in [c.n.new.clone(), c.n.old.clone(), c.n.broken.clone()] {
+        let sig = Names::sig(&slot);
+        if c.exists(&slot)? || !c.exists(&sig)? {
+            continue;
+        }
+        let cur_sig = Names::sig(&c.n.current);
+        if c.exists(&c.n.current)? && !c.exists(&cur_sig)? {
+            c.rename(&sig, &cur_sig)?;
+            c.sync()?;
+            c.event(format!("completed an interrupted move: {sig} is now {cur_sig}"));
+        } else if c.remove(&sig)? {
+            removed.push(sig);
+        }
+    }
+    // A rejected image's sidecar without the image is an orphan too.
+    let rsig = Names::sig(&c.n.rejected);
+    if !c.exists(&c.n.rejected)? && c.remove(&rsig)? {
+        removed.push(rsig);
     }
     // A digest without its staged image (a crash after the image was moved away)
     // must not be applied to a later staged image.
@@ -252,8 +353,7 @@ fn recover_current(c: &mut Ctx, validate: &mut dyn FnMut(&str) -> Result<(), Str
                 continue;
             }
         }
-        c.rename(&from, &c.n.current)?;
-        c.sync()?;
+        c.move_to_current(&from)?;
         c.event(format!("{} was missing: recovered it from {from}", c.n.current));
         return Ok(());
     }
@@ -279,15 +379,21 @@ fn current_trial(c: &mut Ctx) -> Result<Option<Trial>, SlotError> {
 fn revert(c: &mut Ctx, why: &str) -> Result<(), SlotError> {
     let n = c.n.clone();
     if c.exists(&n.new)? {
-        c.rename(&n.new, &n.rejected)?;
+        c.move_to_rejected()?;
         c.sync()?;
         c.event(format!("revert requested while {} was staged: moved it to {} (revert wins)", n.new, n.rejected));
     }
     if c.exists(&n.old)? {
-        c.copy_by_link(&n.current, &n.broken)?;
+        if !c.same_file(&n.current, &n.broken)? {
+            if c.remove(&Names::sig(&n.broken))? {
+                c.sync()?;
+            }
+            c.copy_by_link(&n.current, &n.broken)?;
+            c.sync()?;
+        }
+        c.link_sig(&n.current, &n.broken)?;
         c.sync()?;
-        c.rename(&n.old, &n.current)?;
-        c.sync()?;
+        c.move_to_current(&n.old)?;
         c.clear_trial()?;
         c.out.rotated = true;
         c.out.reverted = true;
@@ -305,7 +411,7 @@ fn revert(c: &mut Ctx, why: &str) -> Result<(), SlotError> {
 fn upgrade(c: &mut Ctx, req: &Request, validate: &mut dyn FnMut(&str) -> Result<(), String>) -> Result<(), SlotError> {
     let n = c.n.clone();
     if let Err(reason) = validate(&n.new) {
-        c.rename(&n.new, &n.rejected)?;
+        c.move_to_rejected()?;
         c.sync()?;
         c.remove(&n.digest)?;
         c.event(format!("staged {} rejected ({reason}): moved to {}; booting {}", n.new, n.rejected, n.current));
@@ -319,10 +425,18 @@ fn upgrade(c: &mut Ctx, req: &Request, validate: &mut dyn FnMut(&str) -> Result<
     let tries = req.tries.max(1);
     let trial = Trial { image: id, tries_left: tries - 1, tries };
     c.write_trial(&trial)?;
-    c.copy_by_link(&n.current, &n.old)?;
+    // A rerun after a crash finds hn-root-old.img already linked to the current
+    // image, and keeps its sidecar.
+    if !c.same_file(&n.current, &n.old)? {
+        if c.remove(&Names::sig(&n.old))? {
+            c.sync()?;
+        }
+        c.copy_by_link(&n.current, &n.old)?;
+        c.sync()?;
+    }
+    c.link_sig(&n.current, &n.old)?;
     c.sync()?;
-    c.rename(&n.new, &n.current)?;
-    c.sync()?;
+    c.move_to_current(&n.new)?;
     c.remove(&n.digest)?;
     c.out.rotated = true;
     c.out.trial = Some(trial);

@@ -8,6 +8,12 @@
 //! atomically before that rename); so `hn-root-new.img` only ever names a complete
 //! image, and the boot (`slots::settle`) removes a leftover `.part`. Every mutating
 //! step is one `Dir` operation, which `tests/stage_crash.rs` interrupts in turn.
+//!
+//! Signatures ([`stage_signed`]): the policy is applied to the signature before
+//! the copy (a refusal copies nothing), the copy is verified by one read-back of
+//! `.part` before the rename, and the signature is kept as `hn-root-new.img.minisig`
+//! after it (a stale one is removed before: a crash leaves the staged image
+//! unsigned, which a boot with keys rejects, never with another image's sidecar).
 
 use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, CopyOpts, Dir};
 use crate::sys::probe::{self, FsType};
@@ -151,6 +157,8 @@ pub enum StageError {
     Swap,
     #[error("sha256 mismatch: expected {expected}, the image has {actual}")]
     DigestMismatch { expected: String, actual: String },
+    #[error("signature {0}")]
+    Signature(Box<crate::trust::Verdict>),
     #[error("{step} in {dir}: {source}")]
     Io {
         step: String,
@@ -190,6 +198,38 @@ pub fn stage(
     opts: &StageOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<StageReport, StageError> {
+    stage_signed(images, names, source, opts, None, progress)
+}
+
+/// The signature side of a stage: the key store of the running system, the
+/// signature file's bytes (`None`: unsigned) and the policy context.
+pub struct StageTrust<'a> {
+    pub store: &'a crate::trust::KeyStore,
+    /// The raw `.minisig`, kept as the staged image's sidecar.
+    pub signature: Option<Vec<u8>>,
+    pub context: crate::trust::Context<'a>,
+}
+
+/// [`stage`], with the image's signature checked and kept (see the module doc).
+pub fn stage_signed(
+    images: &dyn Dir,
+    names: &Names,
+    source: &mut StageSource,
+    opts: &StageOptions,
+    trust: Option<&StageTrust>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<StageReport, StageError> {
+    use crate::trust::{stream, Signature, Verdict};
+    let parsed = trust.map(|t| match &t.signature {
+        None => Ok(None),
+        Some(raw) => Signature::parse(raw).map(Some).map_err(|e| e.to_string()),
+    });
+    if let (Some(t), Some(p)) = (trust, &parsed) {
+        let check = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
+        if let Some(Verdict::Reject(r)) = check.decided() {
+            return Err(StageError::Signature(Box::new(Verdict::Reject(r.clone()))));
+        }
+    }
     // Leftovers of an interrupted stage; their space comes back.
     let mut reclaimed = 0;
     if let Some(id) = images
@@ -246,6 +286,20 @@ pub fn stage(
         let fstype = check_image(images, names, &info, opts.sha256)?;
         Ok((info, fstype))
     });
+    let checked = checked.and_then(|x| {
+        if let (Some(t), Some(p)) = (trust, &parsed) {
+            let check = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
+            let mut f = images
+                .open_read(&names.part)
+                .map_err(io_err(images, format!("open {} to verify it", names.part)))?;
+            let (v, _) = stream::check_reader(check, &mut f, None)
+                .map_err(io_err(images, format!("read back {} to verify it", names.part)))?;
+            if let Verdict::Reject(_) = v {
+                return Err(StageError::Signature(Box::new(v)));
+            }
+        }
+        Ok(x)
+    });
     let (info, fstype) = match checked {
         Ok(x) => x,
         Err(e) => {
@@ -253,7 +307,8 @@ pub fn stage(
             return Err(e);
         }
     };
-    match finish(images, names, opts.sha256.as_ref()) {
+    let sig = trust.and_then(|t| t.signature.as_deref());
+    match finish(images, names, opts.sha256.as_ref(), sig) {
         Ok((replaced, digest_file)) => Ok(StageReport {
             name: names.new.clone(),
             bytes: info.bytes,
@@ -309,10 +364,15 @@ fn check_image(images: &dyn Dir, names: &Names, info: &CopyInfo, want: Option<[u
 
 /// Digest (or removal of a stale one), then `.part` → new, fsync. Returns
 /// (a staged image was replaced, the digest file written).
-fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>) -> Result<(bool, Option<String>), StageError> {
+fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>, sig: Option<&[u8]>) -> Result<(bool, Option<String>), StageError> {
     let replaced = images
         .exists(&names.new)
         .map_err(io_err(images, format!("stat {}", names.new)))?;
+    // The previous staged image's signature goes first (never beside this one).
+    let sig_name = Names::sig(&names.new);
+    if remove_if_exists(images, &sig_name).map_err(io_err(images, format!("remove {sig_name}")))? {
+        images.sync().map_err(io_err(images, "fsync".into()))?;
+    }
     let digest_file = match sha {
         Some(d) => {
             let line = format!("{}  {}\n", hex(d), names.new);
@@ -330,6 +390,9 @@ fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>) -> Result<(bo
         .rename(&names.part, &names.new)
         .map_err(io_err(images, format!("rename {} -> {}", names.part, names.new)))?;
     images.sync().map_err(io_err(images, "fsync".into()))?;
+    if let Some(sig) = sig {
+        write_atomic(images, &sig_name, sig).map_err(io_err(images, format!("write {sig_name}")))?;
+    }
     Ok((replaced, digest_file))
 }
 
@@ -351,6 +414,9 @@ pub struct UnstageReport {
 pub fn unstage(images: &dyn Dir, names: &Names) -> Result<UnstageReport, StageError> {
     let mut removed = Vec::new();
     for name in [
+        // The sidecar first: alone, a staged image's sidecar would be taken for
+        // the current image's by the next boot.
+        Names::sig(&names.new),
         names.new.clone(),
         names.digest.clone(),
         names.part.clone(),

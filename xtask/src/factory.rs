@@ -98,6 +98,13 @@ pub struct ImageSpec {
     pub dhcp_fallback: bool,
     /// Modules for `/boot/initramfs` beyond the default set (e.g. `xfs`).
     pub add_modules: Vec<String>,
+    /// minisign public keys trusted for the next images: installed in the
+    /// image's initramfs (for `/init`) and in its `/etc/hninit/trusted.d/` (for `hnctl`).
+    pub trust_keys: Vec<PathBuf>,
+    /// Revoked key ids, installed in both places as `revoked.d/<id>`.
+    pub revoke_keys: Vec<String>,
+    /// Sign the finished image (`OUT.minisig`) with this key and metadata.
+    pub sign: Option<crate::signing::SignSpec>,
 }
 
 impl Default for ImageSpec {
@@ -115,6 +122,9 @@ impl Default for ImageSpec {
             with_hnctl: true,
             dhcp_fallback: true,
             add_modules: Vec::new(),
+            trust_keys: Vec::new(),
+            revoke_keys: Vec::new(),
+            sign: None,
         }
     }
 }
@@ -218,6 +228,14 @@ pub fn build_image(spec: &ImageSpec, out: &Path) -> Result<ImageReport> {
             bail!("hook directory {} does not exist", h.display());
         }
     }
+    // Keys and signing metadata checked before the long build.
+    crate::initramfs::trust_files(&spec.trust_keys, &spec.revoke_keys)?;
+    if let Some(s) = &spec.sign {
+        crate::signing::trusted_comment(s, 0)?;
+        if !s.key.is_file() {
+            bail!("--sign-key {}: no such file", s.key.display());
+        }
+    }
     let mut steps = Vec::new();
     let mirror = spec.mirror();
     let packages = spec.packages();
@@ -236,6 +254,15 @@ pub fn build_image(spec: &ImageSpec, out: &Path) -> Result<ImageReport> {
     let (kernel_release, hooks_run, tree_bytes) =
         res.with_context(|| format!("building the image {}", out.display()))?;
     cleaned?;
+    if let Some(sign) = &spec.sign {
+        let t = Instant::now();
+        let (sig, comment) = crate::signing::sign_image(out, sign)?;
+        steps.push(Step {
+            name: "sign".into(),
+            took: t.elapsed(),
+            detail: format!("{} ({comment})", sig.display()),
+        });
+    }
     let meta = fs::metadata(out)?;
     use std::os::unix::fs::MetadataExt;
     Ok(ImageReport {
@@ -821,6 +848,11 @@ fn configure(spec: &ImageSpec, stage: &Path) -> Result<()> {
     for d in ["hostpart", "boot", "etc/hninit"] {
         fs::create_dir_all(at(stage, d))?;
     }
+    // The same key store as the initramfs's, for hnctl in the running system.
+    let (trust, _) = crate::initramfs::trust_files(&spec.trust_keys, &spec.revoke_keys)?;
+    for (rel, data) in trust {
+        put(stage, &format!("etc/hninit/{rel}"), &String::from_utf8_lossy(&data), 0o644)?;
+    }
     link(stage, "data0", "/hostpart/data")?;
 
     // /hostpart backs the loop root: systemd cannot unmount it while the root
@@ -1042,6 +1074,8 @@ fn install_kernel(spec: &ImageSpec, stage: &Path) -> Result<(String, String)> {
     // tree's ~4000 took the kernel step from 24 s to a few).
     let mut ispec = InitramfsSpec::new(&init, &release, &mdir);
     ispec.modules = crate::initramfs::with_added_modules(ispec.modules, &spec.add_modules);
+    ispec.trust_keys = spec.trust_keys.clone();
+    ispec.revoke_keys = spec.revoke_keys.clone();
     let rep = build_initramfs(&ispec, &initramfs).with_context(|| format!("building the initramfs for {release}"))?;
     fs::set_permissions(&initramfs, fs::Permissions::from_mode(0o644))?;
     let kernel = stage.join("boot/kernel");

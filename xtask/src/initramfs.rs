@@ -67,6 +67,11 @@ pub struct InitramfsSpec {
     /// A static busybox to add as `/bin/busybox` and `/bin/sh`.
     pub busybox: Option<PathBuf>,
     pub compression: Compression,
+    /// minisign public key files installed as `/etc/hninit/trusted.d/<name>.pub`:
+    /// with at least one, `/init` requires a valid signature on staged images.
+    pub trust_keys: Vec<PathBuf>,
+    /// Key ids (as minisign prints them) installed as `/etc/hninit/revoked.d/<id>`.
+    pub revoke_keys: Vec<String>,
 }
 
 impl InitramfsSpec {
@@ -80,6 +85,8 @@ impl InitramfsSpec {
             force: Vec::new(),
             busybox: None,
             compression: Compression::Zstd,
+            trust_keys: Vec::new(),
+            revoke_keys: Vec::new(),
         }
     }
 }
@@ -100,6 +107,57 @@ pub struct InitramfsReport {
     /// Size of the file written.
     pub compressed_size: u64,
     pub compression: Compression,
+    /// `trusted.d/` file name and key id of each trusted key.
+    pub trusted_keys: Vec<(String, String)>,
+    /// Revoked key ids, as minisign prints them.
+    pub revoked_keys: Vec<String>,
+}
+
+/// Files of the key store: (path under `/etc/hninit/`, content).
+pub type TrustFiles = Vec<(String, Vec<u8>)>;
+
+/// The key store files for `/etc/hninit/` (`trusted.d/NAME.pub` → content,
+/// `revoked.d/ID`), each key file checked with the parser `/init` uses. A key
+/// file keeps its name (`.pub` added if missing); two files of one name, or two
+/// different keys with one id, are errors.
+pub fn trust_files(trust_keys: &[PathBuf], revoke_keys: &[String]) -> Result<(TrustFiles, InitramfsKeys)> {
+    use hninit::trust::{KeyId, KeyStore, PublicKey};
+    let mut files = Vec::new();
+    let mut store = KeyStore::default();
+    let mut keys = InitramfsKeys::default();
+    for path in trust_keys {
+        let data = fs::read(path).with_context(|| format!("reading the trusted key {}", path.display()))?;
+        let key = PublicKey::parse_file(&data)
+            .map_err(|e| anyhow::anyhow!("trusted key {}: {e}", path.display()))?;
+        let base = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("trusted key {}: no usable file name", path.display()))?;
+        let name = if base.ends_with(".pub") { base.to_string() } else { format!("{base}.pub") };
+        if name.starts_with('.') || files.iter().any(|(n, _): &(String, Vec<u8>)| n == &format!("trusted.d/{name}")) {
+            bail!("trusted key {}: the name {name} is hidden or given twice", path.display());
+        }
+        let id = key.id.to_string();
+        store.add(key, &name).map_err(|e| anyhow::anyhow!("trusted key {}: {e}", path.display()))?;
+        files.push((format!("trusted.d/{name}"), data));
+        keys.trusted.push((name, id));
+    }
+    for r in revoke_keys {
+        let id: KeyId = r.parse().map_err(|e: String| anyhow::anyhow!("--revoke-key: {e}"))?;
+        let shown = id.to_string();
+        if !keys.revoked.contains(&shown) {
+            files.push((format!("revoked.d/{shown}"), b"revoked (cargo xtask --revoke-key)\n".to_vec()));
+            keys.revoked.push(shown);
+        }
+    }
+    Ok((files, keys))
+}
+
+/// The trust part of an initramfs, for reports.
+#[derive(Debug, Clone, Default)]
+pub struct InitramfsKeys {
+    pub trusted: Vec<(String, String)>,
+    pub revoked: Vec<String>,
 }
 
 /// The default module set, from `initramfs/modules.default`.
@@ -438,6 +496,10 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
             mode: 0o644,
         },
     );
+    let (trust, keys) = trust_files(&spec.trust_keys, &spec.revoke_keys)?;
+    for (rel, data) in trust {
+        ar.add(&format!("etc/hninit/{rel}"), Node::File { data, mode: 0o644 });
+    }
     if let Some(bb) = &spec.busybox {
         if !util::is_static_elf(bb)? {
             bail!(
@@ -461,6 +523,8 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
         uncompressed_size: raw.len() as u64,
         compressed_size: data.len() as u64,
         compression: spec.compression,
+        trusted_keys: keys.trusted,
+        revoked_keys: keys.revoked,
     })
 }
 
@@ -766,6 +830,65 @@ alias virtio:d00000002v* virtio_blk\nalias devname:loop-control loop\n"
         assert_eq!(j["kernel_release"], "9.9.9-test");
         assert_eq!(j["force"][1], "loop");
         assert!(j["builder"].as_str().unwrap().starts_with("hninit-xtask "));
+    }
+
+    /// `--trust-key`/`--revoke-key`: the key store lands in the archive as `/init`
+    /// reads it (keys made by the real minisign tool).
+    #[test]
+    fn trusted_and_revoked_keys_in_the_archive() {
+        let d = tempfile::tempdir().unwrap();
+        for k in ["ops-2026", "ops-2027"] {
+            let st = Command::new("minisign")
+                .args(["-G", "-W", "-p", &format!("{k}.pub"), "-s", &format!("{k}.key")])
+                .current_dir(d.path())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("minisign (Debian package minisign) is needed");
+            assert!(st.success());
+        }
+        // A key file without .pub gets it.
+        fs::copy(d.path().join("ops-2027.pub"), d.path().join("ops-2027")).unwrap();
+        let id = |k: &str| {
+            let t = fs::read(d.path().join(format!("{k}.pub"))).unwrap();
+            hninit::trust::PublicKey::parse_file(&t).unwrap().id
+        };
+        let m = fake_kernel(d.path());
+        let out = d.path().join("initramfs.cpio");
+        let mut s = spec(d.path(), &m, Compression::None);
+        s.trust_keys = vec![d.path().join("ops-2026.pub"), d.path().join("ops-2027")];
+        s.revoke_keys = vec![id("ops-2026").to_string().to_lowercase(), "7DF4BED35476C6A".into()];
+        let rep = build_initramfs(&s, &out).unwrap();
+        assert_eq!(
+            rep.trusted_keys,
+            [("ops-2026.pub".to_string(), id("ops-2026").to_string()), ("ops-2027.pub".to_string(), id("ops-2027").to_string())]
+        );
+        let x = d.path().join("x");
+        fs::create_dir(&x).unwrap();
+        util::run(
+            Command::new("cpio")
+                .current_dir(&x)
+                .args(["-id", "--quiet", "--no-absolute-filenames", "-F"])
+                .arg(&out)
+                .arg("etc/*"),
+        )
+        .unwrap();
+        let store = hninit::trust::KeyStore::load(&x.join("etc/hninit")).unwrap();
+        assert_eq!(store.trusted.len(), 2);
+        assert!(store.find(id("ops-2027")).is_some());
+        assert!(store.is_revoked(id("ops-2026")));
+        assert_eq!(store.revoked.len(), 2);
+
+        // Refused: a file that is no key, a malformed id, two files of one name.
+        s.revoke_keys.clear();
+        s.trust_keys = vec![d.path().join("ops-2026.key")];
+        let e = build_initramfs(&s, &out).unwrap_err().to_string();
+        assert!(e.contains("ops-2026.key: public key line 2"), "{e}");
+        s.trust_keys.clear();
+        s.revoke_keys = vec!["nothex".into()];
+        assert!(build_initramfs(&s, &out).unwrap_err().to_string().contains("--revoke-key"));
+        s.revoke_keys.clear();
+        s.trust_keys = vec![d.path().join("ops-2027.pub"), d.path().join("ops-2027")];
+        assert!(build_initramfs(&s, &out).unwrap_err().to_string().contains("given twice"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod paths;
 pub mod qemu;
 pub mod rootfs;
+pub mod signing;
 pub mod swapdisk;
 pub mod util;
 

@@ -61,6 +61,13 @@ enum Cmd {
         /// The init binary [default: build it].
         #[arg(long)]
         init: Option<PathBuf>,
+        /// minisign public key trusted for staged images (repeatable): installed as
+        /// /etc/hninit/trusted.d/NAME.pub; with one, /init requires a valid signature.
+        #[arg(long = "trust-key", value_name = "FILE")]
+        trust_keys: Vec<PathBuf>,
+        /// Key id to revoke, as minisign prints it (repeatable): /etc/hninit/revoked.d/ID.
+        #[arg(long = "revoke-key", value_name = "KEYID")]
+        revoke_keys: Vec<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -202,6 +209,8 @@ fn real_main() -> Result<()> {
             compress,
             busybox,
             init,
+            trust_keys,
+            revoke_keys,
             out,
         } => {
             let modules = xtask::initramfs::with_added_modules(modules, &add_modules);
@@ -219,6 +228,8 @@ fn real_main() -> Result<()> {
                 force,
                 busybox,
                 compression: compress,
+                trust_keys,
+                revoke_keys,
             };
             let r = build_initramfs(&spec, &out)?;
             println!(
@@ -236,6 +247,15 @@ fn real_main() -> Result<()> {
             }
             if !r.skipped.is_empty() {
                 println!("not in this kernel (skipped): {}", r.skipped.join(" "));
+            }
+            if r.trusted_keys.is_empty() {
+                println!("trusted keys: none (staged images are not verified)");
+            } else {
+                let t: Vec<String> = r.trusted_keys.iter().map(|(n, id)| format!("{id} ({n})")).collect();
+                println!("trusted keys: {} (staged images must be signed by one)", t.join(", "));
+            }
+            if !r.revoked_keys.is_empty() {
+                println!("revoked keys: {}", r.revoked_keys.join(", "));
             }
         }
         Cmd::GrubCfg {
@@ -395,6 +415,7 @@ fn print_demo(a: &xtask::DemoArtifacts) {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum ImageCmd {
     /// Build a generic Debian root image (debootstrap base cached in ~/.cache/hninit).
     Build {
@@ -430,6 +451,23 @@ enum ImageCmd {
         /// Use this init binary instead of building it.
         #[arg(long)]
         init: Option<PathBuf>,
+        /// minisign public key trusted for the next images (repeatable): installed in
+        /// the image's initramfs and in its /etc/hninit/trusted.d/.
+        #[arg(long = "trust-key", value_name = "FILE")]
+        trust_keys: Vec<PathBuf>,
+        /// Key id to revoke, as minisign prints it (repeatable).
+        #[arg(long = "revoke-key", value_name = "KEYID")]
+        revoke_keys: Vec<String>,
+        /// Sign the image into OUT.minisig with this minisign secret key (unencrypted:
+        /// minisign -G -W); needs --version.
+        #[arg(long = "sign-key", value_name = "FILE", requires = "version")]
+        sign_key: Option<PathBuf>,
+        /// version= of the signed image (dot-separated numbers, e.g. 2026.12.5).
+        #[arg(long, requires = "sign_key")]
+        version: Option<String>,
+        /// compat= of the signed image (one word, e.g. web-amd64).
+        #[arg(long, requires = "sign_key")]
+        compat: Option<String>,
         #[arg(long, default_value = "hn-root.img")]
         out: PathBuf,
     },
@@ -477,8 +515,22 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
             no_hnctl,
             no_dhcp_fallback,
             init,
+            trust_keys,
+            revoke_keys,
+            sign_key,
+            version,
+            compat,
             out,
         } => {
+            let sign = sign_key.map(|key| xtask::signing::SignSpec {
+                key,
+                version: version.unwrap_or_default(),
+                compat,
+            });
+            if let Some(s) = &sign {
+                // Checked before the long build.
+                xtask::signing::trusted_comment(s, 0)?;
+            }
             let spec = xtask::ImageSpec {
                 suite,
                 arch,
@@ -492,6 +544,9 @@ fn image_cmd(cmd: ImageCmd) -> Result<()> {
                 with_hnctl: !no_hnctl,
                 dhcp_fallback: !no_dhcp_fallback,
                 add_modules,
+                trust_keys,
+                revoke_keys,
+                sign,
             };
             let r = xtask::build_image(&spec, &out)?;
             println!(
