@@ -299,7 +299,7 @@ fn current_trial(host: &Host, images: &RealDir, state: &RealDir) -> Result<Optio
     let raw = state
         .read(TRIAL, MAX_SMALL)
         .map_err(|e| CtlError::failed(format!("reading {}", host.state_dir().join(TRIAL).display()), e))?;
-    let Some(t) = raw.and_then(|b| serde_json::from_slice::<Trial>(&b).ok()) else {
+    let Some(t) = raw.and_then(|b| serde_json::from_slice::<Trial>(&b).ok()).map(Trial::clamped) else {
         return Ok(None);
     };
     let cur = images
@@ -395,7 +395,7 @@ pub fn boot_log(host: &Host, n: Option<usize>) -> Result<Vec<String>, CtlError> 
     use std::io::{Read, Seek, SeekFrom};
     let path = host.state_dir().join(BOOT_LOG);
     let what = || format!("reading {}", path.display());
-    let mut f = std::fs::File::open(&path).map_err(|e| CtlError::failed(what(), e))?;
+    let mut f = crate::sys::saferead::open_path(&path).map_err(|e| CtlError::failed(what(), e))?;
     let len = f.metadata().map_err(|e| CtlError::failed(what(), e))?.len();
     // The log is bounded; should it not be, only its end is read.
     let skip = len.saturating_sub(MAX_READ_LOG);

@@ -11,7 +11,7 @@ use crate::error::{sys, BootError, Result};
 use crate::slots::dir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
 use crate::slots::{self, Names, Outcome, Request, SlotError};
 use crate::slots::bootlog;
-use crate::sys::{loopmount, probe};
+use crate::sys::{loopmount, probe, saferead};
 use super::step8_rootfs as rootfs;
 use rustix::mount::MountFlags;
 use sha2::Digest;
@@ -158,7 +158,10 @@ impl Dir for Stepped<'_> {
 
 /// Checks a staged image before it may become current. The reason is logged and kept.
 pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
     let size = meta.len();
     if size < 1 << 20 {
         return Err(format!("only {size} bytes"));
@@ -172,8 +175,10 @@ pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::resul
         _ => return Err("no filesystem recognised".into()),
     };
     let digest_file = PathBuf::from(format!("{}.sha256", path.display()));
-    if let Ok(text) = std::fs::read_to_string(&digest_file) {
-        let want = text.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+    // The sidecar is optional, but one that is there and damaged (a FIFO, a
+    // symlink, too large, not text, not a sha256) rejects the image: invalid,
+    // never absent.
+    if let Some(want) = read_digest(&digest_file)? {
         let got = sha256_file(path).map_err(|e| format!("cannot read for its digest: {e}"))?;
         if want != got {
             return Err(format!("sha256 {got} does not match {}", digest_file.display()));
@@ -183,8 +188,32 @@ pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::resul
     trial_mount(path, fstype, drivers, init)
 }
 
+/// The digest a sidecar `X.sha256` asks for (`sha256sum` format: 64 hex digits,
+/// then anything), `None` when there is no sidecar; an error names what is wrong.
+pub fn read_digest(file: &Path) -> std::result::Result<Option<String>, String> {
+    let raw = match saferead::read_path(file, MAX_DIGEST_FILE) {
+        Ok(b) => b,
+        Err(e) if e.is_absent() => return Ok(None),
+        Err(e) => return Err(format!("digest file invalid: {e}")),
+    };
+    parse_digest(&raw).map(Some).map_err(|why| format!("digest file invalid: {}: {why}", file.display()))
+}
+
+/// The sha256 at the start of a sidecar's bytes, lowercase. Pure.
+pub fn parse_digest(raw: &[u8]) -> std::result::Result<String, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "not UTF-8 text".to_string())?;
+    let want = text.split_whitespace().next().unwrap_or("");
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{:?} is not 64 hexadecimal digits", want.chars().take(80).collect::<String>()));
+    }
+    Ok(want.to_ascii_lowercase())
+}
+
+/// A sidecar is one line; anything larger is not one.
+const MAX_DIGEST_FILE: u64 = 4096;
+
 fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = saferead::open_path(path)?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -202,11 +231,26 @@ fn trial_mount(path: &Path, fstype: &str, drivers: &Drivers, init: &str) -> std:
     let target = Path::new(TRIAL_MOUNT);
     let req = loopmount::Request { fstype: Some(fstype), options: "", flags: MountFlags::RDONLY, read_only_device: true };
     loopmount::mount_image_file(path, target, &req, drivers).map_err(|e| format!("trial mount failed: {e}"))?;
-    let checked = rootfs::check_init(target, init);
+    let checked = rootfs::check_init(target, init).map_err(|e| format!("its init {init} {e}")).and_then(|()| check_boot_files(target));
     if let Err(e) = rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()) {
         // The verdict stands; a trial mount left behind only costs a loop device
         // until the handoff empties the initramfs.
         warn!("cannot unmount the trial mount {TRIAL_MOUNT}: {e}");
     }
-    checked.map_err(|e| format!("its init {init} {e}"))
+    checked
+}
+
+/// The kernel and initramfs step 7 would load from the image, when it has them:
+/// regular files inside the image (symlinks resolved in it). A FIFO, a device
+/// node or a link out of the image rejects it.
+pub fn check_boot_files(root: &Path) -> std::result::Result<(), String> {
+    let dir = saferead::SafeDir::open(root).map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+    for f in [super::step7_kexec::KERNEL, super::step7_kexec::INITRAMFS] {
+        match dir.open_file(f, saferead::Follow::InRoot) {
+            Ok(_) => {}
+            Err(e) if e.is_absent() => {}
+            Err(e) => return Err(format!("its /{f} is unusable: {e}")),
+        }
+    }
+    Ok(())
 }
