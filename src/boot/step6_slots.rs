@@ -169,7 +169,7 @@ pub fn validate_staged(path: &Path, drivers: &Drivers, init: &str) -> std::resul
     if size % 512 != 0 {
         return Err(format!("{size} bytes is not a whole number of 512-byte sectors (truncated?)"));
     }
-    let sb = probe::probe_path(path).map_err(|e| format!("cannot read: {e}"))?;
+    let sb = saferead::open_path(path).map_err(std::io::Error::from).and_then(probe::probe_file).map_err(|e| format!("cannot read: {e}"))?;
     let fstype = match sb {
         Some(sb) if sb.fstype != probe::FsType::Swap => sb.fstype.mount_type(),
         _ => return Err("no filesystem recognised".into()),
