@@ -432,6 +432,11 @@ pub fn read_swap(devs: &[BlockDev]) -> Result<Option<Found>, SourceError> {
 /// removable media of an instantiated host is ignored with a warning (see
 /// [`trust::decide`]) and the next candidate is tried.
 fn read_swap_trusted(devs: &[BlockDev], instantiated: bool) -> Result<Option<Found>, SourceError> {
+    for d in devs.iter().filter(|d| d.superblock.is_none()) {
+        if let Some(p) = SWAP_PATHS.iter().find(|p| d.path.as_os_str() == **p || d.aliases.iter().any(|a| a.as_os_str() == **p)) {
+            info!("config: {p} has no swap signature: not a configuration source (hn.config={p} would read it)");
+        }
+    }
     for path in choose_candidates(devs) {
         let removable = devs.iter().any(|d| d.path == path && d.removable);
         let how = devs
