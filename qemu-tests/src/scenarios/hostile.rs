@@ -63,7 +63,7 @@ fn image_with_fifo_kernel(ctx: &Ctx) -> Result<PathBuf, Failure> {
     let img = ctx.dir().join("image-B-fifo-kernel.img");
     std::fs::copy(&s.image_b, &img)?;
     let cmds = ctx.dir().join("debugfs.cmd");
-    std::fs::write(&cmds, "rm /boot/kernel\nmknod /boot/kernel p\n")?;
+    std::fs::write(&cmds, "rm /boot/kernel\ncd /boot\nmknod kernel p\n")?;
     sh(Command::new("debugfs").arg("-w").arg("-f").arg(&cmds).arg(&img))?;
     let out = Command::new("debugfs").arg("-R").arg("stat /boot/kernel").arg(&img).output()?;
     if !String::from_utf8_lossy(&out.stdout).contains("Type: FIFO") {
