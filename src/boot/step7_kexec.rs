@@ -38,7 +38,7 @@ pub fn next_cmdline(current: &str) -> String {
             let key = p.split('=').next().unwrap_or("");
             !matches!(key, "hn.revert" | "hn.tries_by" | "hn.kexec" | "BOOT_IMAGE")
         })
-        .map(|p| if p.contains(' ') { match p.split_once('=') { Some((k, v)) => format!("{k}=\"{v}\""), None => format!("\"{p}\"") } } else { p })
+        .map(|p| if p.contains(char::is_whitespace) { match p.split_once('=') { Some((k, v)) if !k.contains(char::is_whitespace) => format!("{k}=\"{v}\""), _ => format!("\"{p}\"") } } else { p })
         .collect();
     out.push("hn.kexec=1".into());
     out.join(" ")
@@ -181,6 +181,19 @@ mod tests {
         assert!(!is_running_kernel(&s, "6.1.0-56-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.160-1 (2026-01-01)"));
         assert_eq!(bzimage_version(&h[..0x300]), None);
         assert_eq!(bzimage_version(&[0u8; 10]), None);
+    }
+
+    #[test]
+    fn next_cmdline_keeps_hn_kexec_whatever_the_quoting() {
+        // Found by the cmdline fuzz target: an unbalanced quote made a parameter
+        // with a space before its '='; quoting only the value split it at "--".
+        for line in ["a b\" -- c=1", "x=\"1 2\" \"k l=m\" rw", "\"-- x=1\"", "a\tb=c\" d"] {
+            let next = next_cmdline(line);
+            let parts = crate::cmdline::split(&next);
+            assert_eq!(parts.last().map(String::as_str), Some("hn.kexec=1"), "{line:?} -> {next:?}");
+            let want: Vec<String> = crate::cmdline::split(line);
+            assert_eq!(&parts[..parts.len() - 1], &want[..], "{line:?} -> {next:?}");
+        }
     }
 
     #[test]

@@ -65,9 +65,7 @@ fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize, sy
     }
     if let Some(old) = old {
         if old.len() + text.len() > max {
-            let keep_from = old.len().saturating_sub(max / 2);
-            let start = old[keep_from..].iter().position(|b| *b == b'\n').map(|p| keep_from + p + 1).unwrap_or(old.len());
-            let mut kept = old[start..].to_vec();
+            let mut kept = kept_tail(&old, max).to_vec();
             kept.extend_from_slice(text.as_bytes());
             return write_atomic(state, BOOT_LOG, &kept);
         }
@@ -77,6 +75,18 @@ fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize, sy
     } else {
         state.append(BOOT_LOG, text.as_bytes())
     }
+}
+
+/// What a trim keeps of a log `old` bounded to `max` bytes: at most its last
+/// `max / 2` bytes, starting after a newline (nothing when there is none). Pure.
+pub fn kept_tail(old: &[u8], max: usize) -> &[u8] {
+    let keep_from = old.len().saturating_sub(max / 2);
+    let start = old
+        .get(keep_from..)
+        .and_then(|tail| tail.iter().position(|b| *b == b'\n'))
+        .map(|p| keep_from + p + 1)
+        .unwrap_or(old.len());
+    old.get(start..).unwrap_or_default()
 }
 
 #[cfg(test)]
