@@ -1003,7 +1003,7 @@ fn trust_policy_on_real_devices() {
 
     // The stored config itself damaged (a FIFO): an error naming it, never blocking.
     fs::remove_file(hp.join(configsource::LAST_APPLIED)).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &hp.join(configsource::LAST_APPLIED), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, hp.join(configsource::LAST_APPLIED), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
     let e = host_of(find_config(None, &[], &hp)).unwrap_err();
     assert!(e.contains("config.json is a FIFO"), "{e}");
 }

@@ -601,7 +601,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(sd.join(format!("{MACHINE_ID_FILE}.bad-1"))).unwrap(), "nope\n");
         // A FIFO or a symlink in their place: set aside too, without blocking.
         std::fs::remove_file(sd.join(MACHINE_ID_FILE)).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &sd.join(MACHINE_ID_FILE), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, sd.join(MACHINE_ID_FILE), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
         std::fs::remove_file(sd.join(KEY_FILE)).unwrap();
         std::os::unix::fs::symlink("/dev/zero", sd.join(KEY_FILE)).unwrap();
         load_or_create(&dir).unwrap();
