@@ -343,7 +343,7 @@ fn current_trial(host: &Host, images: &RealDir, state: &RealDir) -> Result<Optio
     let raw = state
         .read(TRIAL, MAX_SMALL)
         .map_err(|e| CtlError::failed(format!("reading {}", host.state_dir().join(TRIAL).display()), e))?;
-    let Some(t) = raw.and_then(|b| serde_json::from_slice::<Trial>(&b).ok()) else {
+    let Some(t) = raw.and_then(|b| serde_json::from_slice::<Trial>(&b).ok()).map(Trial::clamped) else {
         return Ok(None);
     };
     let cur = images
@@ -439,7 +439,7 @@ pub fn boot_log(host: &Host, n: Option<usize>) -> Result<Vec<String>, CtlError> 
     use std::io::{Read, Seek, SeekFrom};
     let path = host.state_dir().join(BOOT_LOG);
     let what = || format!("reading {}", path.display());
-    let mut f = std::fs::File::open(&path).map_err(|e| CtlError::failed(what(), e))?;
+    let mut f = crate::sys::saferead::open_path(&path).map_err(|e| CtlError::failed(what(), e))?;
     let len = f.metadata().map_err(|e| CtlError::failed(what(), e))?.len();
     // The log is bounded; should it not be, only its end is read.
     let skip = len.saturating_sub(MAX_READ_LOG);
@@ -689,6 +689,50 @@ pub fn mark_good(host: &Host, grub: bool) -> Result<MarkGood, CtlError> {
     Ok(MarkGood { trial, grub })
 }
 
+/// Reads and checks a configuration file given to `hnctl` the safe way (a FIFO,
+/// a device or a symlink is refused instead of blocking; at most the config size cap).
+pub fn read_config_file(path: &Path) -> Result<crate::config::parse::Parsed, String> {
+    let raw = crate::sys::saferead::read_path(path, crate::config::parse::MAX_CONFIG as u64).map_err(|e| e.to_string())?;
+    crate::config::parse::parse(&raw).map_err(|e| e.to_string())
+}
+
+/// Creates `dir` and its missing parents, each 0700; an existing `dir` is kept as it is.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// A directory of its own in the temporary directory (like `mkdtemp`: a random
+/// name, created 0700 by one `mkdir` that fails if the name exists), removed
+/// with its contents when dropped.
+pub struct PrivateTempDir(PathBuf);
+
+impl PrivateTempDir {
+    pub fn new(prefix: &str) -> io::Result<PrivateTempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        for _ in 0..16 {
+            let mut r = [0u8; 8];
+            crate::firstboot::identity::fill_random(&mut r).map_err(io::Error::other)?;
+            let p = std::env::temp_dir().join(format!("{prefix}-{}", crate::util::hex(&r)));
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(PrivateTempDir(p)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("no free temporary directory name"))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateTempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,6 +804,20 @@ mod tests {
         // btrfs roots show an anonymous device number; the source names the loop device.
         std::fs::write(&sys.mountinfo, "30 1 0:45 / / rw - btrfs /dev/loop3 rw\n").unwrap();
         assert_eq!(booted(&sys, &host).device.as_deref(), Some("/dev/loop3"));
+    }
+
+    #[test]
+    fn private_temp_dirs_are_0700_unpredictable_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = PrivateTempDir::new("hnctl-test").unwrap();
+        let b = PrivateTempDir::new("hnctl-test").unwrap();
+        assert_ne!(a.path(), b.path());
+        assert!(!a.path().to_string_lossy().contains(&std::process::id().to_string()) || a.path().to_string_lossy().len() > 30);
+        assert_eq!(std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        let p = a.path().to_path_buf();
+        std::fs::write(p.join("x"), "y").unwrap();
+        drop(a);
+        assert!(!p.exists());
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub const TRIAL: &str = "trial.json";
 /// The bounded boot log, inside [`STATE_DIR`].
 pub const BOOT_LOG: &str = "boot.log";
 
+/// `vm_conf.run` done-markers, one empty file per configuration digest, relative
+/// to the host partition: the command runs once per host (not once per image)
+/// and again only when the configuration changes. Written by the run-once unit
+/// in the booted system (where the host partition is one of
+/// [`HOSTPART_CANDIDATES`]).
+pub const RUN_DONE_DIR: &str = "hn-state/run-done";
+
 // ---- Inside an image --------------------------------------------------------------------
 
 /// The first-boot marker inside the new root.

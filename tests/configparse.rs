@@ -862,11 +862,17 @@ fn host_files_and_last_applied() {
     assert_eq!(f.source.origin, Origin::HostJson);
     assert_eq!(f.parsed.config.vm_hostname, "web1.example.org");
     fs::write(hp.join(configsource::HOST_JSON), b"{\"vm_hostname\": 1}").unwrap();
+    // On an instantiated host (config.json exists): a warning, the stored config.
+    let f = find_config(None, &[], hp).unwrap().unwrap();
+    assert_eq!(f.source.origin, Origin::LastApplied);
+    // On a fresh host: an error naming the file and the field.
+    fs::rename(hp.join(configsource::LAST_APPLIED), hp.join("hn-state/kept.json")).unwrap();
     let e = find_config(None, &[], hp).unwrap_err();
     assert!(
         e.to_string().contains("host.json") && e.to_string().contains("vm_hostname"),
         "{e}"
     );
+    fs::rename(hp.join("hn-state/kept.json"), hp.join(configsource::LAST_APPLIED)).unwrap();
     fs::remove_file(hp.join(configsource::HOST_JSON)).unwrap();
 
     // The swap archive comes before both.
@@ -875,23 +881,129 @@ fn host_files_and_last_applied() {
     let f = find_config(None, &[blockdev(&dev)], hp).unwrap().unwrap();
     assert_eq!(f.parsed.config.vm_hostname, "from-swap");
 
-    // hn.config=/PATH: a file on the host partition; missing is an error.
+    // hn.config=/PATH: a file on the host partition; missing is an error of the
+    // reader (on this instantiated host, find_config then keeps the stored config).
     fs::write(hp.join("hn-state/custom.json"), text(&full())).unwrap();
     let f = find_config(Some("/hn-state/custom.json"), &[blockdev(&dev)], hp)
         .unwrap()
         .unwrap();
     assert_eq!(f.source.origin, Origin::Explicit);
     assert!(f.source.path.ends_with("hn-state/custom.json"));
-    let e = find_config(Some("/hn-state/missing.json"), &[], hp).unwrap_err();
+    let e = configsource::read_explicit(&ConfigArg::parse("/hn-state/missing.json").unwrap(), &[], hp).unwrap_err();
     assert!(e.to_string().contains("missing.json"), "{e}");
     // It cannot escape the host partition through a symlink.
     std::os::unix::fs::symlink("/etc/passwd", hp.join("hn-state/evil.json")).unwrap();
-    assert!(find_config(Some("/hn-state/evil.json"), &[], hp).is_err());
+    assert!(configsource::read_explicit(&ConfigArg::parse("/hn-state/evil.json").unwrap(), &[], hp).is_err());
     assert!(matches!(
         ConfigArg::parse("/hn-state/../x"),
         Err(SourceError::Arg { .. })
     ));
     // A directory is not a config.
-    let e = find_config(Some("/hn-state"), &[], hp).unwrap_err();
+    let e = configsource::read_explicit(&ConfigArg::parse("/hn-state").unwrap(), &[], hp).unwrap_err();
     assert!(e.to_string().contains("not a regular file"), "{e}");
+}
+
+/// A raw tar archive (a backup: members, none of them a config) at byte 524288
+/// of a device without any signature.
+fn raw_tar_fixture(dir: &Path) -> PathBuf {
+    let dev = dir.join("data.img");
+    fs::write(&dev, vec![0u8; 2 << 20]).unwrap();
+    let src = dir.join("backup");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/motd"), b"a backup\n").unwrap();
+    let archive = run(Command::new("tar").arg("-C").arg(&src).args(["--format=ustar", "-cf", "-", "./etc/motd"]));
+    fs::OpenOptions::new().write(true).open(&dev).unwrap().write_all_at(&archive, ARCHIVE_OFFSET).unwrap();
+    dev
+}
+
+/// The trust table of docs/config.md ("Which sources are trusted") on real
+/// device images, each row on a fresh host and on an instantiated one
+/// (`hn-state/config.json` present). The pure rows are in `config::trust`.
+#[test]
+fn trust_policy_on_real_devices() {
+    let t = tempfile::tempdir().unwrap();
+    let hp = t.path().join("hostpart");
+    fs::create_dir_all(hp.join("hn-state")).unwrap();
+    let stored = parse(&with("/vm_hostname", json!("stored"))).unwrap();
+    let instantiate = |yes: bool| {
+        let p = hp.join(configsource::LAST_APPLIED);
+        if yes {
+            save_last_applied(&RealDir::open(&hp.join("hn-state"), false).unwrap(), &canonical_json(&stored.config)).unwrap();
+        } else {
+            let _ = fs::remove_file(p);
+        }
+    };
+    let host_of = |r: Result<Option<hninit::config::source::Found>, SourceError>| -> Result<Option<String>, String> {
+        r.map(|f| f.map(|f| f.parsed.config.vm_hostname)).map_err(|e| e.to_string())
+    };
+
+    // A device without any signature at a fixed path (/dev/vdb) holding a raw tar
+    // backup: not a source, fresh or instantiated (it used to fail the boot).
+    fs::create_dir(t.path().join("raw")).unwrap();
+    let mut raw = blockdev(&raw_tar_fixture(&t.path().join("raw")));
+    raw.aliases = vec![PathBuf::from("/dev/vdb")];
+    assert_eq!(raw.superblock, None);
+    assert!(configsource::choose_candidates(std::slice::from_ref(&raw)).is_empty());
+    instantiate(false);
+    assert_eq!(host_of(find_config(None, std::slice::from_ref(&raw), &hp)), Ok(None));
+    instantiate(true);
+    assert_eq!(host_of(find_config(None, std::slice::from_ref(&raw), &hp)), Ok(Some("stored".into())));
+    // ... unless the command line names it (then it is read, and its lack of a
+    // config is an error on a fresh host, a warning on an instantiated one).
+    let mut named = raw.clone();
+    named.partname = Some("backup".into());
+    instantiate(false);
+    let e = host_of(find_config(Some("PARTLABEL=backup@524288"), std::slice::from_ref(&named), &hp)).unwrap_err();
+    assert!(e.contains("no member gandi/config"), "{e}");
+    instantiate(true);
+    assert_eq!(host_of(find_config(Some("PARTLABEL=backup@524288"), std::slice::from_ref(&named), &hp)), Ok(Some("stored".into())));
+
+    // PARTLABEL gandiswap without a swap signature: not a source.
+    let mut gs = raw.clone();
+    gs.aliases.clear();
+    gs.partname = Some("gandiswap".into());
+    assert!(configsource::choose_candidates(&[gs]).is_empty());
+
+    // A swap device whose archive has no config: fresh → error; instantiated → stored.
+    fs::create_dir(t.path().join("nocfg")).unwrap();
+    let nocfg = t.path().join("nocfg/swap.img");
+    fs::write(&nocfg, vec![0u8; 4 << 20]).unwrap();
+    run(Command::new("mkswap").arg("-L").arg("swap").arg(&nocfg));
+    let src = raw_tar_fixture(&t.path().join("nocfg"));
+    let bytes = fs::read(&src).unwrap();
+    fs::OpenOptions::new().write(true).open(&nocfg).unwrap().write_all_at(&bytes[ARCHIVE_OFFSET as usize..ARCHIVE_OFFSET as usize + 10240], ARCHIVE_OFFSET).unwrap();
+    let nocfg = blockdev(&nocfg);
+    instantiate(false);
+    assert!(host_of(find_config(None, std::slice::from_ref(&nocfg), &hp)).unwrap_err().contains("no member gandi/config"));
+    instantiate(true);
+    assert_eq!(host_of(find_config(None, std::slice::from_ref(&nocfg), &hp)), Ok(Some("stored".into())));
+
+    // A swap device with a valid config: fixed media applies on both (the
+    // platform's update); removable media (a USB stick) only on a fresh host.
+    fs::create_dir(t.path().join("swap")).unwrap();
+    let swap = blockdev(&swap_fixture(&t.path().join("swap"), &with("/vm_hostname", json!("from-swap"))));
+    let mut usb = swap.clone();
+    usb.removable = true;
+    for inst in [false, true] {
+        instantiate(inst);
+        assert_eq!(host_of(find_config(None, std::slice::from_ref(&swap), &hp)), Ok(Some("from-swap".into())), "fixed, instantiated={inst}");
+        let want = if inst { "stored" } else { "from-swap" };
+        assert_eq!(host_of(find_config(None, std::slice::from_ref(&usb), &hp)), Ok(Some(want.into())), "usb, instantiated={inst}");
+    }
+    // Named by hn.config=, removable media applies on an instantiated host too.
+    let mut usb_named = usb.clone();
+    usb_named.partname = Some("stick".into());
+    assert_eq!(host_of(find_config(Some("PARTLABEL=stick"), &[usb_named], &hp)), Ok(Some("from-swap".into())));
+
+    // hn.config= naming nothing: fresh → error; instantiated → stored.
+    instantiate(false);
+    assert!(host_of(find_config(Some("LABEL=nope"), &[], &hp)).is_err());
+    instantiate(true);
+    assert_eq!(host_of(find_config(Some("LABEL=nope"), &[], &hp)), Ok(Some("stored".into())));
+
+    // The stored config itself damaged (a FIFO): an error naming it, never blocking.
+    fs::remove_file(hp.join(configsource::LAST_APPLIED)).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, hp.join(configsource::LAST_APPLIED), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+    let e = host_of(find_config(None, &[], &hp)).unwrap_err();
+    assert!(e.contains("config.json is a FIFO"), "{e}");
 }

@@ -315,10 +315,12 @@ fn debian_networkd_golden() {
         h.read("/etc/systemd/system/hninit-run.service"),
         format!(
             "{HEADER}[Unit]\nDescription=hninit: run the host configuration's command once\n\
-             ConditionPathExists=!/var/lib/hninit/run.done\nWants=network-online.target\nAfter=network-online.target\n\n\
-             [Service]\nType=oneshot\nExecStart=/etc/hninit/run --flag 'two words'\nExecStartPost=/bin/mkdir -p /var/lib/hninit\n\
-             ExecStartPost=/bin/touch /var/lib/hninit/run.done\nStandardOutput=journal\nStandardError=journal\nTimeoutStartSec=infinity\n\n\
-             [Install]\nWantedBy=multi-user.target\n"
+             {}Wants=network-online.target\nAfter=network-online.target\n\n\
+             [Service]\nType=oneshot\nExecStart=/etc/hninit/run --flag 'two words'\n\
+             {}StandardOutput=journal\nStandardError=journal\nTimeoutStartSec=infinity\n\n\
+             [Install]\nWantedBy=multi-user.target\n",
+            hninit::firstboot::runonce::conditions(DIGEST),
+            hninit::firstboot::runonce::record(DIGEST)
         )
     );
     assert_eq!(

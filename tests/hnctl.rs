@@ -330,3 +330,51 @@ fn config_validate_and_offline_firstboot() {
     let o = run(&["firstboot", "--config", good.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state", state.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("already instantiated"), "{}", String::from_utf8_lossy(&o.stdout));
 }
+
+/// Issue 10 item 9: `hnctl` never blocks on a FIFO given as a file, keeps the
+/// identity directory private, and its dry run uses a private throwaway directory.
+#[test]
+fn fifo_arguments_private_state_and_dry_run_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let fifo = t.path().join("config.fifo");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+    let good = t.path().join("good.json");
+    std::fs::write(&good, CONFIG).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hnctl"));
+        c.args(args).env("TMPDIR", t.path()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        // A blocked hnctl is killed after 10 s and fails the test.
+        for _ in 0..100 {
+            if let Some(_st) = child.try_wait().unwrap() {
+                return child.wait_with_output().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        panic!("hnctl {args:?} blocked");
+    };
+    let o = run(&["config", "validate", fifo.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a FIFO, not a regular file"), "{}", String::from_utf8_lossy(&o.stderr));
+    let h = host();
+    let o = hnctl(&h, &["stage", fifo.to_str().unwrap()]);
+    assert_ne!(code(&o), 0);
+
+    let root = t.path().join("root");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/roots/debian-networkd");
+    assert!(Command::new("cp").arg("-a").arg(&src).arg(&root).status().unwrap().success());
+    // The dry run leaves no predictable (or any) directory behind.
+    let o = run(&["firstboot", "--config", good.to_str().unwrap(), "--root", root.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("hnctl-dry-run")).collect();
+    assert!(left.is_empty(), "{left:?}");
+    // --state is created 0700, parents included.
+    let state = t.path().join("new/identity");
+    let o = run(&["firstboot", "--config", good.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state", state.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    for d in [&state, &t.path().join("new")] {
+        assert_eq!(std::fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o700, "{}", d.display());
+    }
+}

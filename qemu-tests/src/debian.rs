@@ -824,14 +824,45 @@ fn e2e_config(pubkey: &str, hash: &str) -> String {
   "vm_conf": {{
     "user": "admin",
     "password": {hash},
-    "ssh_key": {key}
+    "ssh_key": {key},
+    "run": {run}
   }}
 }}
 "#,
         host = json_str(E2E_HOSTNAME),
         hash = json_str(hash),
-        key = json_str(pubkey)
+        key = json_str(pubkey),
+        run = json_str(E2E_RUN)
     )
+}
+
+/// `vm_conf.run` of the e2e machine: one line per run in a file on the host
+/// partition, which outlives every image (issue 10 item 8: once per host).
+const E2E_RUN: &str = "#!/bin/sh
+for h in /hostpart /run/hninit/hostpart; do
+  if [ -d \"$h/data\" ]; then echo \"ran on $(cat /etc/hn-image-id)\" >> \"$h/data/run-count\"; sync; exit 0; fi
+done
+exit 1
+";
+
+/// Waits for the run-once unit to be settled (run or skipped), then reports the
+/// run count, the unit's condition result and the host partition's markers.
+const RUN_PROBE: &str = "for i in $(seq 90); do s=$(systemctl show -p ActiveState --value hninit-run.service); case $s in activating) sleep 1;; *) [ -n \"$(systemctl show -p ConditionTimestampMonotonic --value hninit-run.service | grep -v '^0$')\" ] && break; sleep 1;; esac; done; \
+     for h in /hostpart /run/hninit/hostpart; do [ -d $h/hn-state ] && hp=$h && break; done; \
+     echo runs=$(cat $hp/data/run-count 2>/dev/null | wc -l); \
+     echo condition=$(systemctl show -p ConditionResult --value hninit-run.service); \
+     echo markers=$(ls $hp/hn-state/run-done 2>/dev/null | wc -l)";
+
+/// Checks the run count after boot `what`.
+fn check_run_once(m: &Machine, r: &Running, what: &str, condition: &str) -> Result<String, Failure> {
+    let out = m.ssh(r, &m.imgs.root_key, "root", HostKey::Strict, RUN_PROBE)?;
+    if field(&out, "runs") != "1" || field(&out, "condition") != condition || field(&out, "markers") != "1" {
+        return Err(vm_failure(
+            &r.vm,
+            format!("[run once] after {what}: expected vm_conf.run to have run exactly once (runs=1, condition={condition}, markers=1):\n{out}"),
+        ));
+    }
+    Ok(out)
 }
 
 /// What the instantiated user sees.
@@ -912,6 +943,8 @@ fn debian_e2e(ctx: &mut Ctx) -> Result<(), Failure> {
         "boot 1: instantiated as {E2E_HOSTNAME}, machine-id {machine_id}, sudo -n: {}",
         field(&admin, "sudo")
     ));
+    check_run_once(&m, &r, "boot 1", "yes")?;
+    ctx.note("boot 1: vm_conf.run ran once, its done-marker is in hn-state/run-done");
     m.poweroff(ctx, r, "boot 1")?;
 
     // The config is gone from the swap disk; the swap header is intact.
@@ -955,5 +988,9 @@ fn debian_e2e(ctx: &mut Ctx) -> Result<(), Failure> {
         ));
     }
     ctx.note("boot 2: image second, same ssh host key and machine-id");
+    // The stored config was applied to the new image: its run-once unit is
+    // there, and skipped (hn-state's marker), not run a second time.
+    check_run_once(&m, &r, "the upgrade (boot 2)", "no")?;
+    ctx.note("boot 2: vm_conf.run not run again after the upgrade (ConditionResult=no)");
     m.poweroff(ctx, r, "boot 2")
 }

@@ -3,6 +3,8 @@
 //! checks what a user would see on the console: hninit's lines, the booted
 //! root's `HNROOT:` report, or the failure diagnosis and the on_error policy.
 
+mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -1096,4 +1098,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "power-cut-random", about: "QEMU killed at moments across the rotation and the root's start; the next boot always boots a complete image", run: power_cut_at_random_moments },
         Scenario { name: "marked-good", about: "hnctl mark-good ends the trial; a late hn.revert=auto does nothing", run: marked_good_stays },
     ]
+    .into_iter()
+    .chain(hostile::all())
+    .collect()
 }

@@ -317,7 +317,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Cmd::Man => out(&man_page()?),
         Cmd::Config { cmd: ConfigCmd::Validate { file } } => {
-            let parsed = hninit::config::parse::parse_file(file).map_err(refused)?;
+            let parsed = ctl::read_config_file(file).map_err(refused)?;
             let mut text = String::new();
             for w in &parsed.warnings {
                 text.push_str(&format!("warning: {w}\n"));
@@ -326,21 +326,25 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             out(&text)
         }
         Cmd::Firstboot { config, root, state, dry_run } => {
-            let parsed = hninit::config::parse::parse_file(config).map_err(refused)?;
+            let parsed = ctl::read_config_file(config).map_err(refused)?;
             let mut state_dir = state.clone().unwrap_or_else(|| root.join("..").join("hn-state-identity"));
+            let mut throwaway = None;
             if *dry_run && !state_dir.is_dir() {
-                // Nothing may be written: plan against an empty, throwaway identity directory.
-                state_dir = std::env::temp_dir().join(format!("hnctl-dry-run-{}", std::process::id()));
+                // Nothing may be written: plan against an empty, throwaway identity
+                // directory, private (0700, unpredictable name, made by mkdir).
+                let t = ctl::PrivateTempDir::new("hnctl-dry-run").map_err(|e| CtlError::failed("creating a temporary directory", e))?;
+                state_dir = t.path().to_path_buf();
+                throwaway = Some(t);
+            } else {
+                // The identity (a private host key) lives there: 0700.
+                ctl::create_private_dir(&state_dir).map_err(|e| CtlError::failed(format!("creating {}", state_dir.display()), e))?;
             }
-            std::fs::create_dir_all(&state_dir).map_err(|e| CtlError::failed(format!("creating {}", state_dir.display()), e))?;
             let dir = hninit::slots::dir::RealDir::open(&state_dir, !*dry_run)
                 .map_err(|e| CtlError::failed(format!("opening {}", state_dir.display()), e))?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let report = hninit::firstboot::instantiate(root, &dir, &parsed.config, &parsed.digest, &hninit::firstboot::Options { dry_run: *dry_run, now })
                 .map_err(|e| CtlError::failed(format!("instantiating {}", root.display()), e))?;
-            if state_dir.starts_with(std::env::temp_dir()) && state.is_none() {
-                let _ = std::fs::remove_dir_all(&state_dir);
-            }
+            drop(throwaway);
             out(&report.summary())
         }
     }

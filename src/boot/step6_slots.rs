@@ -14,7 +14,7 @@ use crate::slots::dir::{CopyInfo, CopyOpts, Dir, FileId, RealDir};
 use crate::slots::{self, Names, Outcome, Request, SlotError};
 use crate::slots::bootlog;
 use crate::slots::trust_state;
-use crate::sys::{loopmount, probe};
+use crate::sys::{loopmount, probe, saferead};
 use super::step8_rootfs as rootfs;
 use crate::trust::policy::{Context, Reject, Verdict};
 use crate::trust::stream::{self, Check};
@@ -208,7 +208,10 @@ pub fn validate_staged(
     init: &str,
     trust: &BootTrust,
 ) -> std::result::Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
     let size = meta.len();
     if size < 1 << 20 {
         return Err(format!("only {size} bytes"));
@@ -216,7 +219,7 @@ pub fn validate_staged(
     if size % 512 != 0 {
         return Err(format!("{size} bytes is not a whole number of 512-byte sectors (truncated?)"));
     }
-    let sb = probe::probe_path(path).map_err(|e| format!("cannot read: {e}"))?;
+    let sb = saferead::open_path(path).map_err(std::io::Error::from).and_then(probe::probe_file).map_err(|e| format!("cannot read: {e}"))?;
     let fstype = match sb {
         Some(sb) if sb.fstype != probe::FsType::Swap => sb.fstype.mount_type(),
         _ => return Err("no filesystem recognised".into()),
@@ -229,9 +232,10 @@ pub fn validate_staged(
 /// signature (`X.minisig`, required when keys are trusted).
 fn check_bytes(path: &Path, trust: &BootTrust) -> std::result::Result<(), String> {
     let digest_file = PathBuf::from(format!("{}.sha256", path.display()));
-    let want = std::fs::read_to_string(&digest_file)
-        .ok()
-        .map(|t| t.split_whitespace().next().unwrap_or("").to_ascii_lowercase());
+    // The sidecar is optional, but one that is there and damaged (a FIFO, a
+    // symlink, too large, not text, not a sha256) rejects the image: invalid,
+    // never absent.
+    let want = read_digest(&digest_file)?;
     let empty = KeyStore::default();
     let (store, mut broken) = match &trust.store {
         Ok(s) => (s, None),
@@ -253,7 +257,7 @@ fn check_bytes(path: &Path, trust: &BootTrust) -> std::result::Result<(), String
         None => Check::start(store, sig.as_ref().map(Option::as_ref).map_err(Clone::clone), &ctx),
     };
     let started = std::time::Instant::now();
-    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut f = saferead::open_path(path).map_err(|e| format!("cannot read: {e}"))?;
     let mut h = sha2::Sha256::new();
     let mut feed = |c: &[u8]| h.update(c);
     let also: stream::Feed = if want.is_some() { Some(&mut feed) } else { None };
@@ -279,16 +283,55 @@ fn check_bytes(path: &Path, trust: &BootTrust) -> std::result::Result<(), String
     }
 }
 
+/// The digest a sidecar `X.sha256` asks for (`sha256sum` format: 64 hex digits,
+/// then anything), `None` when there is no sidecar; an error names what is wrong.
+pub fn read_digest(file: &Path) -> std::result::Result<Option<String>, String> {
+    let raw = match saferead::read_path(file, MAX_DIGEST_FILE) {
+        Ok(b) => b,
+        Err(e) if e.is_absent() => return Ok(None),
+        Err(e) => return Err(format!("digest file invalid: {e}")),
+    };
+    parse_digest(&raw).map(Some).map_err(|why| format!("digest file invalid: {}: {why}", file.display()))
+}
+
+/// The sha256 at the start of a sidecar's bytes, lowercase. Pure.
+pub fn parse_digest(raw: &[u8]) -> std::result::Result<String, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "not UTF-8 text".to_string())?;
+    let want = text.split_whitespace().next().unwrap_or("");
+    if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{:?} is not 64 hexadecimal digits", want.chars().take(80).collect::<String>()));
+    }
+    Ok(want.to_ascii_lowercase())
+}
+
+/// A sidecar is one line; anything larger is not one.
+const MAX_DIGEST_FILE: u64 = 4096;
+
 /// Mounts the image read-only on a read-only loop device, checks its init, unmounts.
 fn trial_mount(path: &Path, fstype: &str, drivers: &Drivers, init: &str) -> std::result::Result<(), String> {
     let target = Path::new(TRIAL_MOUNT);
     let req = loopmount::Request { fstype: Some(fstype), options: &Default::default(), flags: MountFlags::RDONLY, read_only_device: true };
     loopmount::mount_image_file(path, target, &req, drivers).map_err(|e| format!("trial mount failed: {e}"))?;
-    let checked = rootfs::check_init(target, init);
+    let checked = rootfs::check_init(target, init).map_err(|e| format!("its init {init} {e}")).and_then(|()| check_boot_files(target));
     if let Err(e) = rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()) {
         // The verdict stands; a trial mount left behind only costs a loop device
         // until the handoff empties the initramfs.
         warn!("cannot unmount the trial mount {TRIAL_MOUNT}: {e}");
     }
-    checked.map_err(|e| format!("its init {init} {e}"))
+    checked
+}
+
+/// The kernel and initramfs step 7 would load from the image, when it has them:
+/// regular files inside the image (symlinks resolved in it). A FIFO, a device
+/// node or a link out of the image rejects it.
+pub fn check_boot_files(root: &Path) -> std::result::Result<(), String> {
+    let dir = saferead::SafeDir::open(root).map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+    for f in [super::step7_kexec::KERNEL, super::step7_kexec::INITRAMFS] {
+        match dir.open_file(f, saferead::Follow::InRoot) {
+            Ok(_) => {}
+            Err(e) if e.is_absent() => {}
+            Err(e) => return Err(format!("its /{f} is unusable: {e}")),
+        }
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! does not rotate or count again) and reboot into it.
 
 use crate::sys::loopmount;
+use crate::sys::saferead::{Follow, SafeDir};
 use rustix::mount::MountFlags;
 use std::ffi::CString;
 use std::path::Path;
@@ -37,25 +38,31 @@ pub fn next_cmdline(current: &str) -> String {
             let key = p.split('=').next().unwrap_or("");
             !matches!(key, "hn.revert" | "hn.tries_by" | "hn.kexec" | "BOOT_IMAGE")
         })
-        .map(|p| if p.contains(' ') { match p.split_once('=') { Some((k, v)) => format!("{k}=\"{v}\""), None => format!("\"{p}\"") } } else { p })
+        .map(|p| if p.contains(char::is_whitespace) { match p.split_once('=') { Some((k, v)) if !k.contains(char::is_whitespace) => format!("{k}=\"{v}\""), _ => format!("\"{p}\"") } } else { p })
         .collect();
     out.push("hn.kexec=1".into());
     out.join(" ")
 }
 
-/// Reads the version of the kernel at `path` (first 64 KiB).
-pub fn kernel_version_of(path: &Path) -> std::io::Result<Option<String>> {
+/// The image's kernel and initramfs, relative to its root.
+pub const KERNEL: &str = "boot/kernel";
+pub const INITRAMFS: &str = "boot/initramfs";
+
+/// Reads the version of the image's kernel (its first 64 KiB), resolved inside
+/// the image `root`.
+pub fn kernel_version_of(root: &SafeDir) -> std::io::Result<Option<String>> {
     use std::io::Read;
     let mut head = Vec::new();
-    std::fs::File::open(path)?.take(65536).read_to_end(&mut head)?;
+    root.open_file(KERNEL, Follow::InRoot)?.take(65536).read_to_end(&mut head)?;
     Ok(bzimage_version(&head))
 }
 
-/// Loads `kernel` + `initrd` with `cmdline` for the next `reboot(KEXEC)`.
-pub fn load(kernel: &Path, initrd: &Path, cmdline: &str) -> std::io::Result<()> {
+/// Loads the image's kernel + initramfs (regular files resolved inside the
+/// image `root`) with `cmdline` for the next `reboot(KEXEC)`.
+pub fn load(root: &SafeDir, cmdline: &str) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let k = std::fs::File::open(kernel)?;
-    let i = std::fs::File::open(initrd)?;
+    let k = root.open_file(KERNEL, Follow::InRoot)?;
+    let i = root.open_file(INITRAMFS, Follow::InRoot)?;
     let c = CString::new(cmdline).map_err(|_| std::io::Error::other("NUL in command line"))?;
     // rustix has no kexec_file_load wrapper: the one raw syscall of hninit.
     let r = unsafe {
@@ -98,11 +105,9 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
         warn!("cannot mount the new image to look at its kernel ({e}); continuing on the running kernel");
         return;
     }
-    let kernel = mnt.join("boot/kernel");
-    let initrd = mnt.join("boot/initramfs");
+    let kernel = mnt.join(KERNEL);
     let release = rustix::system::uname().release().to_string_lossy().into_owned();
     let version = rustix::system::uname().version().to_string_lossy().into_owned();
-    let theirs = kernel_version_of(&kernel).ok().flatten();
     let umount = || {
         crate::log::ignored(
             rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()),
@@ -119,9 +124,29 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
             "the next boot replays its journal, as after a power cut",
         );
     };
+    let root = match SafeDir::open(mnt) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("cannot open the new image's root {} ({e}); continuing on the running kernel", mnt.display());
+            umount();
+            return;
+        }
+    };
+    let theirs = match kernel_version_of(&root) {
+        Ok(v) => v,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            // Step 6 checked it; should it have changed since, it is not loaded.
+            warn!("the new image's kernel is unusable ({e}); continuing on the running kernel");
+            drop(root);
+            umount();
+            return;
+        }
+    };
     match &theirs {
         Some(v) if is_running_kernel(v, &release, &version) => {
             info!("the new image's kernel is the running one ({release}): no kexec needed");
+            drop(root);
             umount();
             return;
         }
@@ -130,7 +155,10 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
     }
     if cmd.after_rotate == AfterRotate::Kexec {
         let line = next_cmdline(std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim());
-        match load(&kernel, &initrd, &line) {
+        let loaded = load(&root, &line);
+        // The image's root fd keeps its mount busy: closed before the unmount.
+        drop(root);
+        match loaded {
             Ok(()) => {
                 umount();
                 umount_hostpart();
@@ -141,6 +169,7 @@ pub fn handover(cmd: &crate::cmdline::Cmdline, image: &Path, drivers: &crate::mo
             Err(e) => warn!("kexec_file_load of {} failed ({e}); rebooting instead", kernel.display()),
         }
     } else {
+        drop(root);
         info!("rebooting into the new image's kernel (hn.after_rotate=reboot)");
     }
     umount();
@@ -165,6 +194,19 @@ mod tests {
         assert!(!is_running_kernel(&s, "6.1.0-56-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.160-1 (2026-01-01)"));
         assert_eq!(bzimage_version(&h[..0x300]), None);
         assert_eq!(bzimage_version(&[0u8; 10]), None);
+    }
+
+    #[test]
+    fn next_cmdline_keeps_hn_kexec_whatever_the_quoting() {
+        // Found by the cmdline fuzz target: an unbalanced quote made a parameter
+        // with a space before its '='; quoting only the value split it at "--".
+        for line in ["a b\" -- c=1", "x=\"1 2\" \"k l=m\" rw", "\"-- x=1\"", "a\tb=c\" d"] {
+            let next = next_cmdline(line);
+            let parts = crate::cmdline::split(&next);
+            assert_eq!(parts.last().map(String::as_str), Some("hn.kexec=1"), "{line:?} -> {next:?}");
+            let want: Vec<String> = crate::cmdline::split(line);
+            assert_eq!(&parts[..parts.len() - 1], &want[..], "{line:?} -> {next:?}");
+        }
     }
 
     #[test]

@@ -5,18 +5,21 @@
 //!    `@OFFSET` (a tar archive at that byte offset; without it, JSON at byte 0 if
 //!    the device starts with `{`, else a tar archive at byte 524288), or a path on
 //!    the host partition (`hn.config=/hn-state/custom.json`). Given and not
-//!    readable is an error: there is no fallback.
+//!    readable is an error on a fresh host (no fallback).
 //! 2. The Xen/Gandi swap device: the candidates of [`choose_candidates`] in order
 //!    (PARTLABEL `gandiswap`, a swap with LABEL `swap`, `/dev/xvdz1`, `/dev/xvdz`,
-//!    `/dev/sdb`, `/dev/xvda2`, `/dev/vdb`; a device holding a non-swap filesystem
-//!    is never one); the first whose block at byte 524288 is a tar header is read
+//!    `/dev/sdb`, `/dev/xvda2`, `/dev/vdb`; only a device with a swap signature
+//!    is one); the first whose block at byte 524288 is a tar header is read
 //!    (1 MiB at most) and its member `gandi/config` (or `config`) is the JSON.
 //! 3. `<hostpart>/hn-state/host.json` (bare metal).
 //! 4. `<hostpart>/hn-state/config.json`, the last configuration applied, so that
 //!    every later image is instantiated as the same host once the source is gone.
 //!
-//! A source that exists but cannot be read or parsed is an error, never "no
-//! configuration, so a fresh host". A found [`Source`] can [`Source::wipe`] a
+//! A source that exists but cannot be read or parsed is an error on a host not
+//! yet instantiated, never "no configuration, so a fresh host"; on an
+//! instantiated host (`hn-state/config.json` exists) it is a warning and the
+//! stored configuration is used, and a configuration on removable media is
+//! ignored unless `hn.config=` names it ([`trust`], docs/config.md). A found [`Source`] can [`Source::wipe`] a
 //! device archive (its secrets) once the configuration is applied; files are the
 //! operator's and are left alone.
 
@@ -25,11 +28,12 @@ use crate::sys::devspec::{BlockDev, DevSpec};
 use crate::slots::dir::{self as hostdir, Dir};
 use crate::sys::probe::{self, FsType, Superblock};
 use crate::config::tar::{self as ustar, TarError, BLOCK, MAX_ARCHIVE};
-use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+use crate::config::trust;
+use crate::sys::saferead::{Follow, SafeDir};
 use sha2::Digest;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -293,18 +297,44 @@ pub struct Found {
 /// among `devs`, else `hn-state/host.json`, else the last applied one on the host
 /// partition mounted at `hostpart`. `Ok(None)`: none anywhere (a host without
 /// configuration). `devs` should carry PARTUUIDs when `arg` uses `PARTUUID=`.
+///
+/// Which source is trusted, and what one that fails does, follows
+/// [`trust::decide`] (the table in docs/config.md): once the host is
+/// instantiated (`hn-state/config.json` exists) a failing source is a warning
+/// and the stored configuration is used, and a configuration on removable media
+/// is ignored unless `hn.config=` names it.
 pub fn find_config(arg: Option<&str>, devs: &[BlockDev], hostpart: &Path) -> Result<Option<Found>, SourceError> {
+    let instantiated = is_instantiated(hostpart);
+    // A source that failed: the error, or (instantiated) a warning and the stored config.
+    let failed = |kind: trust::Kind, e: SourceError| match trust::decide(kind, instantiated, trust::Read::Failed) {
+        trust::Outcome::KeepStored => {
+            warn!("config: {e}; the host is instantiated: booting with its stored configuration {LAST_APPLIED}");
+            load_last_applied(hostpart)
+        }
+        _ => Err(e),
+    };
     if let Some(a) = arg {
-        let arg = ConfigArg::parse(a)?;
-        return read_explicit(&arg, devs, hostpart).map(Some);
+        return match ConfigArg::parse(a).and_then(|arg| read_explicit(&arg, devs, hostpart)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => failed(trust::Kind::Explicit, e),
+        };
     }
-    if let Some(f) = read_swap(devs)? {
-        return Ok(Some(f));
+    match read_swap_trusted(devs, instantiated) {
+        Ok(Some(f)) => return Ok(Some(f)),
+        Ok(None) => {}
+        Err(e) => return failed(trust::Kind::SwapDevice { removable: false }, e),
     }
-    if let Some(f) = read_host_file(hostpart, HOST_JSON, Origin::HostJson)? {
-        return Ok(Some(f));
+    match read_host_file(hostpart, HOST_JSON, Origin::HostJson) {
+        Ok(Some(f)) => return Ok(Some(f)),
+        Ok(None) => {}
+        Err(e) => return failed(trust::Kind::HostJson, e),
     }
     load_last_applied(hostpart)
+}
+
+/// Whether the host is instantiated: `hn-state/config.json` exists (whatever it is).
+pub fn is_instantiated(hostpart: &Path) -> bool {
+    std::fs::symlink_metadata(hostpart.join(LAST_APPLIED)).is_ok()
 }
 
 /// Reads the source `hn.config=` names; its absence is an error.
@@ -359,7 +389,10 @@ pub fn read_explicit(arg: &ConfigArg, devs: &[BlockDev], hostpart: &Path) -> Res
 /// than swap is never a candidate. Pure.
 pub fn choose_candidates(devs: &[BlockDev]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
-    let eligible = |d: &BlockDev| d.superblock.as_ref().is_none_or(|s| s.fstype == FsType::Swap);
+    // Only a device with a swap signature: a data disk without a recognised
+    // filesystem (a raw tar backup, a fresh disk) at /dev/sdb or /dev/vdb is not
+    // a configuration source unless `hn.config=` names it.
+    let eligible = |d: &BlockDev| d.superblock.as_ref().is_some_and(|s| s.fstype == FsType::Swap);
     let mut push = |p: &Path| {
         if !out.iter().any(|x| x == p) {
             out.push(p.to_path_buf());
@@ -392,7 +425,20 @@ pub fn choose_candidates(devs: &[BlockDev]) -> Vec<PathBuf> {
 /// [`ARCHIVE_OFFSET`] is the source (a damaged archive is an error). `Ok(None)`
 /// when no candidate holds one (a swap in use has swap pages there, not a header).
 pub fn read_swap(devs: &[BlockDev]) -> Result<Option<Found>, SourceError> {
+    read_swap_trusted(devs, false)
+}
+
+/// [`read_swap`] on a host `instantiated` or not: a configuration found on
+/// removable media of an instantiated host is ignored with a warning (see
+/// [`trust::decide`]) and the next candidate is tried.
+fn read_swap_trusted(devs: &[BlockDev], instantiated: bool) -> Result<Option<Found>, SourceError> {
+    for d in devs.iter().filter(|d| d.superblock.is_none()) {
+        if let Some(p) = SWAP_PATHS.iter().find(|p| d.path.as_os_str() == **p || d.aliases.iter().any(|a| a.as_os_str() == **p)) {
+            info!("config: {p} has no swap signature: not a configuration source (hn.config={p} would read it)");
+        }
+    }
     for path in choose_candidates(devs) {
+        let removable = devs.iter().any(|d| d.path == path && d.removable);
         let how = devs
             .iter()
             .find(|d| d.path == path)
@@ -411,7 +457,13 @@ pub fn read_swap(devs: &[BlockDev]) -> Result<Option<Found>, SourceError> {
             })
             .unwrap_or_default();
         match read_device_archive(&path, ARCHIVE_OFFSET, Origin::SwapDevice, &how) {
-            Ok(Some(f)) => return Ok(Some(f)),
+            Ok(Some(f)) => match trust::decide(trust::Kind::SwapDevice { removable }, instantiated, trust::Read::Config) {
+                trust::Outcome::Apply => return Ok(Some(f)),
+                _ => warn!(
+                    "config: {} is on removable media and the host is already instantiated: ignored (name it with hn.config= to apply it)",
+                    f.source
+                ),
+            },
             Ok(None) => debug!(
                 "config: {} ({how}): no archive at byte {ARCHIVE_OFFSET}",
                 path.display()
@@ -540,56 +592,22 @@ pub fn read_device_json(path: &Path, origin: Origin, how: &str) -> Result<Option
     found_on_device(path, origin, how, "JSON at byte 0".into(), text, 0, &region).map(Some)
 }
 
-/// Opens `rel` under `root` without leaving it (openat2 RESOLVE_IN_ROOT, no magic
-/// links; without openat2, `O_NOFOLLOW` on the last component), non-blocking so a
-/// FIFO cannot hang the boot.
-fn open_in_root(root: &Path, rel: &str) -> io::Result<File> {
-    if rel.split('/').any(|c| c == "..") {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "path has a '..' component"));
-    }
-    let dir = rfs::open(
-        root,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd = match rfs::openat2(
-        &dir,
-        rel,
-        flags,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
-            rfs::openat(&dir, rel, flags | OFlags::NOFOLLOW, Mode::empty())?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(File::from(fd))
-}
-
 /// Reads a configuration file `rel` on the host partition at `hostpart`
-/// (`Ok(None)` if it does not exist).
+/// (`Ok(None)` if it does not exist): through `saferead`, resolved inside the
+/// host partition (no symlink out of it, no magic links), a regular file of at
+/// most [`MAX_CONFIG`] bytes, never blocking on a FIFO.
 pub fn read_host_file(hostpart: &Path, rel: &str, origin: Origin) -> Result<Option<Found>, SourceError> {
     let path = hostpart.join(rel);
     let what = format!("{origin} {}", path.display());
-    let f = match open_in_root(hostpart, rel) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(what)(e)),
-    };
-    let meta = f.metadata().map_err(io_err(what.clone()))?;
-    if !meta.is_file() {
-        return Err(SourceError::Missing {
-            what,
-            reason: "not a regular file".into(),
-        });
+    if rel.split('/').any(|c| c == "..") {
+        return Err(SourceError::Missing { what, reason: "path has a '..' component".into() });
     }
-    let mut buf = Vec::new();
-    f.take(MAX_CONFIG as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(io_err(what.clone()))?;
+    let dir = SafeDir::open(hostpart).map_err(io_err(what.clone()))?;
+    let buf = match dir.read(rel, Follow::InRoot, MAX_CONFIG as u64) {
+        Ok(b) => b,
+        Err(e) if e.is_absent() => return Ok(None),
+        Err(e) => return Err(SourceError::Missing { what, reason: e.to_string() }),
+    };
     let parsed = configparse::parse(&buf).map_err(|error| SourceError::Config { what, error })?;
     Ok(Some(Found {
         parsed,
@@ -652,7 +670,8 @@ mod tests {
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        assert_eq!(got, ["/dev/sdc1", "/dev/xvdz1", "/dev/sde", "/dev/sdb", "/dev/vdb"]);
+        // /dev/vdb has no signature, /dev/sdd (PARTLABEL gandiswap) holds xfs: neither is a source.
+        assert_eq!(got, ["/dev/sdc1", "/dev/xvdz1", "/dev/sde", "/dev/sdb"]);
         assert!(choose_candidates(&[]).is_empty());
         assert!(choose_candidates(&[dev("/dev/vda1", Some(FsType::Ext4), None, None)]).is_empty());
     }

@@ -2,7 +2,9 @@
 //! host partition in `hn-state/identity/` (0700) so that every image booted on
 //! the host — after an upgrade, after a revert — is the same machine to its ssh
 //! clients and its journal. Generated once per host from `getrandom(2)`, never
-//! regenerated: a damaged file is an error naming it, not a new identity.
+//! regenerated while readable: a damaged file (not a regular file, too large, not
+//! a key or machine-id) is set aside as `FILE.bad-N`, logged, and made anew at
+//! boot, so that it cannot stop the boot; [`load`] (dry runs) names it as an error.
 //!
 //! Files (each written by [`write_atomic`], so a crash leaves either nothing or
 //! a complete file; a half-created set is completed on the next boot):
@@ -49,7 +51,7 @@ pub enum IdentityError {
         source: io::Error,
     },
     #[error(
-        "{dir}/{file} is not a usable ed25519 key: {reason} (hninit does not replace a host key; move it away to have a new one made)"
+        "{dir}/{file} is not a usable ed25519 key: {reason}"
     )]
     BadKey { dir: String, file: &'static str, reason: String },
     #[error("{dir}/{file} is not a machine-id (32 lowercase hex digits): {found:?}")]
@@ -164,7 +166,7 @@ pub fn load(state: &dyn Dir) -> Result<Option<Identity>, IdentityError> {
 /// the private key is generated only when absent; the public key is (re)derived
 /// from it when missing or not matching; the machine-id is generated when absent.
 pub fn load_or_create(state: &dyn Dir) -> Result<Identity, IdentityError> {
-    let seed = match read_key(state)? {
+    let seed = match aside_if_damaged(state, KEY_FILE, read_key(state))? {
         Some(seed) => seed,
         None => {
             let seed = random_seed()?;
@@ -173,7 +175,7 @@ pub fn load_or_create(state: &dyn Dir) -> Result<Identity, IdentityError> {
             seed
         }
     };
-    let machine_id = match read_machine_id(state)? {
+    let machine_id = match aside_if_damaged(state, MACHINE_ID_FILE, read_machine_id(state))? {
         Some(id) => id,
         None => {
             let id = random_machine_id()?;
@@ -196,6 +198,25 @@ pub fn load_or_create(state: &dyn Dir) -> Result<Identity, IdentityError> {
         write_atomic(state, PUB_FILE, want.as_bytes()).map_err(state_io(state, PUB_FILE, "write"))?;
     }
     Ok(identity)
+}
+
+/// A damaged identity file (not a regular file, a symlink, too large, or not a
+/// key / machine-id) is invalid, never absent, and must not stop the boot: it is
+/// set aside as `FILE.bad-N` (kept for inspection, logged) and made anew. An I/O
+/// error stays an error (the disk may be failing; nothing is regenerated).
+fn aside_if_damaged<T>(state: &dyn Dir, file: &'static str, r: Result<Option<T>, IdentityError>) -> Result<Option<T>, IdentityError> {
+    let damaged = match &r {
+        Err(IdentityError::BadKey { .. }) | Err(IdentityError::BadMachineId { .. }) => true,
+        Err(IdentityError::Io { source, step: "read", .. }) => crate::slots::dir::is_invalid(source),
+        _ => false,
+    };
+    if !damaged {
+        return r;
+    }
+    let why = r.err().map(|e| e.to_string()).unwrap_or_default();
+    let to = crate::slots::dir::set_aside(state, file).map_err(state_io(state, file, "set aside"))?;
+    warn!("{why}: set aside as {}/{to}; a new one is made (the host's {} changes)", state.label(), if file == KEY_FILE { "ssh host key" } else { "machine-id" });
+    Ok(None)
 }
 
 fn read_key(state: &dyn Dir) -> Result<Option<[u8; 32]>, IdentityError> {
@@ -563,14 +584,28 @@ mod tests {
         // Files are private.
         let m = std::fs::metadata(t.path().join(STATE_DIR).join(KEY_FILE)).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
-        // A damaged key is an error naming it, not a new identity.
-        std::fs::write(t.path().join(STATE_DIR).join(KEY_FILE), "garbage").unwrap();
-        let e = load_or_create(&dir).unwrap_err().to_string();
+        // A damaged key is invalid, never absent: `load` names it; at boot it is
+        // set aside (kept as .bad-N) and a new identity made, never a boot loop.
+        let sd = t.path().join(STATE_DIR);
+        std::fs::write(sd.join(KEY_FILE), "garbage").unwrap();
+        let e = load(&dir).unwrap_err().to_string();
         assert!(e.contains(KEY_FILE), "{e}");
-        std::fs::write(t.path().join(STATE_DIR).join(KEY_FILE), a.openssh_private("c")).unwrap();
-        std::fs::write(t.path().join(STATE_DIR).join(MACHINE_ID_FILE), "nope\n").unwrap();
-        let e = load_or_create(&dir).unwrap_err().to_string();
-        assert!(e.contains(MACHINE_ID_FILE), "{e}");
+        let n = load_or_create(&dir).unwrap();
+        assert_ne!(n.public_key(), a.public_key());
+        assert_eq!(n.machine_id, a.machine_id);
+        assert_eq!(std::fs::read_to_string(sd.join(format!("{KEY_FILE}.bad-1"))).unwrap(), "garbage");
+        std::fs::write(sd.join(MACHINE_ID_FILE), "nope\n").unwrap();
+        let m = load_or_create(&dir).unwrap();
+        assert_ne!(m.machine_id, a.machine_id);
+        assert_eq!(m.public_key(), n.public_key());
+        assert_eq!(std::fs::read_to_string(sd.join(format!("{MACHINE_ID_FILE}.bad-1"))).unwrap(), "nope\n");
+        // A FIFO or a symlink in their place: set aside too, without blocking.
+        std::fs::remove_file(sd.join(MACHINE_ID_FILE)).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, sd.join(MACHINE_ID_FILE), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        std::fs::remove_file(sd.join(KEY_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", sd.join(KEY_FILE)).unwrap();
+        load_or_create(&dir).unwrap();
+        assert!(sd.join(format!("{MACHINE_ID_FILE}.bad-2")).exists() && sd.join(format!("{KEY_FILE}.bad-2")).exists());
         let _ = RealDir::open(t.path(), false).unwrap();
     }
 }

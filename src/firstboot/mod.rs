@@ -17,6 +17,7 @@ pub mod accounts;
 pub mod identity;
 pub mod render;
 pub mod rootwriter;
+pub mod runonce;
 
 use crate::config::model::HostConfig;
 use crate::slots::dir::Dir;

@@ -1380,7 +1380,7 @@ fn plan_identity(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
 /// The command run once after boot.
 #[inline(never)]
 fn plan_run(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
-    let Ctx { cfg, image, .. } = *c;
+    let Ctx { cfg, image, stamp, .. } = *c;
     // The command run once after boot.
     if let Some(run) = cfg.vm_conf.as_ref().and_then(|v| v.run.as_deref()).filter(|r| !r.trim().is_empty()) {
         if !image.systemd {
@@ -1407,10 +1407,11 @@ fn plan_run(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
         };
         let unit = format!(
             "{HEADER}[Unit]\nDescription=hninit: run the host configuration's command once\n\
-             ConditionPathExists=!/var/lib/hninit/run.done\nWants=network-online.target\nAfter=network-online.target\n\n\
-             [Service]\nType=oneshot\nExecStart={exec}\nExecStartPost=/bin/mkdir -p /var/lib/hninit\n\
-             ExecStartPost=/bin/touch /var/lib/hninit/run.done\nStandardOutput=journal\nStandardError=journal\nTimeoutStartSec=infinity\n\n\
-             [Install]\nWantedBy=multi-user.target\n"
+             {}Wants=network-online.target\nAfter=network-online.target\n\n\
+             [Service]\nType=oneshot\nExecStart={exec}\n{}StandardOutput=journal\nStandardError=journal\nTimeoutStartSec=infinity\n\n\
+             [Install]\nWantedBy=multi-user.target\n",
+            super::runonce::conditions(stamp.config_digest),
+            super::runonce::record(stamp.config_digest)
         );
         b.owned_write(RUN_UNIT, unit, 0o644, "run-once unit for vm_conf.run");
         b.link(&format!("{WANTS}/hninit-run.service"), RUN_UNIT, "enable the run-once unit", true);

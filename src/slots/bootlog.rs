@@ -43,15 +43,29 @@ pub fn append(state: &dyn Dir, stamp: &str, lines: &[String], sync: bool) -> io:
 
 fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize, sync: bool) -> io::Result<()> {
     let mut text = String::new();
+    // A damaged log (a FIFO, a symlink, far too large) is set aside and a new
+    // one started; the first line of the new one says so.
+    let mut aside = None;
+    let old = match state.read(BOOT_LOG, 4 * max) {
+        Ok(old) => old,
+        Err(e) if crate::slots::dir::is_invalid(&e) => {
+            let to = crate::slots::dir::set_aside(state, BOOT_LOG)?;
+            warn!("{}/{BOOT_LOG} is invalid ({e}): set aside as {to}", state.label());
+            aside = Some(format!("{stamp} {BOOT_LOG} was invalid ({}): set aside as {to}\n", e.to_string().replace('\n', " ")));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(a) = aside {
+        text.push_str(&a);
+    }
     for l in lines {
         let one_line = l.replace('\n', " ");
         text.push_str(&format!("{stamp} {one_line}\n"));
     }
-    if let Some(old) = state.read(BOOT_LOG, 4 * max)? {
+    if let Some(old) = old {
         if old.len() + text.len() > max {
-            let keep_from = old.len().saturating_sub(max / 2);
-            let start = old[keep_from..].iter().position(|b| *b == b'\n').map(|p| keep_from + p + 1).unwrap_or(old.len());
-            let mut kept = old[start..].to_vec();
+            let mut kept = kept_tail(&old, max).to_vec();
             kept.extend_from_slice(text.as_bytes());
             return write_atomic(state, BOOT_LOG, &kept);
         }
@@ -61,6 +75,18 @@ fn append_bounded(state: &dyn Dir, stamp: &str, lines: &[String], max: usize, sy
     } else {
         state.append(BOOT_LOG, text.as_bytes())
     }
+}
+
+/// What a trim keeps of a log `old` bounded to `max` bytes: at most its last
+/// `max / 2` bytes, starting after a newline (nothing when there is none). Pure.
+pub fn kept_tail(old: &[u8], max: usize) -> &[u8] {
+    let keep_from = old.len().saturating_sub(max / 2);
+    let start = old
+        .get(keep_from..)
+        .and_then(|tail| tail.iter().position(|b| *b == b'\n'))
+        .map(|p| keep_from + p + 1)
+        .unwrap_or(old.len());
+    old.get(start..).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use rustix::fd::OwnedFd;
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, CWD};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Identity of a file: survives rename, differs between two images.
@@ -74,6 +74,31 @@ pub fn remove_if_exists(dir: &dyn Dir, name: &str) -> io::Result<bool> {
     }
 }
 
+/// Sets a damaged state file aside: renames `name` to the first free
+/// `name.bad-N` (N from 1 to 99; past that, `.bad-99` is replaced) and fsyncs
+/// the directory. Returns the new name. Crash-safe: one rename; a crash before
+/// it leaves the damaged file to be set aside again on the next boot.
+pub fn set_aside(dir: &dyn Dir, name: &str) -> io::Result<String> {
+    let mut to = format!("{name}.bad-99");
+    for n in 1..100 {
+        let candidate = format!("{name}.bad-{n}");
+        if !dir.exists(&candidate)? {
+            to = candidate;
+            break;
+        }
+    }
+    dir.rename(name, &to)?;
+    dir.sync()?;
+    Ok(to)
+}
+
+/// Whether a read error means the file is there but invalid (not a regular
+/// file, a symlink, too large, not the expected text): set it aside, rather than
+/// an I/O error worth retrying.
+pub fn is_invalid(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData
+}
+
 /// A real directory, by file descriptor.
 pub struct RealDir {
     fd: OwnedFd,
@@ -100,9 +125,30 @@ impl RealDir {
         &self.path
     }
 
+    /// Opens `name` for writing: never following a symlink, never blocking (a
+    /// FIFO without a reader is ENXIO), and only a regular file: anything else
+    /// under that name is removed and the file created afresh (the names written
+    /// are hninit's own temporaries and logs).
     fn open_file(&self, name: &str, flags: OFlags, mode: u32) -> io::Result<std::fs::File> {
-        let fd = rfs::openat(&self.fd, name, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(mode))?;
+        let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let mode = Mode::from_raw_mode(mode);
+        let fd = match rfs::openat(&self.fd, name, flags, mode) {
+            Ok(fd) if rfs::fstat(&fd).map(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)? => fd,
+            Ok(_) | Err(rustix::io::Errno::NXIO) | Err(rustix::io::Errno::LOOP) => {
+                rfs::unlinkat(&self.fd, name, AtFlags::empty())?;
+                rfs::openat(&self.fd, name, flags | OFlags::EXCL, mode)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let fl = rfs::fcntl_getfl(&fd)?;
+        rfs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK)?;
         Ok(std::fs::File::from(fd))
+    }
+
+    fn safe_open(&self, name: &str) -> Result<std::fs::File, crate::sys::saferead::ReadError> {
+        use rustix::fd::AsFd;
+        let shown = || self.path.join(name).display().to_string();
+        crate::sys::saferead::open_at(self.fd.as_fd(), name, crate::sys::saferead::Follow::Never, &shown)
     }
 }
 
@@ -123,17 +169,12 @@ impl Dir for RealDir {
     }
 
     fn read(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
-        let f = match self.open_file(name, OFlags::RDONLY, 0) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut buf = Vec::new();
-        f.take(max as u64 + 1).read_to_end(&mut buf)?;
-        if buf.len() > max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{name} is larger than {max} bytes")));
+        let shown = || self.path.join(name).display().to_string();
+        match self.safe_open(name).and_then(|f| crate::sys::saferead::read_capped(f, max as u64, &shown)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.is_absent() => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        Ok(Some(buf))
     }
 
     fn link(&self, from: &str, to: &str) -> io::Result<()> {
@@ -184,6 +225,6 @@ impl Dir for RealDir {
     }
 
     fn open_read(&self, name: &str) -> io::Result<std::fs::File> {
-        self.open_file(name, OFlags::RDONLY, 0)
+        self.safe_open(name).map_err(Into::into)
     }
 }

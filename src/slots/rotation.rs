@@ -85,6 +85,15 @@ pub struct Trial {
     pub tries: u32,
 }
 
+impl Trial {
+    /// `tries_left` never above `tries` (a hand-edited or damaged file), and
+    /// `tries` at least 1.
+    pub fn clamped(self) -> Trial {
+        let tries = self.tries.max(1);
+        Trial { tries, tries_left: self.tries_left.min(tries), ..self }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Request {
     pub revert: Option<Revert>,
@@ -206,15 +215,21 @@ impl Ctx<'_> {
         self.out.events.push(e);
     }
     fn read_trial(&mut self) -> Result<Option<Trial>, SlotError> {
-        let raw = self.io(self.state, format!("read {TRIAL}"), self.state.read(TRIAL, MAX_STATE))?;
-        Ok(match raw.map(|b| serde_json::from_slice::<Trial>(&b)) {
-            None => None,
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                self.event(format!("trial state unreadable ({e}); ignored"));
-                None
-            }
-        })
+        // A damaged trial file (a FIFO, a symlink, too large, not the JSON of a
+        // trial) is invalid, never absent: it is set aside as `trial.json.bad-N`
+        // and the trial state starts afresh (the current image is not on trial).
+        let why = match self.state.read(TRIAL, MAX_STATE) {
+            Ok(None) => return Ok(None),
+            Ok(Some(b)) => match serde_json::from_slice::<Trial>(&b) {
+                Ok(t) => return Ok(Some(t.clamped())),
+                Err(e) => e.to_string(),
+            },
+            Err(e) if crate::slots::dir::is_invalid(&e) => e.to_string(),
+            Err(e) => return Err(SlotError::Io { step: format!("read {TRIAL}"), dir: self.state.label(), source: e }),
+        };
+        let to = self.io(self.state, format!("set {TRIAL} aside"), crate::slots::dir::set_aside(self.state, TRIAL))?;
+        self.event(format!("trial state {}/{TRIAL} is invalid ({why}): set aside as {to}; no image is on trial", self.state.label()));
+        Ok(None)
     }
     fn write_trial(&self, t: &Trial) -> Result<(), SlotError> {
         let data = serde_json::to_vec(t).unwrap_or_default();
@@ -270,7 +285,7 @@ pub fn settle(
         upgrade(&mut c, req, validate)?;
     } else if let Some(mut t) = trial {
         if req.count_tries {
-            t.tries_left -= 1;
+            t.tries_left = t.tries_left.saturating_sub(1);
             c.write_trial(&t)?;
             c.event(format!("{} on trial: try {} of {}", c.n.current, t.tries - t.tries_left, t.tries));
         }

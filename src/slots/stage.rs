@@ -67,8 +67,17 @@ pub struct StageSource {
 
 impl StageSource {
     /// An image file (or block device) by path.
+    /// A FIFO or socket is refused at once instead of blocking in `open`
+    /// (`hnctl stage -` reads a pipe on standard input).
     pub fn open(path: &Path) -> io::Result<StageSource> {
-        let file = File::open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+        let ft = FileType::from_raw_mode(rfs::fstat(&file)?.st_mode);
+        if !matches!(ft, FileType::RegularFile | FileType::BlockDevice) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file or block device (a pipe goes on standard input: hnctl stage -)"));
+        }
+        let fl = rfs::fcntl_getfl(&file)?;
+        rfs::fcntl_setfl(&file, fl - rfs::OFlags::NONBLOCK)?;
         Self::from_file(file, path.display().to_string(), false)
     }
 

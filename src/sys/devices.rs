@@ -226,12 +226,16 @@ fn describe(name: &str, sys: &Path, major: u32, minor: u32, size_bytes: u64) -> 
             }
         }
     }
+    let real = fs::canonicalize(sys).ok();
     if dev.partn.is_some() {
         // /sys/class/block/vda2 -> ../../devices/.../vda/vda2: the parent is the directory above.
-        if let Ok(real) = fs::canonicalize(sys) {
+        if let Some(real) = &real {
             dev.parent = real.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
         }
     }
+    let disk = dev.parent.clone().unwrap_or_else(|| name.to_string());
+    dev.removable = read_trim(&Path::new("/sys/class/block").join(disk).join("removable")).as_deref() == Some("1")
+        || real.is_some_and(|r| r.to_string_lossy().contains("/usb"));
     match probe::probe_path(&dev.path) {
         Ok(sb) => dev.superblock = sb,
         Err(e) => dev.probe_error = Some(e.to_string()),

@@ -108,6 +108,8 @@ pub struct BlockDev {
     /// Partition UUID, read from the parent's partition table when asked for.
     pub partuuid: Option<String>,
     pub superblock: Option<Superblock>,
+    /// Removable media: sysfs `removable` of the disk is 1, or it hangs off USB.
+    pub removable: bool,
     /// Why the probe failed, if it did (shown in the diagnosis).
     pub probe_error: Option<String>,
 }

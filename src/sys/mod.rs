@@ -11,3 +11,4 @@ pub mod loopmount;
 pub mod mounts;
 pub mod partition;
 pub mod probe;
+pub mod saferead;

@@ -306,7 +306,11 @@ pub fn probe(head: &[u8]) -> Option<Superblock> {
 /// Reads up to [`PROBE_LEN`] bytes of `path` (a device or an image file; shorter
 /// is fine) and probes them.
 pub fn probe_path(path: &Path) -> io::Result<Option<Superblock>> {
-    let file = File::open(path)?;
+    probe_file(File::open(path)?)
+}
+
+/// Probes the first [`PROBE_LEN`] bytes of an open file (from its current position).
+pub fn probe_file(file: File) -> io::Result<Option<Superblock>> {
     let mut head = Vec::with_capacity(PROBE_LEN);
     file.take(PROBE_LEN as u64).read_to_end(&mut head)?;
     Ok(probe(&head))

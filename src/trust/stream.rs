@@ -6,7 +6,6 @@
 use super::keystore::KeyStore;
 use super::minisign::{ImageVerifier, Signature, MAX_SIGNATURE_FILE};
 use super::policy::{self, Admission, Context, Pending, Reject, Verdict};
-use rustix::fs::{self as rfs, Mode, OFlags};
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -104,26 +103,10 @@ pub fn check_reader(
 /// `Err` (naming the file) if it is a link, not a regular file, too large or
 /// malformed — a damaged sidecar is never taken as absent.
 pub fn read_signature(path: &Path) -> Result<Option<Signature>, String> {
-    let shown = path.display();
-    let fd = match rfs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(None),
-        Err(rustix::io::Errno::LOOP) => return Err(format!("{shown}: is a symbolic link")),
-        Err(e) => return Err(format!("{shown}: {}", io::Error::from(e))),
+    let buf = match crate::sys::saferead::read_path(path, MAX_SIGNATURE_FILE as u64) {
+        Ok(b) => b,
+        Err(e) if e.is_absent() => return Ok(None),
+        Err(e) => return Err(e.to_string()),
     };
-    let f = std::fs::File::from(fd);
-    match f.metadata() {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => return Err(format!("{shown}: not a regular file")),
-        Err(e) => return Err(format!("{shown}: {e}")),
-    }
-    let mut buf = Vec::new();
-    f.take(MAX_SIGNATURE_FILE as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("{shown}: {e}"))?;
-    Signature::parse(&buf).map(Some).map_err(|e| format!("{shown}: {e}"))
+    Signature::parse(&buf).map(Some).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -356,6 +356,11 @@ fn make_hostpart(
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent)?;
         }
+        // A FIFO (hostile-input scenarios) is made anew: copying one would block.
+        if fs::symlink_metadata(src).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())) {
+            util::run(cmd("mkfifo").arg(&p)).with_context(|| format!("making the FIFO {dst}"))?;
+            continue;
+        }
         // A hard link avoids copying large images twice; fall back to a copy.
         if fs::hard_link(src, &p).is_err() {
             fs::copy(src, &p).with_context(|| format!("copying {} to {dst}", src.display()))?;
