@@ -531,6 +531,28 @@ fn hostnames_and_addresses() {
     );
 }
 
+/// A name the first boot cannot write (`.eth0`: the renderer refused it after
+/// the validator had accepted it, so the host booted without its network
+/// configuration) is refused here, naming the field.
+#[test]
+fn interface_names_the_first_boot_cannot_write_are_refused() {
+    for name in [".eth0", ".", ".."] {
+        check(
+            &with("/hninit/addresses/0/interface", json!(name)),
+            "hninit.addresses[0].interface",
+            "not an interface name",
+        );
+        check(
+            &with("/hninit/interface_names", json!({"1": name})),
+            "hninit.interface_names.1",
+            "not an interface name",
+        );
+    }
+    for name in ["eth0.5", "br-lan", "en_p1s0"] {
+        parse(&with("/hninit/addresses/0/interface", json!(name))).unwrap();
+    }
+}
+
 #[test]
 fn sizes_and_texts() {
     let huge = vec![b' '; 10 << 20];

@@ -268,33 +268,81 @@ fn decimal(s: &str) -> Option<u32> {
 /// RFC 1123 host name (short or fully qualified), lower-cased.
 pub fn check_hostname(path: &str, name: &str) -> Result<String, ConfigError> {
     let lower = name.to_ascii_lowercase();
-    let bad = |why: &str| err(path, format!("{} is not a valid host name: {why}", show(name)));
+    match hostname_problem(&lower) {
+        Some(why) => Err(err(path, format!("{} is not a valid host name: {why}", show(name)))),
+        None => Ok(lower),
+    }
+}
+
+/// Why `lower` (a lower-cased name) is not an RFC 1123 host name, if it is not.
+pub fn hostname_problem(lower: &str) -> Option<&'static str> {
     if lower.is_empty() {
-        return Err(bad("it is empty"));
+        return Some("it is empty");
     }
     if lower.len() > 253 {
-        return Err(bad("longer than 253 characters"));
+        return Some("longer than 253 characters");
     }
     for label in lower.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err(bad("each dot-separated label has 1 to 63 characters"));
+            return Some("each dot-separated label has 1 to 63 characters");
         }
         if !label
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(bad("only letters, digits, '-' and '.' are allowed"));
+            return Some("only letters, digits, '-' and '.' are allowed");
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(bad("a label cannot start or end with '-'"));
+            return Some("a label cannot start or end with '-'");
         }
     }
-    Ok(lower)
+    None
 }
 
 fn ip(path: &str, s: &str) -> Result<IpAddr, ConfigError> {
-    s.parse::<IpAddr>()
-        .map_err(|_| err(path, format!("{} is not an IP address", show(s))))
+    parse_ip(s).ok_or_else(|| err(path, format!("{} is not an IP address", show(s))))
+}
+
+/// An IPv4 or IPv6 address in its usual text form (no surrounding space).
+pub fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse().ok()
+}
+
+/// An address with its prefix length (`192.0.2.10/24`, `2001:db8::/32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Why a text is not a [`Cidr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CidrProblem {
+    /// Not `address/prefix` with a prefix of 1 to 3 digits.
+    Shape,
+    /// The prefix is longer than the family's (32 or 128), which it gives.
+    PrefixAbove(u8),
+}
+
+/// `address/prefix` (host bits allowed), the prefix 1 to 3 decimal digits.
+pub fn parse_cidr(s: &str) -> Result<Cidr, CidrProblem> {
+    let (a, p) = s.split_once('/').ok_or(CidrProblem::Shape)?;
+    let addr = parse_ip(a).ok_or(CidrProblem::Shape)?;
+    if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CidrProblem::Shape);
+    }
+    let prefix: u8 = p.parse().map_err(|_| CidrProblem::Shape)?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(CidrProblem::PrefixAbove(max));
+    }
+    Ok(Cidr { addr, prefix })
 }
 
 fn same_family(path: &str, a: IpAddr, b: IpAddr) -> Result<(), ConfigError> {
@@ -308,26 +356,17 @@ fn same_family(path: &str, a: IpAddr, b: IpAddr) -> Result<(), ConfigError> {
 
 /// `address/prefix` (host bits allowed): the address and the prefix length.
 pub fn cidr(path: &str, s: &str) -> Result<(IpAddr, u8), ConfigError> {
-    let bad = || {
-        err(
+    match parse_cidr(s) {
+        Ok(c) => Ok((c.addr, c.prefix)),
+        Err(CidrProblem::Shape) => Err(err(
             path,
             format!(
                 "{} is not an address with a prefix length (CIDR, e.g. 192.0.2.10/24)",
                 show(s)
             ),
-        )
-    };
-    let (a, p) = s.split_once('/').ok_or_else(bad)?;
-    let addr: IpAddr = a.parse().map_err(|_| bad())?;
-    if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
+        )),
+        Err(CidrProblem::PrefixAbove(max)) => Err(err(path, format!("{} has a prefix length above {max}", show(s)))),
     }
-    let prefix: u8 = p.parse().map_err(|_| bad())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        return Err(err(path, format!("{} has a prefix length above {max}", show(s))));
-    }
-    Ok((addr, prefix))
 }
 
 /// A network in CIDR form: host bits must be zero.
@@ -360,22 +399,31 @@ fn contains(net: IpAddr, prefix: u8, addr: IpAddr) -> bool {
     net.is_ipv4() == addr.is_ipv4() && mask(addr, prefix) == net
 }
 
-/// A Linux interface name: 1 to 15 of `A-Z a-z 0-9 _ . -`, not `.` or `..`
-/// (stricter than the kernel, which also allows other printable characters).
+/// A Linux interface name: 1 to 15 of `A-Z a-z 0-9 _ . -`, not starting with
+/// `.` (so not `.` or `..`; stricter than the kernel, which also allows other
+/// printable characters): the name becomes part of file names in the image.
 pub fn check_ifname(path: &str, s: &str) -> Result<(), ConfigError> {
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    if ok {
+    if ifname_ok(s) {
         Ok(())
+    } else if s.starts_with('.') {
+        Err(err(
+            path,
+            format!("{} is not an interface name (1 to 15 of A-Z a-z 0-9 _ . -, not starting with '.')", show(s)),
+        ))
     } else {
         Err(err(
             path,
             format!("{} is not an interface name (1 to 15 of A-Z a-z 0-9 _ . -)", show(s)),
         ))
     }
+}
+
+/// The rule of [`check_ifname`].
+pub fn ifname_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && !s.starts_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Accounts that belong to the image: refused as config users.
@@ -429,7 +477,7 @@ const SYSTEM_USERS: &[&str] = &[
 ];
 
 /// `^[a-z_][a-z0-9_-]{0,31}$`.
-fn user_name_shape(s: &str) -> bool {
+pub fn user_name_shape(s: &str) -> bool {
     let mut b = s.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_lowercase() || c == b'_')
         && s.len() <= 32
@@ -513,11 +561,7 @@ fn check_user(base: &str, u: &User) -> Result<(), ConfigError> {
         }
     }
     if let Some(s) = &u.shell {
-        let ok = s.starts_with('/')
-            && s.len() <= 256
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.+-".contains(&b))
-            && !s.split('/').any(|c| c == "..");
-        if !ok {
+        if !shell_ok(s) {
             return Err(err(
                 format!("{base}.shell"),
                 format!("{} is not an absolute path to a shell", show(s)),
@@ -525,6 +569,14 @@ fn check_user(base: &str, u: &User) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A login shell: an absolute path of `A-Z a-z 0-9 / _ . + -`, no `..`.
+pub fn shell_ok(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 256
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.+-".contains(&b))
+        && !s.split('/').any(|c| c == "..")
 }
 
 /// crypt(3)'s base64 alphabet.
@@ -599,34 +651,43 @@ const KEY_TYPES: &[&str] = &[
 /// One `authorized_keys` line without options: `TYPE BASE64 [COMMENT]`; the
 /// base64 blob must decode and start with the same key type.
 pub fn check_ssh_key(path: &str, line: &str) -> Result<(), ConfigError> {
-    let bad = |why: &str| err(path, format!("not an ssh public key line: {why}"));
+    match ssh_key_problem(line) {
+        Some(why) => Err(err(path, format!("not an ssh public key line: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// The rule of [`check_ssh_key`]: why `line` is not a public key line, if it is not.
+pub fn ssh_key_problem(line: &str) -> Option<String> {
     if line.contains(['\n', '\r']) {
-        return Err(bad("it contains a line break (one key per line)"));
+        return Some("it contains a line break (one key per line)".into());
     }
     if line.chars().any(|c| c.is_control()) {
-        return Err(bad("it contains a control character"));
+        return Some("it contains a control character".into());
     }
     if line.len() > MAX_KEY_LINE {
-        return Err(bad("longer than 16 KiB"));
+        return Some("longer than 16 KiB".into());
     }
     let (ktype, rest) = line.split_once(' ').unwrap_or((line, ""));
     if !KEY_TYPES.contains(&ktype) {
-        return Err(bad(&format!(
+        return Some(format!(
             "it must start with a key type (ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256/384/521, sk-…), not {}",
             show(ktype)
-        )));
+        ));
     }
     let body = rest.split(' ').next().unwrap_or("");
-    let blob = base64_decode(body).ok_or_else(|| bad("the key is not valid base64"))?;
+    let Some(blob) = base64_decode(body) else {
+        return Some("the key is not valid base64".into());
+    };
     let declared = blob
         .get(..4)
         .and_then(|l| <[u8; 4]>::try_from(l).ok())
         .map(|l| u32::from_be_bytes(l) as usize)
         .and_then(|n| blob.get(4..4usize.checked_add(n)?));
     if declared != Some(ktype.as_bytes()) {
-        return Err(bad(&format!("the key data is not a {ktype} key")));
+        return Some(format!("the key data is not a {ktype} key"));
     }
-    Ok(())
+    None
 }
 
 /// Standard base64 with padding; `None` if malformed or empty.
@@ -679,11 +740,7 @@ fn check_text(path: &str, s: &str, max: usize, multiline: bool) -> Result<(), Co
 
 /// `^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$`, at most 128 characters.
 pub fn check_timezone(path: &str, s: &str) -> Result<(), ConfigError> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.split('/')
-            .all(|c| !c.is_empty() && c != ".." && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b)));
-    if ok {
+    if timezone_ok(s) {
         Ok(())
     } else {
         Err(err(
@@ -693,21 +750,39 @@ pub fn check_timezone(path: &str, s: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn check_sysctl(path: &str, k: &str, v: &str) -> Result<(), ConfigError> {
-    let key_ok = !k.is_empty()
+/// The rule of [`check_timezone`]: a zone name, also a path under
+/// `/usr/share/zoneinfo` that stays there.
+pub fn timezone_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.split('/')
+            .all(|c| !c.is_empty() && c != ".." && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b)))
+}
+
+/// A sysctl key: `a-z 0-9 _ . * -`, dot-separated, at most 256 bytes.
+pub fn sysctl_key_ok(k: &str) -> bool {
+    !k.is_empty()
         && k.len() <= 256
         && k.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.*-".contains(&b))
         && !k.starts_with('.')
         && !k.ends_with('.')
-        && !k.contains("..");
-    if !key_ok {
+        && !k.contains("..")
+}
+
+/// A sysctl value: one non-empty line of at most 4096 bytes, no control character.
+pub fn sysctl_value_ok(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 4096 && !v.chars().any(|c| c.is_control())
+}
+
+fn check_sysctl(path: &str, k: &str, v: &str) -> Result<(), ConfigError> {
+    if !sysctl_key_ok(k) {
         return Err(err(
             path,
             "is not a sysctl key (a-z 0-9 _ . * -, like net.ipv4.ip_forward)",
         ));
     }
-    if v.is_empty() || v.len() > 4096 || v.chars().any(|c| c.is_control()) {
+    if !sysctl_value_ok(v) {
         return Err(err(path, "the value must be one non-empty line of at most 4096 bytes"));
     }
     Ok(())

@@ -24,6 +24,7 @@
 //! `/etc/resolv.conf` is written as a plain file (replacing any other link).
 
 use crate::config::model::HostConfig;
+use crate::config::rules;
 use crate::firstboot::accounts;
 use crate::firstboot::plan::{valid_path, Marker, RenderError, MARKER_PATH, WANTS};
 use crate::firstboot::rootwriter::{Kind, RootDir};
@@ -230,7 +231,7 @@ pub fn detect(root: &RootDir, cfg: &HostConfig) -> Result<ImageFacts, RenderErro
     f.dbus_machine_id = matches!(root.lstat("/var/lib/dbus/machine-id"), Ok(Some(m)) if m.kind == Kind::File);
 
     if let Some(zone) = cfg.hninit.as_ref().and_then(|h| h.timezone.as_deref()) {
-        if valid_zone(zone) && matches!(root.stat(&format!("/usr/share/zoneinfo/{zone}")), Ok(Some(m)) if m.kind == Kind::File) {
+        if rules::timezone_ok(zone) && matches!(root.stat(&format!("/usr/share/zoneinfo/{zone}")), Ok(Some(m)) if m.kind == Kind::File) {
             f.zoneinfo.push(zone.to_string());
         }
     }
@@ -262,15 +263,3 @@ pub fn detect(root: &RootDir, cfg: &HostConfig) -> Result<ImageFacts, RenderErro
     f.previous = read_marker(root);
     Ok(f)
 }
-
-/// `Europe/Paris`: components of letters, digits, `_+-`, no `.`/`..`.
-pub(crate) fn valid_zone(zone: &str) -> bool {
-    !zone.is_empty()
-        && zone.split('/').all(|c| {
-            !c.is_empty()
-                && !c.starts_with('.')
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
-        })
-}
-

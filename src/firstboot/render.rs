@@ -29,7 +29,8 @@
 //! image is refused ([`RenderError::DanglingLink`]).
 
 use crate::config::model::{Extra, HostConfig};
-use crate::firstboot::detect::{valid_zone, ImageFacts, Resolver};
+use crate::config::rules;
+use crate::firstboot::detect::{ImageFacts, Resolver};
 use crate::firstboot::accounts::{self, Databases, Settings};
 use crate::firstboot::edit::{hosts_file, one_line, with_block};
 use crate::firstboot::identity::Identity;
@@ -360,7 +361,7 @@ fn plan_extras(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
     // Timezone, motd, identities, sysctl.
     if let Some(zone) = extra.timezone.as_deref() {
         let path = format!("/usr/share/zoneinfo/{zone}");
-        if !valid_zone(zone) {
+        if !rules::timezone_ok(zone) {
             return Err(RenderError::BadValue {
                 what: "timezone",
                 value: zone.into(),
@@ -388,17 +389,18 @@ fn plan_extras(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
     if !extra.sysctl.is_empty() {
         let mut text = HEADER.to_string();
         for (k, v) in &extra.sysctl {
-            if k.is_empty()
-                || !k
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'/' | b'_' | b'-' | b'*'))
-            {
+            if !rules::sysctl_key_ok(k) {
                 return Err(RenderError::BadValue {
                     what: "sysctl key",
                     value: k.clone(),
                 });
             }
-            one_line("sysctl value", v)?;
+            if !rules::sysctl_value_ok(v) {
+                return Err(RenderError::BadValue {
+                    what: "sysctl value",
+                    value: v.clone(),
+                });
+            }
             let _ = writeln!(text, "{k} = {v}");
         }
         b.owned_write("/etc/sysctl.d/60-hninit.conf", text, 0o644, "hninit.sysctl");
@@ -444,9 +446,9 @@ pub fn plan(cfg: &HostConfig, image: &ImageFacts, identity: &Identity, stamp: &S
     let mut b = Builder::default();
     let none = Extra::default();
     let extra = cfg.hninit.as_ref().unwrap_or(&none);
-    let host = cfg.vm_hostname.trim();
-    one_line("vm_hostname", host)?;
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    // The validator's rule, on its normalised (lower-case) form.
+    let host = cfg.vm_hostname.as_str();
+    if rules::hostname_problem(host).is_some() || host.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(RenderError::BadValue {
             what: "vm_hostname",
             value: host.into(),
@@ -709,6 +711,41 @@ mod tests {
             plan(&c, &facts(NetworkStack::Networkd), &identity(), &STAMP),
             Err(RenderError::BadAddress { .. })
         ));
+    }
+
+    /// One copy of each rule: what the config validator accepts, the plan
+    /// accepts, and what it refuses, the plan refuses too (they used to
+    /// disagree: `.eth0` passed validation and failed at first boot).
+    #[test]
+    fn the_plan_follows_the_validator_rules() {
+        use crate::config::parse as rules;
+        let ok = |c: &HostConfig, f: &ImageFacts| plan(c, f, &identity(), &STAMP).is_ok();
+        for name in [".eth0", "eth0@x", "eth0.5", "br-lan", "a/b", "x", "en_p1s0", "averyverylongname"] {
+            let mut c = config();
+            c.hninit.as_mut().unwrap().interface_names.insert("0".into(), name.into());
+            let valid = rules::check_ifname("x", name).is_ok();
+            assert_eq!(ok(&c, &facts(NetworkStack::Networkd)), valid, "interface name {name:?}");
+        }
+        for zone in ["Europe/Paris", "Etc/GMT+1", "Europe/Pa.ris", "a..b/c", "UTC"] {
+            let mut c = config();
+            c.hninit.as_mut().unwrap().timezone = Some(zone.into());
+            let mut f = facts(NetworkStack::Networkd);
+            f.zoneinfo = vec![zone.into()];
+            let valid = rules::check_timezone("x", zone).is_ok();
+            assert_eq!(ok(&c, &f), valid, "time zone {zone:?}");
+        }
+        for address in ["2001:db8::11/64", "2001:db8::11/+64", " 2001:db8::11/64", "2001:db8::11/129", "2001:db8::11"] {
+            let mut c = config();
+            c.hninit.as_mut().unwrap().addresses[0].address = address.into();
+            let valid = rules::cidr("x", address).is_ok();
+            assert_eq!(ok(&c, &facts(NetworkStack::Networkd)), valid, "address {address:?}");
+        }
+        for host in ["web1.example.net", "a_b", "-web", "web-", "a..b"] {
+            let mut c = config();
+            c.vm_hostname = host.into();
+            let valid = rules::check_hostname("x", host).is_ok();
+            assert_eq!(ok(&c, &facts(NetworkStack::Networkd)), valid, "host name {host:?}");
+        }
     }
 
     #[test]

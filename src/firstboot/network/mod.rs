@@ -12,40 +12,26 @@ pub mod networkmanager;
 pub mod write;
 
 use crate::config::model::{Extra, HostConfig};
+use crate::config::rules;
 use crate::firstboot::plan::RenderError;
 use std::net::IpAddr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Cidr {
-    pub(crate) addr: IpAddr,
-    pub(crate) prefix: u8,
-}
+pub(crate) use crate::config::rules::Cidr;
 
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
+/// An address, by the validator's rule (`config::rules::parse_ip`).
 pub(crate) fn parse_ip(what: &str, s: &str) -> Result<IpAddr, RenderError> {
-    s.trim().parse().map_err(|_| RenderError::BadAddress {
+    rules::parse_ip(s).ok_or_else(|| RenderError::BadAddress {
         what: what.into(),
         value: s.into(),
     })
 }
 
+/// An address with its prefix length, by the validator's rule (`config::rules::parse_cidr`).
 pub(crate) fn parse_cidr(what: &str, s: &str) -> Result<Cidr, RenderError> {
-    let bad = || RenderError::BadAddress {
+    rules::parse_cidr(s).map_err(|_| RenderError::BadAddress {
         what: what.into(),
         value: s.into(),
-    };
-    let (a, p) = s.trim().split_once('/').ok_or_else(bad)?;
-    let addr: IpAddr = a.parse().map_err(|_| bad())?;
-    let prefix: u8 = p.parse().map_err(|_| bad())?;
-    if prefix > if addr.is_ipv4() { 32 } else { 128 } {
-        return Err(bad());
-    }
-    Ok(Cidr { addr, prefix })
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,21 +61,12 @@ impl Iface {
     }
 }
 
-pub(crate) fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 15
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
-}
-
 pub(crate) fn interfaces(cfg: &HostConfig, warnings: &mut Vec<String>) -> Result<Vec<Iface>, RenderError> {
     let none = Extra::default();
     let extra = cfg.hninit.as_ref().unwrap_or(&none);
     let mut out: Vec<Iface> = Vec::new();
     fn get<'a>(out: &'a mut Vec<Iface>, name: &str) -> Result<&'a mut Iface, RenderError> {
-        if !valid_ifname(name) {
+        if !rules::ifname_ok(name) {
             return Err(RenderError::BadValue {
                 what: "interface name",
                 value: name.into(),
