@@ -553,6 +553,29 @@ fn interface_names_the_first_boot_cannot_write_are_refused() {
     }
 }
 
+/// A host named like the machine itself (`localhost`) or like an address
+/// (`127.0.0.1`) would make every program resolve it wrongly; `lo` is the
+/// loopback interface, which the image configures itself.
+#[test]
+fn loopback_names_are_refused() {
+    for host in ["localhost", "LOCALHOST", "localhost.localdomain", "127.0.0.1", "10.1", "2130706433"] {
+        check(&with("/vm_hostname", json!(host)), "vm_hostname", "is not a valid host name");
+    }
+    for host in ["web1", "1host.example.org", "localhost1"] {
+        parse(&with("/vm_hostname", json!(host))).unwrap();
+    }
+    check(
+        &with("/hninit/addresses/0/interface", json!("lo")),
+        "hninit.addresses[0].interface",
+        "loopback",
+    );
+    check(
+        &with("/hninit/interface_names", json!({"1": "lo"})),
+        "hninit.interface_names.1",
+        "loopback",
+    );
+}
+
 #[test]
 fn sizes_and_texts() {
     let huge = vec![b' '; 10 << 20];

@@ -274,10 +274,19 @@ pub fn check_hostname(path: &str, name: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// Why `lower` (a lower-cased name) is not an RFC 1123 host name, if it is not.
+/// Why `lower` (a lower-cased name) is not an RFC 1123 host name, if it is
+/// not, or is one every program would read otherwise: `localhost` (the machine
+/// itself) or a name whose last label is all digits (`127.0.0.1`, `10.1`: an
+/// address to the resolver).
 pub fn hostname_problem(lower: &str) -> Option<&'static str> {
     if lower.is_empty() {
         return Some("it is empty");
+    }
+    if lower == "localhost" || lower.starts_with("localhost.") {
+        return Some("localhost names the machine itself to every program");
+    }
+    if lower.rsplit('.').next().is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())) {
+        return Some("it reads as an IP address (its last label is all digits)");
     }
     if lower.len() > 253 {
         return Some("longer than 253 characters");
@@ -402,9 +411,12 @@ fn contains(net: IpAddr, prefix: u8, addr: IpAddr) -> bool {
 /// A Linux interface name: 1 to 15 of `A-Z a-z 0-9 _ . -`, not starting with
 /// `.` (so not `.` or `..`; stricter than the kernel, which also allows other
 /// printable characters): the name becomes part of file names in the image.
+/// Not `lo`, the loopback interface.
 pub fn check_ifname(path: &str, s: &str) -> Result<(), ConfigError> {
     if ifname_ok(s) {
         Ok(())
+    } else if s == "lo" {
+        Err(err(path, "\"lo\" is the loopback interface, which the image configures itself"))
     } else if s.starts_with('.') {
         Err(err(
             path,
@@ -420,7 +432,8 @@ pub fn check_ifname(path: &str, s: &str) -> Result<(), ConfigError> {
 
 /// The rule of [`check_ifname`].
 pub fn ifname_ok(s: &str) -> bool {
-    !s.is_empty()
+    s != "lo"
+        && !s.is_empty()
         && s.len() <= 15
         && !s.starts_with('.')
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
