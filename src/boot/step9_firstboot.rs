@@ -19,23 +19,41 @@ fn now() -> u64 {
 }
 
 /// Why step 9 failed, typed (the console line is `first boot: ` and its text).
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` is the `Display` text and the causes are not chained as `source()`:
+/// either would link the derived `Debug` of every error type below into
+/// /init (about 11 KB), for text nobody reads.
+#[derive(thiserror::Error)]
 pub enum Step9Error {
     /// Finding or reading the configuration (a refused configuration is
     /// `SourceError::Config`, with its JSON path).
     #[error("{0}")]
-    Source(#[from] SourceError),
-    #[error("opening {path}/hn-state/identity: {source}")]
-    StateDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Source(SourceError),
+    #[error("opening {path}/hn-state/identity: {error}")]
+    StateDir { path: String, error: std::io::Error },
     #[error("opening hn-state: {0}")]
-    HnState(#[source] std::io::Error),
+    HnState(std::io::Error),
     /// Identity, detection/planning (render) or writing (apply).
     #[error("{0}")]
-    Instantiate(#[from] FirstbootError),
+    Instantiate(FirstbootError),
+}
+
+impl std::fmt::Debug for Step9Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<SourceError> for Step9Error {
+    fn from(e: SourceError) -> Self {
+        Step9Error::Source(e)
+    }
+}
+
+impl From<FirstbootError> for Step9Error {
+    fn from(e: FirstbootError) -> Self {
+        Step9Error::Instantiate(e)
+    }
 }
 
 impl From<Step9Error> for BootError {
@@ -65,9 +83,9 @@ pub fn first_boot(args: &Args, hostpart: &Path, devs: &[BlockDev], drivers: &Dri
     for w in &found.parsed.warnings {
         warn!("config ({}): {w}", found.source);
     }
-    let state = crate::firstboot::identity::open_state_dir(hostpart).map_err(|source| Step9Error::StateDir {
+    let state = crate::firstboot::identity::open_state_dir(hostpart).map_err(|error| Step9Error::StateDir {
         path: hostpart.display().to_string(),
-        source,
+        error,
     })?;
     let config = &found.parsed.config;
     let digest = &found.parsed.digest;
@@ -140,7 +158,7 @@ mod tests {
     fn errors_stay_typed_and_read_as_before() {
         let e: BootError = Step9Error::StateDir {
             path: "/hostpart".into(),
-            source: std::io::Error::from_raw_os_error(30),
+            error: std::io::Error::from_raw_os_error(30),
         }
         .into();
         assert_eq!(
