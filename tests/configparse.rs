@@ -576,6 +576,22 @@ fn loopback_names_are_refused() {
     );
 }
 
+/// A motd is shown on every login terminal: escape sequences (ESC and the other
+/// control characters) could rewrite what the user sees; ssh key comments were
+/// already refused with them.
+#[test]
+fn terminal_escapes_are_refused() {
+    for motd in ["\u{1b}[2J\u{1b}]0;owned\u{7}", "a\rb", "bell\u{7}", "csi\u{9b}"] {
+        check(&with("/hninit/motd", json!(motd)), "hninit.motd", "control character");
+    }
+    parse(&with("/hninit/motd", json!("Welcome.\n\tManaged by hninit.\n"))).unwrap();
+    check(
+        &with("/vm_conf/ssh_key", json!(format!("{ED25519}\u{1b}[2J"))),
+        "vm_conf.ssh_key",
+        "control character",
+    );
+}
+
 #[test]
 fn sizes_and_texts() {
     let huge = vec![b' '; 10 << 20];

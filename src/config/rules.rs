@@ -233,6 +233,12 @@ pub(crate) fn validate(c: &mut HostConfig) -> Result<(), ConfigError> {
         }
         if let Some(m) = &x.motd {
             check_text("hninit.motd", m, MAX_MOTD, true)?;
+            if m.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                return Err(err(
+                    "hninit.motd",
+                    "contains a control character (terminal escape sequences are refused; lines and tabs are fine)",
+                ));
+            }
         }
         if let Some(id) = &x.identities {
             let size = serde_json::to_vec(id).map(|v| v.len()).unwrap_or(usize::MAX);
