@@ -237,10 +237,20 @@ fn plan_users(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
                     .push(format!("user {}: home {home:?} is not usable; no ssh keys installed", a.name));
                 continue;
             }
-            if !a.system || (!w.keys.is_empty() && !image.existing_homes.contains(&home)) {
+            // A home hninit may make the user's (chown, 0700): one under /home,
+            // or one it creates. An existing directory elsewhere (`/etc` named
+            // as a home in the image's passwd) is left as it is.
+            let existing = image.existing_homes.contains(&home);
+            let left_alone = !a.system && existing && !home.starts_with("/home/");
+            if left_alone {
+                b.warnings.push(format!(
+                    "user {}: home {home} exists outside /home; left as it is, no ssh keys installed",
+                    a.name
+                ));
+            } else if !a.system || (!w.keys.is_empty() && !existing) {
                 b.mkdir(&home, 0o700, owner, format!("home of {}", a.name));
             }
-            if !w.keys.is_empty() {
+            if !w.keys.is_empty() && !left_alone {
                 let ssh = format!("{home}/.ssh");
                 b.mkdir(&ssh, 0o700, owner, format!("ssh directory of {}", a.name));
                 let path = format!("{ssh}/authorized_keys");
@@ -746,6 +756,20 @@ mod tests {
             let valid = rules::check_hostname("x", host).is_ok();
             assert_eq!(ok(&c, &facts(NetworkStack::Networkd)), valid, "host name {host:?}");
         }
+    }
+
+    /// An existing user whose home is a system directory (`/etc`) must not get
+    /// it chowned and made 0700, nor an `.ssh` inside it.
+    #[test]
+    fn an_existing_home_outside_home_is_left_alone() {
+        let mut f = facts(NetworkStack::Networkd);
+        f.passwd = Some(b"root:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001::/etc:/bin/sh\n".to_vec());
+        f.group = Some(b"root:x:0:\nsudo:x:27:\nshadow:x:42:\nalice:x:1001:\n".to_vec());
+        f.existing_homes = vec!["/etc".into()];
+        let p = plan(&config(), &f, &identity(), &STAMP).unwrap();
+        let touched: Vec<&str> = p.steps.iter().map(|s| s.op.path()).filter(|p| *p == "/etc" || p.starts_with("/etc/.ssh")).collect();
+        assert!(touched.is_empty(), "{touched:?}");
+        assert!(p.warnings.iter().any(|w| w.contains("alice") && w.contains("/etc")), "{:?}", p.warnings);
     }
 
     #[test]
