@@ -25,8 +25,11 @@ pub enum BootError {
     ImageMissing { path: String, dev: String },
     #[error("image {path}: {reason}")]
     ImageBad { path: String, reason: String },
+    /// Step 9's typed error (`boot::step9_firstboot::Step9Error`: source,
+    /// state directory, identity, render, apply), boxed because this base
+    /// layer may not name the layers above it; `downcast_ref` recovers it.
     #[error("first boot: {0}")]
-    FirstBoot(String),
+    FirstBoot(Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("init {init} in image {image} cannot be started: {reason}")]
     InitNotExecutable {
         init: String,

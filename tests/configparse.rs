@@ -531,6 +531,67 @@ fn hostnames_and_addresses() {
     );
 }
 
+/// A name the first boot cannot write (`.eth0`: the renderer refused it after
+/// the validator had accepted it, so the host booted without its network
+/// configuration) is refused here, naming the field.
+#[test]
+fn interface_names_the_first_boot_cannot_write_are_refused() {
+    for name in [".eth0", ".", ".."] {
+        check(
+            &with("/hninit/addresses/0/interface", json!(name)),
+            "hninit.addresses[0].interface",
+            "not an interface name",
+        );
+        check(
+            &with("/hninit/interface_names", json!({"1": name})),
+            "hninit.interface_names.1",
+            "not an interface name",
+        );
+    }
+    for name in ["eth0.5", "br-lan", "en_p1s0"] {
+        parse(&with("/hninit/addresses/0/interface", json!(name))).unwrap();
+    }
+}
+
+/// A host named like the machine itself (`localhost`) or like an address
+/// (`127.0.0.1`) would make every program resolve it wrongly; `lo` is the
+/// loopback interface, which the image configures itself.
+#[test]
+fn loopback_names_are_refused() {
+    for host in ["localhost", "LOCALHOST", "localhost.localdomain", "127.0.0.1", "10.1", "2130706433"] {
+        check(&with("/vm_hostname", json!(host)), "vm_hostname", "is not a valid host name");
+    }
+    for host in ["web1", "1host.example.org", "localhost1"] {
+        parse(&with("/vm_hostname", json!(host))).unwrap();
+    }
+    check(
+        &with("/hninit/addresses/0/interface", json!("lo")),
+        "hninit.addresses[0].interface",
+        "loopback",
+    );
+    check(
+        &with("/hninit/interface_names", json!({"1": "lo"})),
+        "hninit.interface_names.1",
+        "loopback",
+    );
+}
+
+/// A motd is shown on every login terminal: escape sequences (ESC and the other
+/// control characters) could rewrite what the user sees; ssh key comments were
+/// already refused with them.
+#[test]
+fn terminal_escapes_are_refused() {
+    for motd in ["\u{1b}[2J\u{1b}]0;owned\u{7}", "a\rb", "bell\u{7}", "csi\u{9b}"] {
+        check(&with("/hninit/motd", json!(motd)), "hninit.motd", "control character");
+    }
+    parse(&with("/hninit/motd", json!("Welcome.\n\tManaged by hninit.\n"))).unwrap();
+    check(
+        &with("/vm_conf/ssh_key", json!(format!("{ED25519}\u{1b}[2J"))),
+        "vm_conf.ssh_key",
+        "control character",
+    );
+}
+
 #[test]
 fn sizes_and_texts() {
     let huge = vec![b' '; 10 << 20];

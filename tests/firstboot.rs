@@ -9,7 +9,8 @@ use hninit::firstboot::{instantiate, instantiate_with, FirstbootError, Options, 
 use hninit::config::model::HostConfig;
 use hninit::slots::dir::RealDir;
 use hninit::firstboot::identity::{self, Identity};
-use hninit::firstboot::render::{Marker, NetworkStack, Op, RenderError, Resolver};
+use hninit::firstboot::detect::{NetworkStack, Resolver};
+use hninit::firstboot::plan::{Marker, Op, RenderError};
 use hninit::firstboot::rootwriter::{self, ApplyError};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
@@ -772,7 +773,7 @@ fn interrupted_after_every_step_then_rerun_converges() {
     });
 }
 
-fn interrupt_and_rerun(clean: &Host, steps: &[hninit::firstboot::render::Step], k: usize, want: &BTreeMap<String, Entry>) {
+fn interrupt_and_rerun(clean: &Host, steps: &[hninit::firstboot::plan::Step], k: usize, want: &BTreeMap<String, Entry>) {
     let key_files = [identity::KEY_FILE, identity::PUB_FILE, identity::MACHINE_ID_FILE];
     let h = host("debian-networkd");
     for f in key_files {

@@ -8,7 +8,8 @@ use crate::config::source::{self as configsource, Origin};
 use crate::sys::devspec::BlockDev;
 use crate::modules::drivers::Drivers;
 use crate::error::{BootError, Result};
-use crate::firstboot::{self, Options};
+use crate::config::source::SourceError;
+use crate::firstboot::{self, FirstbootError, Options};
 use crate::boot::step8_rootfs::{self as rootfs, MountedRoot, RootOptions, NEWROOT};
 use rustix::mount::{mount_remount, MountFlags};
 use std::path::Path;
@@ -17,8 +18,48 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn failed(what: impl std::fmt::Display) -> BootError {
-    BootError::FirstBoot(what.to_string())
+/// Why step 9 failed, typed (the console line is `first boot: ` and its text).
+///
+/// `Debug` is the `Display` text and the causes are not chained as `source()`:
+/// either would link the derived `Debug` of every error type below into
+/// /init (about 11 KB), for text nobody reads.
+#[derive(thiserror::Error)]
+pub enum Step9Error {
+    /// Finding or reading the configuration (a refused configuration is
+    /// `SourceError::Config`, with its JSON path).
+    #[error("{0}")]
+    Source(SourceError),
+    #[error("opening {path}/hn-state/identity: {error}")]
+    StateDir { path: String, error: std::io::Error },
+    #[error("opening hn-state: {0}")]
+    HnState(std::io::Error),
+    /// Identity, detection/planning (render) or writing (apply).
+    #[error("{0}")]
+    Instantiate(FirstbootError),
+}
+
+impl std::fmt::Debug for Step9Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl From<SourceError> for Step9Error {
+    fn from(e: SourceError) -> Self {
+        Step9Error::Source(e)
+    }
+}
+
+impl From<FirstbootError> for Step9Error {
+    fn from(e: FirstbootError) -> Self {
+        Step9Error::Instantiate(e)
+    }
+}
+
+impl From<Step9Error> for BootError {
+    fn from(e: Step9Error) -> Self {
+        BootError::FirstBoot(Box::new(e))
+    }
 }
 
 /// What step 9 takes from the command line.
@@ -34,7 +75,7 @@ pub struct Args<'a> {
 /// Instantiates the mounted new root if a configuration applies. `root` is
 /// replaced when the image had to be re-attached writable (`ro`).
 pub fn first_boot(args: &Args, hostpart: &Path, devs: &[BlockDev], drivers: &Drivers, root: &mut MountedRoot) -> Result<()> {
-    let found = configsource::find_config(args.config, devs, hostpart).map_err(failed)?;
+    let found = configsource::find_config(args.config, devs, hostpart).map_err(Step9Error::from)?;
     let Some(found) = found else {
         info!("first boot: no host configuration (hn.config=, swap device, hn-state/host.json): the image boots as it is");
         return Ok(());
@@ -42,17 +83,20 @@ pub fn first_boot(args: &Args, hostpart: &Path, devs: &[BlockDev], drivers: &Dri
     for w in &found.parsed.warnings {
         warn!("config ({}): {w}", found.source);
     }
-    let state = crate::firstboot::identity::open_state_dir(hostpart).map_err(|e| failed(format!("opening {}/hn-state/identity: {e}", hostpart.display())))?;
+    let state = crate::firstboot::identity::open_state_dir(hostpart).map_err(|error| Step9Error::StateDir {
+        path: hostpart.display().to_string(),
+        error,
+    })?;
     let config = &found.parsed.config;
     let digest = &found.parsed.digest;
-    let probe = firstboot::instantiate(Path::new(NEWROOT), &state, config, digest, &Options { dry_run: true, now: now() }).map_err(failed)?;
+    let probe = firstboot::instantiate(Path::new(NEWROOT), &state, config, digest, &Options { dry_run: true, now: now() }).map_err(Step9Error::from)?;
     if probe.already_instantiated {
         info!("first boot: already instantiated as {} from {} (identity {})", config.vm_hostname, found.source, probe.identity_id);
     } else {
         let report = with_writable_root(&args.root, root, drivers, || {
             firstboot::instantiate(Path::new(NEWROOT), &state, config, digest, &Options { dry_run: false, now: now() })
         })?
-        .map_err(failed)?;
+        .map_err(Step9Error::from)?;
         notice!("first boot: instantiated as {} from {}: {}", config.vm_hostname, found.source, report.summary().trim_end().replace('\n', "; "));
         for w in &report.warnings {
             warn!("first boot: {w}");
@@ -60,7 +104,7 @@ pub fn first_boot(args: &Args, hostpart: &Path, devs: &[BlockDev], drivers: &Dri
     }
     if found.source.origin != Origin::LastApplied {
         let hn_state = crate::slots::dir::RealDir::open(&hostpart.join(crate::layout::STATE_DIR), true)
-            .map_err(|e| failed(format!("opening hn-state: {e}")))?;
+            .map_err(Step9Error::HnState)?;
         if let Err(e) = configsource::save_last_applied(&hn_state, &crate::config::parse::canonical_json(config)) {
             warn!("cannot keep the applied configuration in hn-state: {e}");
         }
@@ -101,5 +145,27 @@ fn with_writable_root<T>(opts: &RootOptions, root: &mut MountedRoot, drivers: &D
             *root = rootfs::mount_image(opts, &image, &hostpart_dev, drivers)?;
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The console line is the one of before (`first boot: ` and the cause),
+    /// and the cause stays typed behind it.
+    #[test]
+    fn errors_stay_typed_and_read_as_before() {
+        let e: BootError = Step9Error::StateDir {
+            path: "/hostpart".into(),
+            error: std::io::Error::from_raw_os_error(30),
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            format!("first boot: opening /hostpart/hn-state/identity: {}", std::io::Error::from_raw_os_error(30))
+        );
+        let BootError::FirstBoot(inner) = &e else { panic!("{e:?}") };
+        assert!(matches!(inner.downcast_ref::<Step9Error>(), Some(Step9Error::StateDir { .. })));
     }
 }

@@ -6,7 +6,7 @@
 //!    instantiated", nothing is written;
 //! 2. the host identity is loaded, or created once (`identity`, in
 //!    `<hostpart>/hn-state/identity`);
-//! 3. the image is looked at (`render::detect`) and the plan made
+//! 3. the image is looked at (`detect::detect`) and the plan made
 //!    (`render::plan`); a dry run stops here and returns it;
 //! 4. the plan is applied inside the root (`rootwriter`), the marker last, so an
 //!    interrupted first boot has no marker and simply runs again (every step
@@ -14,15 +14,22 @@
 //!    what the earlier one wrote that the new one does not is removed.
 
 pub mod accounts;
+pub mod detect;
+pub mod edit;
 pub mod identity;
+pub mod network;
+pub mod plan;
 pub mod render;
 pub mod rootwriter;
 pub mod runonce;
+pub mod users;
 
 use crate::config::model::HostConfig;
 use crate::slots::dir::Dir;
 use self::identity::{Identity, IdentityError};
-use self::render::{NetworkStack, Plan, RenderError, Resolver, Stamp, Step};
+use self::detect::{NetworkStack, Resolver};
+use self::plan::{Plan, RenderError, Step};
+use self::render::Stamp;
 use self::rootwriter::{ApplyError, RootDir};
 use std::fmt::Write as _;
 use std::io;
@@ -142,13 +149,13 @@ pub fn instantiate_with(
         identity_ephemeral: ephemeral,
         ..Default::default()
     };
-    if let Some(m) = render::read_marker(&rd) {
+    if let Some(m) = detect::read_marker(&rd) {
         if m.config_digest == config_digest && m.identity_id == identity.id {
             report.already_instantiated = true;
             return Ok(report);
         }
     }
-    let facts = render::detect(&rd, cfg)?;
+    let facts = detect::detect(&rd, cfg)?;
     report.os = facts.os.clone();
     report.network = facts.network;
     report.resolver = facts.resolver;

@@ -1,5 +1,5 @@
 //! Confined access to the mounted new root: [`RootDir`] reads it for detection,
-//! [`apply`] executes a first-boot [`Plan`](crate::firstboot::render::Plan) inside it.
+//! [`apply`] executes a first-boot [`Plan`](crate::firstboot::plan::Plan) inside it.
 //!
 //! Every path is resolved from a file descriptor of the root with
 //! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so a hostile image whose
@@ -20,7 +20,7 @@
 //! * re-running a plan converges: a file with the planned contents, mode and
 //!   owner is left alone and not reported as changed.
 
-use crate::firstboot::render::{Op, Plan, Step};
+use crate::firstboot::plan::{Op, Plan, Step};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Uid};
 use rustix::io::Errno;
@@ -607,7 +607,7 @@ fn mkdir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firstboot::render::{Op, Plan, Step};
+    use crate::firstboot::plan::{Op, Plan, Step};
     use std::os::unix::fs::{symlink as mklink, MetadataExt, PermissionsExt};
 
     fn write(path: &str, contents: &str, mode: u32) -> Step {
