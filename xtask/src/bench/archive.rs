@@ -257,7 +257,6 @@ pub(super) fn parse_newc(data: &[u8], out: &mut Vec<Entry>) -> Result<usize> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +306,4 @@ mod tests {
         assert_eq!((st.modules, st.module_bytes), (1, 100));
         assert_eq!(st.largest[0].0, "usr/bin/busybox");
     }
-
 }

@@ -6,6 +6,7 @@
 
 use super::prepare::Prepared;
 use super::{Variant, GUEST_MIB, ROOT_CONSOLE, ROOT_KMSG};
+use crate::console::{GroupGuard, LineSplitter};
 use crate::kernel::Kernel;
 use crate::qemu::{qemu_command, Boot, Drive, QemuSpec};
 use crate::util;
@@ -88,45 +89,6 @@ pub(super) struct Console {
     pub(super) status: Option<std::process::ExitStatus>,
 }
 
-/// Kills QEMU's process group when dropped while armed.
-pub(super) struct GroupKill(Option<rustix::process::Pid>);
-
-impl GroupKill {
-    pub(super) fn kill(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-impl Drop for GroupKill {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Strips `\r`, ANSI escape sequences and other control characters.
-pub(super) fn clean(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        if b == 0x1b {
-            i += 1;
-            if raw.get(i) == Some(&b'[') {
-                i += 1;
-                while i < raw.len() && !(0x40..=0x7e).contains(&raw[i]) {
-                    i += 1;
-                }
-            }
-        } else if b >= 0x20 && b != 0x7f || b == b'\t' {
-            out.push(b);
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Runs QEMU for `spec` until the root powers off (or `timeout`), with every
 /// console line timestamped on arrival; the whole log goes to `log`.
 pub(super) fn run_qemu(spec: &QemuSpec, log: &Path, timeout: Duration) -> Result<Console> {
@@ -138,7 +100,7 @@ pub(super) fn run_qemu(spec: &QemuSpec, log: &Path, timeout: Duration) -> Result
     writeln!(logf, "# {}", util::display_cmd(&c))?;
     let t0 = Instant::now();
     let mut child = c.spawn().context("starting QEMU")?;
-    let mut group = GroupKill(Some(rustix::process::Pid::from_child(&child)));
+    let mut group = GroupGuard::of(&child);
     let (tx, rx) = mpsc::channel::<(f64, String)>();
     let streams: Vec<Box<dyn Read + Send>> = vec![
         Box::new(child.stdout.take().expect("piped")),
@@ -148,24 +110,19 @@ pub(super) fn run_qemu(spec: &QemuSpec, log: &Path, timeout: Duration) -> Result
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
-            let mut line = Vec::new();
+            let mut lines = LineSplitter::default();
             loop {
                 let n = match s.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
                 let t = t0.elapsed().as_secs_f64();
-                for &b in &buf[..n] {
-                    if b == b'\n' {
-                        let _ = tx.send((t, clean(&line)));
-                        line.clear();
-                    } else {
-                        line.push(b);
-                    }
-                }
+                lines.feed(&buf[..n], |l| {
+                    let _ = tx.send((t, l));
+                });
             }
-            if !line.is_empty() {
-                let _ = tx.send((t0.elapsed().as_secs_f64(), clean(&line)));
+            if let Some(l) = lines.finish() {
+                let _ = tx.send((t0.elapsed().as_secs_f64(), l));
             }
         });
     }
@@ -210,7 +167,7 @@ pub(super) fn run_qemu(spec: &QemuSpec, log: &Path, timeout: Duration) -> Result
         }
     }
     con.status = child.wait().ok();
-    group.0 = None;
+    group.disarm();
     // Output still in the pipes after a kill.
     while let Ok((t, l)) = rx.recv_timeout(Duration::from_millis(200)) {
         writeln!(logf, "{t:9.3} {l}")?;
@@ -450,7 +407,6 @@ pub(super) fn analyse(v: Variant, run: usize, con: &Console, log: &Path) -> Boot
     r
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,5 +482,4 @@ mod tests {
         assert!(!r.ok);
         assert!(r.error.unwrap().contains("Kernel panic"));
     }
-
 }

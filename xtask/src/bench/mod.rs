@@ -158,7 +158,6 @@ impl Variant {
     }
 }
 
-
 /// Runs the benchmark and writes the report (also when boots failed).
 pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     let started = Instant::now();

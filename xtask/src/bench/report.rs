@@ -568,7 +568,12 @@ pub(super) fn render_report(r: &Results) -> String {
 }
 
 /// The median time per step of `v`'s boots as a table; returns (step, median ms).
-pub(super) fn render_steps(s: &mut String, r: &Results, v: Variant, what: &str) -> Vec<(String, f64)> {
+pub(super) fn render_steps(
+    s: &mut String,
+    r: &Results,
+    v: Variant,
+    what: &str,
+) -> Vec<(String, f64)> {
     let mut labels: Vec<String> = Vec::new();
     for b in r.boots_of(v).filter(|b| b.ok) {
         for (l, _) in &b.steps {
@@ -913,7 +918,6 @@ pub(super) fn render_reading(s: &mut String, r: &Results, steps: &[(String, f64)
     let _ = writeln!(s);
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -924,5 +928,4 @@ mod tests {
         assert_eq!(s.show(1), "2.5 (1.0–10.0)");
         assert_eq!(Spread::of([4.0]).unwrap().show(0), "4");
     }
-
 }

@@ -387,7 +387,6 @@ pub(super) fn hnctl_how(stdout: &str) -> Option<String> {
     Some(how)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
