@@ -15,9 +15,10 @@
 //! logs `hnroot: booted image=…`, so the kernel timestamps on the console give
 //! the initrd phase; sizes come from the archives, peak memory from the inits
 //! themselves. A staging section compares `hnctl stage` with `cp` + `sha256sum`.
-//! The result is written as markdown (`BENCHMARKS.md`) with the raw figures as
-//! JSON beside the console logs in `target/xtask/bench/`.
-
+//! The figures are written as markdown tables between two marker lines of
+//! `BENCHMARKS.md` (the generated section; the commentary around it is
+//! hand-written and kept), with the raw figures as JSON beside the console
+//! logs in `target/xtask/bench/`.
 //!
 //! This file holds the options, the variants and [`run_bench`], which runs the
 //! steps in order; each step is a module:
@@ -59,7 +60,7 @@ pub struct BenchOptions {
     pub runs: usize,
     /// CI mode: one run, a small staging image; only a failed boot fails.
     pub smoke: bool,
-    /// Where the markdown report goes.
+    /// The report file: its generated section is replaced (a new file is created).
     pub out: PathBuf,
     /// Run the staging section.
     pub staging: bool,
@@ -161,6 +162,7 @@ impl Variant {
 /// Runs the benchmark and writes the report (also when boots failed).
 pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     let started = Instant::now();
+    report::check_report_file(&opts.out)?;
     let load_start = load_average();
     crate::deps::ensure_host_packages()?;
     ensure_initramfs_tools()?;
@@ -250,8 +252,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     results.elapsed_s = started.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&results)?;
     util::write_atomic(&dir.join("results.json"), json.as_bytes())?;
-    let md = render_report(&results);
-    util::write_atomic(&opts.out, md.as_bytes())?;
+    report::write_report(&opts.out, &render_report(&results))?;
     let failed_boots = results
         .boots
         .iter()
