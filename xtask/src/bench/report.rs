@@ -788,6 +788,19 @@ mod tests {
     }
 
     #[test]
+    fn the_repository_benchmarks_md_takes_the_report() {
+        // `cargo xtask bench` would refuse it (before running) without its markers.
+        let path = crate::paths::workspace_root().join("BENCHMARKS.md");
+        check_report_file(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let out = splice_report(Some(&text), "NEW TABLES\n").unwrap();
+        let r = section_range(&text).unwrap();
+        assert!(out.starts_with(&text[..r.start]), "the hand-written start is kept");
+        assert!(out.ends_with(&text[r.end..]), "the hand-written end is kept");
+        assert!(out.contains("NEW TABLES") && out.contains("## Reading"));
+    }
+
+    #[test]
     fn spread_median() {
         let s = Spread::of([3.0, 1.0, 2.0, 10.0]).unwrap();
         assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
