@@ -795,8 +795,14 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         let out = splice_report(Some(&text), "NEW TABLES\n").unwrap();
         let r = section_range(&text).unwrap();
-        assert!(out.starts_with(&text[..r.start]), "the hand-written start is kept");
-        assert!(out.ends_with(&text[r.end..]), "the hand-written end is kept");
+        assert!(
+            out.starts_with(&text[..r.start]),
+            "the hand-written start is kept"
+        );
+        assert!(
+            out.ends_with(&text[r.end..]),
+            "the hand-written end is kept"
+        );
         assert!(out.contains("NEW TABLES") && out.contains("## Reading"));
     }
 
