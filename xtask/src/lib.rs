@@ -3,6 +3,7 @@
 //! binary is a CLI over this; the `qemu-tests` crate uses it to make disks.
 
 pub mod bench;
+pub mod console;
 pub mod demo;
 pub mod deps;
 pub mod disk;

@@ -114,7 +114,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
-    /// Benchmark hninit against initramfs-tools and a busybox script; write BENCHMARKS.md.
+    /// Benchmark hninit against initramfs-tools and a busybox script; write BENCHMARKS.md's generated section.
     Bench {
         /// Boots per variant.
         #[arg(long, default_value_t = 5)]

@@ -5,7 +5,6 @@
 use crate::util;
 use anyhow::{Context, Result};
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -224,7 +223,7 @@ pub fn qemu_base_args(spec: &QemuSpec) -> Vec<String> {
 pub fn qemu_command(spec: &QemuSpec) -> Command {
     let mut c = util::cmd(QEMU);
     c.args(qemu_base_args(spec));
-    c.process_group(0);
+    crate::console::in_new_group(&mut c);
     c
 }
 
