@@ -33,3 +33,5 @@ pub mod firstboot;
 pub mod cmdline;
 pub mod boot;
 pub mod ctl;
+#[cfg(feature = "remote")]
+pub mod remote;

@@ -2,7 +2,7 @@
 //! printing and exit codes. The logic is in `hninit::ctl` and `hninit::slots::stage`.
 
 use clap::{CommandFactory, Parser, Subcommand};
-use hninit::ctl::{self, CtlError, Host, System};
+use hninit::ctl::{self, CtlError, ErrorKind, Host, System};
 use hninit::slots::stage::StageReport;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -14,14 +14,18 @@ Exit codes:
   0  done
   1  the operation failed (e.g. the image to stage does not exist, an I/O error)
   2  usage error (bad command or arguments)
-  3  refused (not enough free space, not a bootable image, sha256 mismatch)
+  3  refused (not enough free space, not a bootable image, sha256 mismatch, a corrupt
+     zstd stream, a refused signature)
+  4  a download was interrupted (network, stall, server errors after the retries);
+     its .part is kept: the same `hnctl stage URL` resumes it
 
 Errors are printed as `hnctl: <what was tried>: <what was found>`.
 
 Examples:
   hnctl status
   hnctl stage /tmp/hn-root-2.img --sha256 9f86d08...   # then reboot to upgrade
-  curl -s https://example.org/hn-root.img | hnctl stage -
+  hnctl stage https://mirror.example.org/hn-root-2.img.zst   # resumable
+  hnctl stage --ca /etc/ssl/mirror-ca.pem https://mirror.lan/hn-root-2.img
   hnctl revert                                         # the next boot reverts
   hnctl mark-good                                      # after boot-complete.target";
 
@@ -57,15 +61,20 @@ enum Cmd {
         json: bool,
     },
     /// Copy an image next to the current one as hn-root-new.img; the next boot rotates it in
-    #[command(long_about = "Copies IMAGE (a file, or - for standard input) to \
-hn-root-new.img.part, checks it (a filesystem, at least 1 MiB, a whole number of \
+    #[command(long_about = "Copies IMAGE (a file, - for standard input, or an http:// or \
+https:// URL) to hn-root-new.img.part, checks it (a filesystem, at least 1 MiB, a whole number of \
 512-byte sectors, the sha256 when given), then renames it to hn-root-new.img, replacing \
 an image staged before. The copy is a reflink when the filesystem allows it, else \
 copy_file_range, else read/write. Needs the image's size + 1% + 16 MiB free. \
-Refused (exit 3) leaves nothing behind.")]
+Refused (exit 3) leaves nothing behind. A URL is downloaded (zstd-compressed images \
+are recognised by their magic number and decompressed on the fly; proxies from \
+http_proxy, https_proxy, all_proxy and no_proxy); an interrupted download (exit 4) keeps \
+its .part and a record, hn-root-new.img.part.json, and the next `hnctl stage` of the same \
+URL resumes it with an HTTP Range request (If-Range: a file changed on the server \
+restarts from its first byte).")]
     Stage {
-        /// The image file, or - to read it from standard input
-        #[arg(value_name = "IMAGE|-")]
+        /// The image file, - to read it from standard input, or an http(s):// URL
+        #[arg(value_name = "IMAGE|-|URL")]
         image: String,
         /// Expected sha256 (64 hex digits); kept as hn-root-new.img.sha256 and checked again at boot
         #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
@@ -73,6 +82,19 @@ Refused (exit 3) leaves nothing behind.")]
         /// Copy every byte by read/write, sharing no extents (no reflink, no copy_file_range)
         #[arg(long)]
         no_reflink: bool,
+        /// URL over https: trust only the CA certificates of this PEM file
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// URL: attempts after a failure without progress, waiting 1, 2, 4 … 30 s
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        retries: u32,
+        /// URL: seconds without a byte from the server before the attempt is given up
+        #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        stall_timeout: u64,
+        /// auto: a progress line on a terminal; json: one JSON object a second on
+        /// standard error ({"phase","done","total","rate"}); none
+        #[arg(long, value_name = "HOW", default_value = "auto")]
+        progress: ProgressMode,
     },
     /// Remove the staged image (and its digest)
     Unstage,
@@ -118,6 +140,13 @@ Refused (exit 3) leaves nothing behind.")]
     },
     /// Print the manual page (roff)
     Man,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgressMode {
+    Auto,
+    Json,
+    None,
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,7 +201,25 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             image,
             sha256,
             no_reflink,
-        } => stage(&host()?, image, *sha256, !no_reflink),
+            ca,
+            retries,
+            stall_timeout,
+            progress,
+        } => {
+            let host = host()?;
+            if hninit::remote::is_url(image) {
+                let opts = hninit::remote::RemoteOptions {
+                    sha256: *sha256,
+                    ca: ca.clone(),
+                    retries: *retries,
+                    stall: Duration::from_secs(*stall_timeout),
+                    ..Default::default()
+                };
+                stage_url(&host, image, opts, *progress)
+            } else {
+                stage(&host, image, *sha256, !no_reflink)
+            }
+        }
         Cmd::Unstage => {
             let host = host()?;
             let r = ctl::unstage(&host)?;
@@ -340,12 +387,125 @@ fn stage(host: &Host, image: &str, sha256: Option<[u8; 32]>, reflink: bool) -> R
     out(&s)
 }
 
+/// `hnctl stage URL`.
+fn stage_url(
+    host: &Host,
+    url: &str,
+    mut opts: hninit::remote::RemoteOptions,
+    mode: ProgressMode,
+) -> Result<(), CtlError> {
+    use hninit::remote::{stage_url, NoVerifier, Phase, RemoteError};
+    let start = Instant::now();
+    let what = format!("staging {url}");
+    let images = hninit::slots::dir::RealDir::open(&host.images, false)
+        .map_err(|e| CtlError::failed(format!("opening {}", host.images.display()), e))?;
+    opts.free_bytes = hninit::slots::stage::free_bytes(&host.images)
+        .map_err(|e| CtlError::failed(format!("measuring the free space in {}", host.images.display()), e))?;
+    let tty = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
+    let mut line = Progress::new(tty);
+    let mut json = JsonProgress::new(mode == ProgressMode::Json);
+    // TODO(trust): a minisign verifier from src/trust/ when keys are trusted.
+    let res = stage_url(&images, &host.names, url, &opts, &NoVerifier, &mut |p| {
+        json.update(p.phase, p.done, p.total);
+        if p.phase == Phase::Download {
+            line.update(p.done, p.total.unwrap_or(0));
+        }
+    });
+    line.clear();
+    json.finish();
+    let r = res.map_err(|e: RemoteError| CtlError {
+        what,
+        kind: if e.is_refusal() {
+            ErrorKind::Refused
+        } else if e.is_interrupted() {
+            ErrorKind::Interrupted
+        } else if matches!(e, RemoteError::Usage(_)) {
+            ErrorKind::Usage
+        } else {
+            ErrorKind::Failed
+        },
+        found: e.to_string(),
+    })?;
+    let s = summary(&r, url, start.elapsed().as_secs_f64()) + &next_boot(host);
+    out(&s)
+}
+
+fn next_boot(host: &Host) -> String {
+    if ctl::revert_requested(host) {
+        format!(
+            "warning: a revert is requested ({}): the next boot reverts and moves {} to {}\n",
+            host.names.revert_flag, host.names.new, host.names.rejected
+        )
+    } else {
+        format!(
+            "the next boot checks it and rotates it in; {} becomes {}\n",
+            host.names.current, host.names.old
+        )
+    }
+}
+
+/// `--progress=json`: one object a second on standard error, and one at each phase change.
+struct JsonProgress {
+    on: bool,
+    start: Instant,
+    last: Option<(Instant, hninit::remote::Phase, u64)>,
+    pending: Option<(hninit::remote::Phase, u64, Option<u64>)>,
+}
+
+impl JsonProgress {
+    fn new(on: bool) -> JsonProgress {
+        JsonProgress { on, start: Instant::now(), last: None, pending: None }
+    }
+
+    fn update(&mut self, phase: hninit::remote::Phase, done: u64, total: Option<u64>) {
+        if !self.on {
+            return;
+        }
+        let now = Instant::now();
+        self.pending = Some((phase, done, total));
+        let due = match self.last {
+            None => true,
+            Some((t, p, _)) => p != phase || now.duration_since(t) >= Duration::from_secs(1),
+        };
+        if due {
+            self.emit(now);
+        }
+    }
+
+    fn emit(&mut self, now: Instant) {
+        let Some((phase, done, total)) = self.pending.take() else { return };
+        let (t0, d0) = match self.last {
+            Some((t, _, d)) if done >= d => (t, d),
+            _ => (self.start, 0),
+        };
+        let secs = now.duration_since(t0).as_secs_f64();
+        let rate = if secs > 0.0 { ((done - d0) as f64 / secs) as u64 } else { 0 };
+        let obj = serde_json::json!({
+            "phase": phase,
+            "done": done,
+            "total": total,
+            "rate": rate,
+            "elapsed": now.duration_since(self.start).as_secs_f64(),
+        });
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "{obj}");
+        self.last = Some((now, phase, done));
+    }
+
+    fn finish(&mut self) {
+        if self.on {
+            self.emit(Instant::now());
+        }
+    }
+}
+
 fn summary(r: &StageReport, image: &str, secs: f64) -> String {
     let rate = if secs > 0.0 { r.bytes as f64 / 1e6 / secs } else { 0.0 };
     let how = match r.method {
         hninit::slots::dir::CopyMethod::Reflink => "reflinked",
         hninit::slots::dir::CopyMethod::CopyFileRange => "copied (copy_file_range)",
         hninit::slots::dir::CopyMethod::ReadWrite => "copied (read/write)",
+        hninit::slots::dir::CopyMethod::Download => "downloaded",
     };
     let mut s = format!(
         "staged {} from {image}: {} bytes in {secs:.2} s ({rate:.1} MB/s), {how}, {}{}\n",

@@ -201,6 +201,9 @@ pub fn stage(
     }
     let digest_tmp = format!("{}.tmp", names.digest);
     remove_if_exists(images, &digest_tmp).map_err(io_err(images, format!("remove stale {digest_tmp}")))?;
+    // An interrupted download's resume record (`remote`) belongs to the `.part` just removed.
+    let record = format!("{}.json", names.part);
+    remove_if_exists(images, &record).map_err(io_err(images, format!("remove stale {record}")))?;
 
     let free = opts.free_bytes.saturating_add(reclaimed);
     let check_space = |size: u64| {
@@ -239,21 +242,43 @@ pub fn stage(
             },
             _ => io_err(images, format!("copy {} to {}", source.label, names.part))(e),
         });
-    let checked = info.and_then(|info| {
-        if source.len.is_none() {
-            check_space(info.bytes)?;
+    let info = match info {
+        Ok(info) => info,
+        Err(e) => {
+            discard(images, names);
+            return Err(e);
         }
-        let fstype = check_image(images, names, &info, opts.sha256)?;
-        Ok((info, fstype))
-    });
-    let (info, fstype) = match checked {
+    };
+    let late_space: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
+    complete_part(images, names, &info, opts.sha256, source.len.is_none().then_some(late_space))
+}
+
+/// The end of every stage, from a file or from the network (`remote`): the
+/// `.part` holds `info.bytes` bytes, fsynced. Checks the space when the size was not
+/// known before (`late_space`), the image and the digest, then writes the digest
+/// and renames the `.part` to the staged name. Refused or failed: the `.part` is
+/// removed.
+pub fn complete_part(
+    images: &dyn Dir,
+    names: &Names,
+    info: &CopyInfo,
+    want: Option<[u8; 32]>,
+    late_space: Option<&dyn Fn(u64) -> Result<(), StageError>>,
+) -> Result<StageReport, StageError> {
+    let checked = (|| {
+        if let Some(check) = late_space {
+            check(info.bytes)?;
+        }
+        check_image(images, names, info, want)
+    })();
+    let fstype = match checked {
         Ok(x) => x,
         Err(e) => {
             discard(images, names);
             return Err(e);
         }
     };
-    match finish(images, names, opts.sha256.as_ref()) {
+    match finish(images, names, want.as_ref()) {
         Ok((replaced, digest_file)) => Ok(StageReport {
             name: names.new.clone(),
             bytes: info.bytes,
@@ -354,6 +379,7 @@ pub fn unstage(images: &dyn Dir, names: &Names) -> Result<UnstageReport, StageEr
         names.new.clone(),
         names.digest.clone(),
         names.part.clone(),
+        format!("{}.json", names.part),
         format!("{}.tmp", names.digest),
     ] {
         if remove_if_exists(images, &name).map_err(io_err(images, format!("remove {name}")))? {
