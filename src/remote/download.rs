@@ -546,7 +546,13 @@ fn attempt(
     let reply: Reply = match http::get(agent, dl.url, from, validator.as_deref()) {
         Ok(r) => r,
         Err(e) if http::is_transient(&e) => return Err(Failure::Transient(e.to_string())),
-        Err(e) => return Err(bad(e.to_string())),
+        Err(e) => {
+            let mut reason = e.to_string();
+            if reason.contains("certificate") {
+                reason += " (a private mirror's CA is given with --ca FILE)";
+            }
+            return Err(bad(reason));
+        }
     };
     match reply.status {
         206 if from > 0 => {
@@ -580,6 +586,12 @@ fn attempt(
             }
         }
         416 if from > 0 && dl.remote_len == Some(from) => return Ok(()),
+        416 if from > 0 => {
+            return Err(bad(format!(
+                "the server has no byte at {from}{} (a wrong Content-Length, or a file cut short)",
+                dl.remote_len.map(|n| format!(" of the {n} it announced")).unwrap_or_default()
+            )))
+        }
         408 | 429 | 500..=599 => return Err(Failure::Transient(format!("the server answered {}", reply.status))),
         status => {
             return Err(Failure::Fatal(RemoteError::Status {
