@@ -300,6 +300,16 @@ fn kill_at(h: &Host, url: &str, at: u64) {
     child.wait().unwrap();
 }
 
+/// What the boot does to the host partition when nothing is staged (`slots::settle`).
+fn boot(h: &Host) {
+    use hninit::slots::dir::RealDir;
+    use hninit::slots::{settle, Names, Request};
+    let images = RealDir::open(&h.dir, false).unwrap();
+    let state = RealDir::open(&h.dir.join("hn-state"), true).unwrap();
+    let req = Request { revert: None, tries: 3, count_tries: false };
+    settle(&images, &state, &Names::new("hn-root.img"), &req, &mut |_| Ok(())).unwrap();
+}
+
 fn random_below(n: u64) -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
     (t ^ (std::process::id() as u64).wrapping_mul(0x9e37_79b9)) % n
@@ -323,6 +333,9 @@ fn resume_after_kill(name: &str, zstd: bool) {
     let first = (1 << 20) + random_below(2 << 20);
     kill_at(&h, &url, first);
     assert_nothing_staged(&h);
+    // A power cut then a boot: the boot keeps a `.part` that has a resume record.
+    boot(&h);
+    assert!(h.dir.join(PART).exists(), "the boot removed a resumable .part");
     kill_at(&h, &url, first + (2 << 20) + random_below(1 << 20));
     assert_nothing_staged(&h);
     // `hnctl status` shows the interrupted stage.
@@ -511,4 +524,99 @@ fn a_local_stage_drops_an_interrupted_download() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(staged(&h).as_deref(), Some(&raw[..]));
     assert!(!h.dir.join(RECORD).exists() && !h.dir.join(PART).exists());
+}
+
+/// The signature seam (`remote::Verifier`, for the minisign module): a refusal
+/// before the download costs no image byte; one after it leaves nothing staged.
+#[test]
+fn a_verifier_refuses_before_and_after_the_download() {
+    use hninit::remote::{stage_url, RemoteOptions, Verifier};
+    use hninit::slots::dir::RealDir;
+    use hninit::slots::Names;
+    struct Refuse {
+        before: bool,
+    }
+    impl Verifier for Refuse {
+        fn before_download(&self, url: &str, agent: &ureq::Agent) -> Result<Option<u64>, String> {
+            // What the minisign verifier will do: fetch URL.minisig first.
+            let r = agent.get(&format!("{url}.minisig")).call().map_err(|e| e.to_string())?;
+            if self.before {
+                Err(format!("{} for the signature: compat= does not match", r.status()))
+            } else {
+                Ok(None)
+            }
+        }
+        fn after_download(&self, _part: &std::fs::File, _sha: &[u8; 32]) -> Result<(), String> {
+            Err("the signature does not match the image".into())
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    image(&ngx.www("web.img"), 4, 9);
+    std::fs::write(ngx.www("web.img.minisig"), "untrusted comment: x\n").unwrap();
+    let h = host();
+    let images = RealDir::open(&h.dir, false).unwrap();
+    let names = Names::new("hn-root.img");
+    let opts = RemoteOptions { free_bytes: 1 << 40, ..Default::default() };
+    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: true }, &mut |_| {}).unwrap_err();
+    assert!(e.is_refusal() && e.to_string().contains("compat="), "{e}");
+    assert_eq!(ngx.log("web.img").len(), 0, "an image byte was fetched before the refusal");
+    assert_eq!(ngx.log("web.img.minisig").len(), 1);
+    assert!(!h.dir.join(PART).exists());
+    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: false }, &mut |_| {}).unwrap_err();
+    assert!(e.is_refusal() && e.to_string().contains("does not match"), "{e}");
+    assert_nothing_staged(&h);
+    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists());
+}
+
+/// `hnctl index` + `URL.bidx`: an image with 5 % of its blocks changed costs its
+/// changed blocks (the access log says so); an index that does not match the
+/// image ends in its sha256 check and one whole download.
+#[test]
+fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let h = host();
+    let old = image(&h.dir.join("hn-root.img"), 8, 31);
+    let block = 64 * 1024;
+    let blocks = old.len() / block;
+    let mut new = old.clone();
+    // 5 % of the blocks, past the first MiB (the filesystem's metadata stays valid).
+    let changed: Vec<usize> = (0..blocks * 5 / 100).map(|k| 16 + k * 17 % (blocks - 16)).collect();
+    for &b in &changed {
+        new[b * block + 100] ^= 0x5a;
+    }
+    std::fs::write(ngx.www("web.img"), &new).unwrap();
+    let idx = hnctl(&h, &["index", ngx.www("web.img").to_str().unwrap()]);
+    assert_eq!(idx.status.code(), Some(0), "{}", show(&idx));
+    std::fs::write(ngx.www("web.img.bidx"), &idx.stdout).unwrap();
+
+    let o = hnctl(&h, &["stage", &ngx.url("web.img"), "--sha256", &sha256_hex(&new)]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&new[..]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("adaptive:"), "{out}");
+    let log = ngx.log("web.img");
+    assert!(log.iter().all(|l| l.0 == 206), "{log:?}");
+    let sent: u64 = log.iter().map(|l| l.1).sum();
+    let changed_bytes = (changed.len() * block) as u64;
+    eprintln!("changed {changed_bytes} bytes in {} blocks, sent {sent} in {} requests", changed.len(), log.len());
+    assert!(sent as f64 <= 1.15 * changed_bytes as f64, "{sent} bytes for {changed_bytes} changed");
+    assert_eq!(ngx.log("web.img.bidx").len(), 1);
+
+    // An index of another image: the assembled image fails the index's sha256,
+    // the stage downloads the whole file once, and the right image is staged.
+    let other = image(&ngx.www("other.img"), 8, 77);
+    std::fs::write(ngx.www("other.img.bidx"), &idx.stdout).unwrap();
+    let o = hnctl(&h, &["stage", &ngx.url("other.img")]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&other[..]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("did not check out"), "{}", show(&o));
+    let log = ngx.log("other.img");
+    assert_eq!(log.iter().filter(|l| l.0 == 200).count(), 1, "one whole download: {log:?}");
+
+    // --whole ignores the index.
+    let o = hnctl(&h, &["stage", &ngx.url("web.img"), "--whole"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(ngx.log("web.img.bidx").len(), 1, "--whole fetched the index");
 }

@@ -82,6 +82,9 @@ restarts from its first byte).")]
         /// Copy every byte by read/write, sharing no extents (no reflink, no copy_file_range)
         #[arg(long)]
         no_reflink: bool,
+        /// URL: download every byte, even when URL.bidx would allow fetching only changed blocks
+        #[arg(long)]
+        whole: bool,
         /// URL over https: trust only the CA certificates of this PEM file
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
@@ -95,6 +98,16 @@ restarts from its first byte).")]
         /// standard error ({"phase","done","total","rate"}); none
         #[arg(long, value_name = "HOW", default_value = "auto")]
         progress: ProgressMode,
+    },
+    /// Write the block-hash index of an image (IMAGE.bidx, published next to it) to standard output
+    #[command(long_about = "Writes the block-hash index of IMAGE (a raw image) to standard \
+output: the sha256 of every block and of the whole image. Published as IMAGE.bidx next \
+to the image, it lets `hnctl stage URL` fetch only the blocks the host does not have.")]
+    Index {
+        image: PathBuf,
+        /// Block size in bytes (a power of two, 4096 to 16777216)
+        #[arg(long, value_name = "BYTES", default_value_t = hninit::remote::bidx::DEFAULT_BLOCK)]
+        block_size: u32,
     },
     /// Remove the staged image (and its digest)
     Unstage,
@@ -205,6 +218,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             retries,
             stall_timeout,
             progress,
+            whole,
         } => {
             let host = host()?;
             if hninit::remote::is_url(image) {
@@ -213,12 +227,30 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                     ca: ca.clone(),
                     retries: *retries,
                     stall: Duration::from_secs(*stall_timeout),
+                    adaptive: !whole,
                     ..Default::default()
                 };
                 stage_url(&host, image, opts, *progress)
             } else {
                 stage(&host, image, *sha256, !no_reflink)
             }
+        }
+        Cmd::Index { image, block_size } => {
+            if !block_size.is_power_of_two() || !(4096..=16 << 20).contains(block_size) {
+                return Err(CtlError {
+                    what: "indexing".into(),
+                    found: format!("--block-size {block_size} is not a power of two from 4096 to 16777216"),
+                    kind: ErrorKind::Usage,
+                });
+            }
+            let what = format!("indexing {}", image.display());
+            let f = std::fs::File::open(image).map_err(|e| CtlError::failed(what.clone(), e))?;
+            let idx = hninit::remote::bidx::Index::build(&mut std::io::BufReader::with_capacity(1 << 20, f), *block_size)
+                .map_err(|e| CtlError::failed(what.clone(), e))?;
+            let mut o = std::io::stdout().lock();
+            o.write_all(&idx.to_bytes())
+                .and_then(|_| o.flush())
+                .map_err(|e| CtlError::failed("writing to standard output", e))
         }
         Cmd::Unstage => {
             let host = host()?;
@@ -402,16 +434,38 @@ fn stage_url(
     opts.free_bytes = hninit::slots::stage::free_bytes(&host.images)
         .map_err(|e| CtlError::failed(format!("measuring the free space in {}", host.images.display()), e))?;
     let tty = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
-    let mut line = Progress::new(tty);
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr_with_hz(10));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:9} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    });
     let mut json = JsonProgress::new(mode == ProgressMode::Json);
     // TODO(trust): a minisign verifier from src/trust/ when keys are trusted.
     let res = stage_url(&images, &host.names, url, &opts, &NoVerifier, &mut |p| {
         json.update(p.phase, p.done, p.total);
-        if p.phase == Phase::Download {
-            line.update(p.done, p.total.unwrap_or(0));
+        if let Some(b) = &bar {
+            let phase = match p.phase {
+                Phase::Rehash => "rehash",
+                Phase::Download => "download",
+                Phase::Retry => "retrying",
+                Phase::Check => "checking",
+            };
+            if b.message() != phase {
+                b.set_message(phase);
+            }
+            b.set_length(p.total.unwrap_or(p.done));
+            b.set_position(p.done);
         }
     });
-    line.clear();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     json.finish();
     let r = res.map_err(|e: RemoteError| CtlError {
         what,
@@ -426,7 +480,20 @@ fn stage_url(
         },
         found: e.to_string(),
     })?;
-    let s = summary(&r, url, start.elapsed().as_secs_f64()) + &next_boot(host);
+    let mut s = summary(&r.stage, url, start.elapsed().as_secs_f64());
+    if let Some(d) = &r.delta {
+        s += &format!(
+            "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images\n",
+            d.fetched, d.requests, d.index_bytes, d.reused
+        );
+    }
+    if let Some(why) = &r.fell_back {
+        s += &format!("warning: the adaptive download did not check out ({why}): downloaded whole\n");
+    }
+    if r.restarts > 0 {
+        s += "the file changed on the server since the interrupted download: downloaded from its first byte\n";
+    }
+    s += &next_boot(host);
     out(&s)
 }
 

@@ -21,6 +21,7 @@
 //!    verifier's final check, then `complete_part` (space, image, digest,
 //!    rename) and the record removed. A refusal removes the `.part` and record.
 
+use super::adaptive::{Delta, Skip};
 use super::http::{self, Reply};
 use super::state::{self, ResumeState, Start};
 use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, Dir};
@@ -53,6 +54,8 @@ pub struct RemoteOptions {
     pub retry_delay: Duration,
     /// Free bytes in the images directory's filesystem before the stage.
     pub free_bytes: u64,
+    /// Use `URL.bidx` when the server has it (`--whole` clears it).
+    pub adaptive: bool,
 }
 
 impl Default for RemoteOptions {
@@ -64,6 +67,7 @@ impl Default for RemoteOptions {
             stall: Duration::from_secs(30),
             retry_delay: Duration::from_secs(1),
             free_bytes: 0,
+            adaptive: true,
         }
     }
 }
@@ -319,7 +323,7 @@ pub fn stage_url(
     opts: &RemoteOptions,
     verifier: &dyn Verifier,
     progress: &mut dyn FnMut(Progress),
-) -> Result<StageReport, RemoteError> {
+) -> Result<RemoteReport, RemoteError> {
     if !super::is_url(url) || url.len() > state::MAX_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(RemoteError::Usage(format!(
             "{url:?} is not an http:// or https:// URL of at most {} bytes without spaces",
@@ -363,6 +367,29 @@ pub fn stage_url(
     };
     if let Some(size) = signed_size {
         check_space(size)?;
+    }
+
+    let mut fell_back = None;
+    let raw_url = !url.to_ascii_lowercase().ends_with(".zst");
+    if start == Start::Fresh && opts.adaptive && raw_url {
+        match super::adaptive::fill_part(images, names, url, opts, &agent, free_total, progress)? {
+            Ok((delta, sha, size)) => {
+                let checked = images
+                    .open_read(&names.part)
+                    .map_err(io_step(format!("reading back {}", names.part)))
+                    .and_then(|f| verifier.after_download(&f, &sha).map_err(RemoteError::Refused));
+                if let Err(e) = checked {
+                    discard(images, names, &record_name);
+                    return Err(e);
+                }
+                let info = CopyInfo { bytes: size, method: CopyMethod::Download, sha256: Some(sha) };
+                let late: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
+                let stage = complete_part(images, names, &info, opts.sha256, Some(late))?;
+                return Ok(RemoteReport { stage, delta: Some(delta), fell_back: None, restarts: 0 });
+            }
+            Err(Skip::NoIndex(_)) => {}
+            Err(Skip::Mismatch(why)) => fell_back = Some(why),
+        }
     }
 
     let file = images.open_rw(&names.part).map_err(io_step(format!("opening {}", names.part)))?;
@@ -464,6 +491,7 @@ pub fn stage_url(
         method: CopyMethod::Download,
         sha256: Some(sha),
     };
+    let restarts = dl.restarts;
     drop(dl);
     let late: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
     let staged = complete_part(images, names, &info, opts.sha256, Some(late));
@@ -471,7 +499,19 @@ pub fn stage_url(
     // a record without its `.part` is never resumed.
     remove_if_exists(images, &record_name).map_err(io_step(format!("removing {record_name}")))?;
     images.sync().map_err(io_step("fsync of the images directory"))?;
-    Ok(staged?)
+    Ok(RemoteReport { stage: staged?, delta: None, fell_back, restarts })
+}
+
+/// What `stage_url` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteReport {
+    pub stage: StageReport,
+    /// The adaptive download's figures, when `URL.bidx` was used.
+    pub delta: Option<Delta>,
+    /// Why an adaptive download was abandoned for a whole one.
+    pub fell_back: Option<String>,
+    /// The file changed on the server during the download: it started over.
+    pub restarts: u32,
 }
 
 impl Dl<'_> {

@@ -82,9 +82,21 @@ pub fn parse_content_range(v: &str) -> Option<ContentRange> {
 
 /// GET `url`, from byte `from` on (`Range`), with `If-Range: if_range` when given.
 pub fn get(agent: &ureq::Agent, url: &str, from: u64, if_range: Option<&str>) -> Result<Reply, ureq::Error> {
+    get_range(agent, url, from, None, if_range)
+}
+
+/// GET `url`, bytes `from` to `to` (inclusive; `None`: to the end).
+pub fn get_range(
+    agent: &ureq::Agent,
+    url: &str,
+    from: u64,
+    to: Option<u64>,
+    if_range: Option<&str>,
+) -> Result<Reply, ureq::Error> {
     let mut req = agent.get(url).header("Accept-Encoding", "identity");
-    if from > 0 {
-        req = req.header("Range", &format!("bytes={from}-"));
+    if from > 0 || to.is_some() {
+        let to = to.map(|t| t.to_string()).unwrap_or_default();
+        req = req.header("Range", &format!("bytes={from}-{to}"));
         if let Some(v) = if_range {
             req = req.header("If-Range", v);
         }

@@ -11,12 +11,16 @@
 //! - [`download`]: the download loop: Range/If-Range requests, retries with
 //!   backoff, zstd frames, durable checkpoints, progress, and the verifier seam
 //!   for signatures ([`download::Verifier`]).
+//! - [`bidx`], [`adaptive`]: the block-hash index (`hnctl index`) and the
+//!   download of only the blocks the host does not have.
 
+pub mod adaptive;
+pub mod bidx;
 pub mod download;
 pub mod http;
 pub mod state;
 
-pub use download::{stage_url, NoVerifier, Phase, Progress, RemoteError, RemoteOptions, Verifier};
+pub use download::{stage_url, NoVerifier, Phase, Progress, RemoteError, RemoteOptions, RemoteReport, Verifier};
 
 /// `hnctl stage` takes this argument as a URL rather than a path.
 pub fn is_url(arg: &str) -> bool {
