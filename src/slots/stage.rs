@@ -6,7 +6,7 @@
 //! Crash safety: the image is written as `hn-root-new.img.part`, fsynced, checked,
 //! and only then renamed to `hn-root-new.img` (its digest, when given, is written
 //! atomically before that rename); so `hn-root-new.img` only ever names a complete
-//! image, and the boot (`slots::settle`) removes a leftover `.part`. Every mutating
+//! image, and the boot (`slots::settle`) removes a leftover `.part` (one with a download resume record is kept: `remote`). Every mutating
 //! step is one `Dir` operation, which `tests/stage_crash.rs` interrupts in turn.
 
 use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, CopyOpts, Dir};
