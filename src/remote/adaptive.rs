@@ -49,6 +49,9 @@ fn io_step(step: impl Into<String>) -> impl FnOnce(io::Error) -> RemoteError {
     move |source| RemoteError::Io { step, source }
 }
 
+/// A filled `.part`: the figures, its sha256, its size.
+pub type Filled = (Delta, [u8; 32], u64);
+
 /// Fills `names.part` (complete, fsynced) from `URL.bidx`, local blocks and ranges.
 /// `Ok(Err(skip))`: nothing is left, download the whole image instead.
 pub fn fill_part(
@@ -59,7 +62,7 @@ pub fn fill_part(
     agent: &ureq::Agent,
     free_total: u64,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Result<(Delta, [u8; 32], u64), Skip>, RemoteError> {
+) -> Result<Result<Filled, Skip>, RemoteError> {
     let idx_url = format!("{url}.bidx");
     let reply = match http::get(agent, &idx_url, 0, None) {
         Ok(r) => r,
