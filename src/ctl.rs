@@ -20,6 +20,7 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_REFUSED: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 4;
 
 /// Lines of `boot.log` shown by `status`.
 pub const STATUS_LOG_LINES: usize = 10;
@@ -34,6 +35,8 @@ pub enum ErrorKind {
     Usage,
     /// Refused: not enough space, not a bootable image, digest mismatch (exit 3).
     Refused,
+    /// A download was interrupted; its `.part` is kept and the same command resumes it (exit 4).
+    Interrupted,
 }
 
 /// `<what was tried>: <what was found>`.
@@ -59,6 +62,7 @@ impl CtlError {
             ErrorKind::Failed => EXIT_FAILED,
             ErrorKind::Usage => EXIT_USAGE,
             ErrorKind::Refused => EXIT_REFUSED,
+            ErrorKind::Interrupted => EXIT_INTERRUPTED,
         }
     }
 }
@@ -248,6 +252,22 @@ pub struct Status {
     /// The anti-rollback floor (`hn-state/trust.json`): the highest version marked good.
     #[serde(default)]
     pub anti_rollback_floor: Option<String>,
+    /// A download being staged (or interrupted) from its resume record.
+    #[serde(default)]
+    pub stage_in_progress: Option<StageInProgress>,
+}
+
+/// What `hn-root-new.img.part.json` (the resume record of `hnctl stage URL`) says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageInProgress {
+    pub url: String,
+    /// Image bytes durable in the `.part`.
+    pub written: u64,
+    /// Bytes of the file on the server reached (compressed bytes for zstd).
+    pub offset: u64,
+    /// The size of the file on the server, when known.
+    pub remote_len: Option<u64>,
+    pub zstd: bool,
 }
 
 fn slot_roles(n: &Names) -> [(&'static str, &str); 6] {
@@ -301,6 +321,11 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
                 .unwrap_or("")
                 .to_string()
         });
+    let stage_in_progress = images
+        .read(&format!("{}.json", host.names.part), MAX_SMALL)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     // A missing or unreadable log only leaves this part empty (`hnctl log` says why).
     let boot_log = boot_log(host, Some(STATUS_LOG_LINES)).unwrap_or_default();
     let anti_rollback_floor = match host.open_state(false)? {
@@ -321,6 +346,7 @@ pub fn status(host: &Host, sys: &System) -> Result<Status, CtlError> {
         staged_digest,
         boot_log,
         anti_rollback_floor,
+        stage_in_progress,
     })
 }
 
@@ -546,6 +572,20 @@ impl Status {
             None => "none".into(),
         };
         let _ = writeln!(s, "staged digest   {digest}");
+        if let Some(p) = &self.stage_in_progress {
+            let of = match p.remote_len {
+                Some(n) if !p.zstd => format!(" of {}", human(n)),
+                Some(n) => format!(" ({} of {} compressed)", human(p.offset), human(n)),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                s,
+                "staging         {} from {}: {}{of} written (`hnctl stage` of the same URL resumes it)",
+                names.part,
+                p.url,
+                human(p.written)
+            );
+        }
         if self.boot_log.is_empty() {
             let _ = writeln!(s, "boot.log        (empty or missing)");
         } else {

@@ -36,3 +36,5 @@ pub mod cmdline;
 pub mod boot;
 pub mod ctl;
 pub mod runtime;
+#[cfg(feature = "remote")]
+pub mod remote;

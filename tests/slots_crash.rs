@@ -102,6 +102,13 @@ fn cases() -> Vec<Case> {
             expect: &[("hn-root.img", "IMAGE B"), ("hn-root-old.img", "IMAGE A")],
         },
         Case {
+            name: "an interrupted download is kept for resume",
+            start: &[("hn-root.img", "IMAGE A"), ("hn-root-new.img.part", "IMAGE C half"), ("hn-root-new.img.part.json", "{}"), ("hn-root-new.img.part.json.tmp", "{")],
+            trial_left: None,
+            req: req(None, false),
+            expect: &[("hn-root.img", "IMAGE A"), ("hn-root-new.img.part", "IMAGE C half"), ("hn-root-new.img.part.json", "{}")],
+        },
+        Case {
             name: "revert by flag",
             start: &[("hn-root.img", "IMAGE B"), ("hn-root-old.img", "IMAGE A"), ("system-revert", "")],
             trial_left: None,

@@ -2,7 +2,7 @@
 //! printing and exit codes. The logic is in `hninit::ctl` and `hninit::slots::stage`.
 
 use clap::{CommandFactory, Parser, Subcommand};
-use hninit::ctl::{self, CtlError, Host, System};
+use hninit::ctl::{self, CtlError, ErrorKind, Host, System};
 use hninit::slots::stage::StageReport;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -14,15 +14,18 @@ Exit codes:
   0  done
   1  the operation failed (e.g. the image to stage does not exist, an I/O error)
   2  usage error (bad command or arguments)
-  3  refused (not enough free space, not a bootable image, sha256 mismatch,
-     an image whose signature is missing or not accepted)
+  3  refused (not enough free space, not a bootable image, sha256 mismatch, a corrupt
+     zstd stream, a refused signature)
+  4  a download was interrupted (network, stall, server errors after the retries);
+     its .part is kept: the same `hnctl stage URL` resumes it
 
 Errors are printed as `hnctl: <what was tried>: <what was found>`.
 
 Examples:
   hnctl status
   hnctl stage /tmp/hn-root-2.img --sha256 9f86d08...   # then reboot to upgrade
-  curl -s https://example.org/hn-root.img | hnctl stage -
+  hnctl stage https://mirror.example.org/hn-root-2.img.zst   # resumable
+  hnctl stage --ca /etc/ssl/mirror-ca.pem https://mirror.lan/hn-root-2.img
   hnctl revert                                         # the next boot reverts
   hnctl mark-good                                      # after boot-complete.target";
 
@@ -58,15 +61,20 @@ enum Cmd {
         json: bool,
     },
     /// Copy an image next to the current one as hn-root-new.img; the next boot rotates it in
-    #[command(long_about = "Copies IMAGE (a file, or - for standard input) to \
-hn-root-new.img.part, checks it (a filesystem, at least 1 MiB, a whole number of \
+    #[command(long_about = "Copies IMAGE (a file, - for standard input, or an http:// or \
+https:// URL) to hn-root-new.img.part, checks it (a filesystem, at least 1 MiB, a whole number of \
 512-byte sectors, the sha256 when given), then renames it to hn-root-new.img, replacing \
 an image staged before. The copy is a reflink when the filesystem allows it, else \
 copy_file_range, else read/write. Needs the image's size + 1% + 16 MiB free. \
-Refused (exit 3) leaves nothing behind.")]
+Refused (exit 3) leaves nothing behind. A URL is downloaded (zstd-compressed images \
+are recognised by their magic number and decompressed on the fly; proxies from \
+http_proxy, https_proxy, all_proxy and no_proxy); an interrupted download (exit 4) keeps \
+its .part and a record, hn-root-new.img.part.json, and the next `hnctl stage` of the same \
+URL resumes it with an HTTP Range request (If-Range: a file changed on the server \
+restarts from its first byte).")]
     Stage {
-        /// The image file, or - to read it from standard input
-        #[arg(value_name = "IMAGE|-")]
+        /// The image file, - to read it from standard input, or an http(s):// URL
+        #[arg(value_name = "IMAGE|-|URL")]
         image: String,
         /// Expected sha256 (64 hex digits); kept as hn-root-new.img.sha256 and checked again at boot
         #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
@@ -83,6 +91,22 @@ Refused (exit 3) leaves nothing behind.")]
         /// Allow this signed image below the anti-rollback floor, once (recorded in hn-state/)
         #[arg(long)]
         allow_downgrade: bool,
+        /// URL: download every byte, even when URL.bidx would allow fetching only changed blocks
+        #[arg(long)]
+        whole: bool,
+        /// URL over https: trust only the CA certificates of this PEM file
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// URL: attempts after a failure without progress, waiting 1, 2, 4 … 30 s
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        retries: u32,
+        /// URL: seconds without a byte from the server before the attempt is given up
+        #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        stall_timeout: u64,
+        /// auto: a progress line on a terminal; json: one JSON object a second on
+        /// standard error ({"phase","done","total","rate"}); none
+        #[arg(long, value_name = "HOW", default_value = "auto")]
+        progress: ProgressMode,
     },
     /// Check an image's minisign signature against the trusted keys, without staging it
     #[command(long_about = "Checks FILE as /init checks a staged image: its signature \
@@ -100,6 +124,16 @@ would boot it); exit 3: refused, with the reason.")]
         /// The directory holding trusted.d/ and revoked.d/
         #[arg(long, value_name = "DIR", default_value = hninit::trust::keystore::DEFAULT_ETC)]
         keys: PathBuf,
+    },
+    /// Write the block-hash index of an image (IMAGE.bidx, published next to it) to standard output
+    #[command(long_about = "Writes the block-hash index of IMAGE (a raw image) to standard \
+output: the sha256 of every block and of the whole image. Published as IMAGE.bidx next \
+to the image, it lets `hnctl stage URL` fetch only the blocks the host does not have.")]
+    Index {
+        image: PathBuf,
+        /// Block size in bytes (a power of two, 4096 to 16777216)
+        #[arg(long, value_name = "BYTES", default_value_t = hninit::remote::bidx::DEFAULT_BLOCK)]
+        block_size: u32,
     },
     /// Remove the staged image (and its digest)
     Unstage,
@@ -145,6 +179,13 @@ would boot it); exit 3: refused, with the reason.")]
     },
     /// Print the manual page (roff)
     Man,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgressMode {
+    Auto,
+    Json,
+    None,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,7 +243,38 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             signature,
             keys,
             allow_downgrade,
-        } => stage(&host()?, image, *sha256, !no_reflink, signature.as_deref(), keys, *allow_downgrade),
+            ca,
+            retries,
+            stall_timeout,
+            progress,
+            whole,
+        } => {
+            let host = host()?;
+            if hninit::remote::is_url(image) {
+                // TODO(#12): verify URL.minisig while downloading (remote::Verifier).
+                // Until then a host that trusts keys would reject the unsigned
+                // result at boot: refuse before downloading a byte.
+                let trusts = hninit::trust::KeyStore::load(keys).map(|k| !k.is_empty()).unwrap_or(true);
+                if signature.is_some() || trusts || *allow_downgrade {
+                    return Err(CtlError {
+                        what: format!("staging {image}"),
+                        found: format!("signed staging from a URL is not available yet (keys in {}): download the image and its .minisig, then `hnctl stage FILE`", keys.display()),
+                        kind: ErrorKind::Refused,
+                    });
+                }
+                let opts = hninit::remote::RemoteOptions {
+                    sha256: *sha256,
+                    ca: ca.clone(),
+                    retries: *retries,
+                    stall: Duration::from_secs(*stall_timeout),
+                    adaptive: !whole,
+                    ..Default::default()
+                };
+                stage_url(&host, image, opts, *progress)
+            } else {
+                stage(&host, image, *sha256, !no_reflink, signature.as_deref(), keys, *allow_downgrade)
+            }
+        }
         Cmd::Verify { file, signature, keys } => {
             use hninit::trust::verify_cmd::{verify, VerifyError};
             let r = verify(file, signature.as_deref(), keys).map_err(|e| {
@@ -223,6 +295,23 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 });
             }
             Ok(())
+        }
+        Cmd::Index { image, block_size } => {
+            if !block_size.is_power_of_two() || !(4096..=16 << 20).contains(block_size) {
+                return Err(CtlError {
+                    what: "indexing".into(),
+                    found: format!("--block-size {block_size} is not a power of two from 4096 to 16777216"),
+                    kind: ErrorKind::Usage,
+                });
+            }
+            let what = format!("indexing {}", image.display());
+            let f = std::fs::File::open(image).map_err(|e| CtlError::failed(what.clone(), e))?;
+            let idx = hninit::remote::bidx::Index::build(&mut std::io::BufReader::with_capacity(1 << 20, f), *block_size)
+                .map_err(|e| CtlError::failed(what.clone(), e))?;
+            let mut o = std::io::stdout().lock();
+            o.write_all(&idx.to_bytes())
+                .and_then(|_| o.flush())
+                .map_err(|e| CtlError::failed("writing to standard output", e))
         }
         Cmd::Unstage => {
             let host = host()?;
@@ -403,12 +492,160 @@ fn stage(
     out(&s)
 }
 
+/// `hnctl stage URL`.
+fn stage_url(
+    host: &Host,
+    url: &str,
+    mut opts: hninit::remote::RemoteOptions,
+    mode: ProgressMode,
+) -> Result<(), CtlError> {
+    use hninit::remote::{stage_url, NoVerifier, Phase, RemoteError};
+    let start = Instant::now();
+    let what = format!("staging {url}");
+    let images = hninit::slots::dir::RealDir::open(&host.images, false)
+        .map_err(|e| CtlError::failed(format!("opening {}", host.images.display()), e))?;
+    opts.free_bytes = hninit::slots::stage::free_bytes(&host.images)
+        .map_err(|e| CtlError::failed(format!("measuring the free space in {}", host.images.display()), e))?;
+    let tty = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr_with_hz(10));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:9} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let mut json = JsonProgress::new(mode == ProgressMode::Json);
+    // TODO(trust): a minisign verifier from src/trust/ when keys are trusted.
+    let res = stage_url(&images, &host.names, url, &opts, &NoVerifier, &mut |p| {
+        json.update(p.phase, p.done, p.total);
+        if let Some(b) = &bar {
+            let phase = match p.phase {
+                Phase::Rehash => "rehash",
+                Phase::Download => "download",
+                Phase::Retry => "retrying",
+                Phase::Check => "checking",
+            };
+            if b.message() != phase {
+                b.set_message(phase);
+            }
+            b.set_length(p.total.unwrap_or(p.done));
+            b.set_position(p.done);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    json.finish();
+    let r = res.map_err(|e: RemoteError| CtlError {
+        what,
+        kind: if e.is_refusal() {
+            ErrorKind::Refused
+        } else if e.is_interrupted() {
+            ErrorKind::Interrupted
+        } else if matches!(e, RemoteError::Usage(_)) {
+            ErrorKind::Usage
+        } else {
+            ErrorKind::Failed
+        },
+        found: e.to_string(),
+    })?;
+    let mut s = summary(&r.stage, url, start.elapsed().as_secs_f64());
+    if let Some(d) = &r.delta {
+        s += &format!(
+            "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images\n",
+            d.fetched, d.requests, d.index_bytes, d.reused
+        );
+    }
+    if let Some(why) = &r.fell_back {
+        s += &format!("warning: the adaptive download did not check out ({why}): downloaded whole\n");
+    }
+    if r.restarts > 0 {
+        s += "the file changed on the server since the interrupted download: downloaded from its first byte\n";
+    }
+    s += &next_boot(host);
+    out(&s)
+}
+
+fn next_boot(host: &Host) -> String {
+    if ctl::revert_requested(host) {
+        format!(
+            "warning: a revert is requested ({}): the next boot reverts and moves {} to {}\n",
+            host.names.revert_flag, host.names.new, host.names.rejected
+        )
+    } else {
+        format!(
+            "the next boot checks it and rotates it in; {} becomes {}\n",
+            host.names.current, host.names.old
+        )
+    }
+}
+
+/// `--progress=json`: one object a second on standard error, and one at each phase change.
+struct JsonProgress {
+    on: bool,
+    start: Instant,
+    last: Option<(Instant, hninit::remote::Phase, u64)>,
+    pending: Option<(hninit::remote::Phase, u64, Option<u64>)>,
+}
+
+impl JsonProgress {
+    fn new(on: bool) -> JsonProgress {
+        JsonProgress { on, start: Instant::now(), last: None, pending: None }
+    }
+
+    fn update(&mut self, phase: hninit::remote::Phase, done: u64, total: Option<u64>) {
+        if !self.on {
+            return;
+        }
+        let now = Instant::now();
+        self.pending = Some((phase, done, total));
+        let due = match self.last {
+            None => true,
+            Some((t, p, _)) => p != phase || now.duration_since(t) >= Duration::from_secs(1),
+        };
+        if due {
+            self.emit(now);
+        }
+    }
+
+    fn emit(&mut self, now: Instant) {
+        let Some((phase, done, total)) = self.pending.take() else { return };
+        let (t0, d0) = match self.last {
+            Some((t, _, d)) if done >= d => (t, d),
+            _ => (self.start, 0),
+        };
+        let secs = now.duration_since(t0).as_secs_f64();
+        let rate = if secs > 0.0 { ((done - d0) as f64 / secs) as u64 } else { 0 };
+        let obj = serde_json::json!({
+            "phase": phase,
+            "done": done,
+            "total": total,
+            "rate": rate,
+            "elapsed": now.duration_since(self.start).as_secs_f64(),
+        });
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "{obj}");
+        self.last = Some((now, phase, done));
+    }
+
+    fn finish(&mut self) {
+        if self.on {
+            self.emit(Instant::now());
+        }
+    }
+}
+
 fn summary(r: &StageReport, image: &str, secs: f64) -> String {
     let rate = if secs > 0.0 { r.bytes as f64 / 1e6 / secs } else { 0.0 };
     let how = match r.method {
         hninit::slots::dir::CopyMethod::Reflink => "reflinked",
         hninit::slots::dir::CopyMethod::CopyFileRange => "copied (copy_file_range)",
         hninit::slots::dir::CopyMethod::ReadWrite => "copied (read/write)",
+        hninit::slots::dir::CopyMethod::Download => "downloaded",
     };
     let mut s = format!(
         "staged {} from {image}: {} bytes in {secs:.2} s ({rate:.1} MB/s), {how}, {}{}\n",

@@ -28,6 +28,8 @@ pub enum CopyMethod {
     Reflink,
     CopyFileRange,
     ReadWrite,
+    /// Written from an HTTP(S) download (`hnctl stage URL`, `remote`).
+    Download,
 }
 
 /// What `Dir::create_from` did.

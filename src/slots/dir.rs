@@ -53,6 +53,11 @@ pub trait Dir {
     ) -> io::Result<CopyInfo>;
     /// Opens `name` for reading (not following a symlink).
     fn open_read(&self, name: &str) -> io::Result<std::fs::File>;
+    /// Opens `name` read-write, created (0600) if missing, not truncated, for a
+    /// writer that fsyncs it itself (a resumable download into a `.part`).
+    fn open_rw(&self, name: &str) -> io::Result<std::fs::File> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, format!("{}: open {name} read-write", self.label())))
+    }
 }
 
 pub use crate::slots::copy::{CopyInfo, CopyMethod, CopyOpts};
@@ -226,5 +231,9 @@ impl Dir for RealDir {
 
     fn open_read(&self, name: &str) -> io::Result<std::fs::File> {
         self.safe_open(name).map_err(Into::into)
+    }
+
+    fn open_rw(&self, name: &str) -> io::Result<std::fs::File> {
+        self.open_file(name, OFlags::RDWR | OFlags::CREATE, 0o600)
     }
 }

@@ -296,10 +296,15 @@ pub fn settle(
 
 fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
     let mut removed = Vec::new();
+    // An interrupted download (`hnctl stage URL`) keeps its `.part` while its resume
+    // record is there, so that the next `hnctl stage` of the URL resumes it after a
+    // power cut too; the record is only ever written after the `.part`'s bytes.
+    let record = format!("{}.json", c.n.part);
+    let resumable = c.exists(&record)?;
     let leftovers = [
         Names::tmp(&c.n.old),
         Names::tmp(&c.n.broken),
-        c.n.part.clone(),
+        if resumable { Names::tmp(&record) } else { c.n.part.clone() },
         Names::tmp(&c.n.digest),
         Names::tmp(&c.n.revert_flag),
         Names::tmp(&Names::sig(&c.n.old)),

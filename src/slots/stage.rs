@@ -6,7 +6,7 @@
 //! Crash safety: the image is written as `hn-root-new.img.part`, fsynced, checked,
 //! and only then renamed to `hn-root-new.img` (its digest, when given, is written
 //! atomically before that rename); so `hn-root-new.img` only ever names a complete
-//! image, and the boot (`slots::settle`) removes a leftover `.part`. Every mutating
+//! image, and the boot (`slots::settle`) removes a leftover `.part` (one with a download resume record is kept: `remote`). Every mutating
 //! step is one `Dir` operation, which `tests/stage_crash.rs` interrupts in turn.
 //!
 //! Signatures ([`stage_signed`]): the policy is applied to the signature before
@@ -250,6 +250,9 @@ pub fn stage_signed(
     }
     let digest_tmp = format!("{}.tmp", names.digest);
     remove_if_exists(images, &digest_tmp).map_err(io_err(images, format!("remove stale {digest_tmp}")))?;
+    // An interrupted download's resume record (`remote`) belongs to the `.part` just removed.
+    let record = format!("{}.json", names.part);
+    remove_if_exists(images, &record).map_err(io_err(images, format!("remove stale {record}")))?;
 
     let free = opts.free_bytes.saturating_add(reclaimed);
     let check_space = |size: u64| {
@@ -288,36 +291,68 @@ pub fn stage_signed(
             },
             _ => io_err(images, format!("copy {} to {}", source.label, names.part))(e),
         });
-    let checked = info.and_then(|info| {
-        if source.len.is_none() {
-            check_space(info.bytes)?;
+    let info = match info {
+        Ok(info) => info,
+        Err(e) => {
+            discard(images, names);
+            return Err(e);
         }
-        let fstype = check_image(images, names, &info, opts.sha256)?;
-        Ok((info, fstype))
-    });
-    let checked = checked.and_then(|x| {
-        if let (Some(t), Some(p)) = (trust, &parsed) {
-            let check = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
-            let mut f = images
-                .open_read(&names.part)
-                .map_err(io_err(images, format!("open {} to verify it", names.part)))?;
-            let (v, _) = stream::check_reader(check, &mut f, None)
-                .map_err(io_err(images, format!("read back {} to verify it", names.part)))?;
-            if let Verdict::Reject(_) = v {
-                return Err(StageError::Signature(Box::new(v)));
+    };
+    if let (Some(t), Some(p)) = (trust, &parsed) {
+        // One read-back of the fsynced `.part`: the bytes that will boot are the
+        // bytes that were signed.
+        let check = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
+        let verdict = images
+            .open_read(&names.part)
+            .map_err(io_err(images, format!("open {} to verify it", names.part)))
+            .and_then(|mut f| {
+                stream::check_reader(check, &mut f, None).map_err(io_err(images, format!("read back {} to verify it", names.part)))
+            });
+        match verdict {
+            Ok((Verdict::Reject(r), _)) => {
+                discard(images, names);
+                return Err(StageError::Signature(Box::new(Verdict::Reject(r))));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                discard(images, names);
+                return Err(e);
             }
         }
-        Ok(x)
-    });
-    let (info, fstype) = match checked {
+    }
+    let late_space: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
+    let sig = trust.and_then(|t| t.signature.as_deref());
+    complete_part(images, names, &info, opts.sha256, source.len.is_none().then_some(late_space), sig)
+}
+
+/// The end of every stage, from a file or from the network (`remote`): the
+/// `.part` holds `info.bytes` bytes, fsynced (and, when signed, verified). Checks
+/// the space when the size was not known before (`late_space`), the image and the
+/// digest, then writes the digest, keeps the signature `sig` as the sidecar and
+/// renames the `.part` to the staged name. Refused or failed: the `.part` is
+/// removed.
+pub fn complete_part(
+    images: &dyn Dir,
+    names: &Names,
+    info: &CopyInfo,
+    want: Option<[u8; 32]>,
+    late_space: Option<&dyn Fn(u64) -> Result<(), StageError>>,
+    sig: Option<&[u8]>,
+) -> Result<StageReport, StageError> {
+    let checked = (|| {
+        if let Some(check) = late_space {
+            check(info.bytes)?;
+        }
+        check_image(images, names, info, want)
+    })();
+    let fstype = match checked {
         Ok(x) => x,
         Err(e) => {
             discard(images, names);
             return Err(e);
         }
     };
-    let sig = trust.and_then(|t| t.signature.as_deref());
-    match finish(images, names, opts.sha256.as_ref(), sig) {
+    match finish(images, names, want.as_ref(), sig) {
         Ok((replaced, digest_file)) => Ok(StageReport {
             name: names.new.clone(),
             bytes: info.bytes,
@@ -429,6 +464,7 @@ pub fn unstage(images: &dyn Dir, names: &Names) -> Result<UnstageReport, StageEr
         names.new.clone(),
         names.digest.clone(),
         names.part.clone(),
+        format!("{}.json", names.part),
         format!("{}.tmp", names.digest),
     ] {
         if remove_if_exists(images, &name).map_err(io_err(images, format!("remove {name}")))? {

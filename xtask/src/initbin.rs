@@ -17,7 +17,9 @@ pub fn cargo() -> Command {
 }
 
 /// `cargo build --release --target x86_64-unknown-linux-musl -p hninit --bin NAME`;
-/// returns the executable's path. Progress goes to stderr.
+/// returns the executable's path. Progress goes to stderr. `init` is built without
+/// the default features: the `remote` feature (HTTP, TLS, zstd for `hnctl stage
+/// URL`) is hnctl's only, and /init's build need not compile it.
 pub fn build_workspace_bin(name: &str) -> Result<PathBuf> {
     let mut c = cargo();
     c.current_dir(workspace_root())
@@ -31,6 +33,7 @@ pub fn build_workspace_bin(name: &str) -> Result<PathBuf> {
             "--bin",
             name,
         ])
+        .args(if name == "init" { &["--no-default-features"][..] } else { &[] })
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     let shown = util::display_cmd(&c);

@@ -1,0 +1,29 @@
+//! `hnctl stage URL` (host only, feature `remote`; /init never references it): an
+//! image on any HTTP(S) server or CDN streamed into the staged `.part`, raw or
+//! zstd-compressed (decompressed on the fly), resumable after an interruption,
+//! and ending in the same checks and rename as a local stage
+//! ([`crate::slots::stage::complete_part`]).
+//!
+//! - [`state`]: the resume record kept next to the `.part` and the pure decision
+//!   whether to resume (`hn-root-new.img.part.json`).
+//! - [`http`]: the HTTP client (ureq, rustls, `--ca`, proxies from the
+//!   environment, the stall timeout) and the parsing of the reply headers.
+//! - [`download`]: the download loop: Range/If-Range requests, retries with
+//!   backoff, zstd frames, durable checkpoints, progress, and the verifier seam
+//!   for signatures ([`download::Verifier`]).
+//! - [`bidx`], [`adaptive`]: the block-hash index (`hnctl index`) and the
+//!   download of only the blocks the host does not have.
+
+pub mod adaptive;
+pub mod bidx;
+pub mod download;
+pub mod http;
+pub mod state;
+
+pub use download::{stage_url, NoVerifier, Phase, Progress, RemoteError, RemoteOptions, RemoteReport, Verifier};
+
+/// `hnctl stage` takes this argument as a URL rather than a path.
+pub fn is_url(arg: &str) -> bool {
+    let lower = arg.get(..8).unwrap_or(arg).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}

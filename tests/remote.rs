@@ -1,0 +1,622 @@
+//! `hnctl stage URL` against a real nginx (Debian's), started per test on
+//! 127.0.0.1 with a generated config, and stopped on every exit path (Drop).
+//! nginx's access log (`$request $status $body_bytes_sent "$http_range"`) is the
+//! judge of the bytes sent. The misbehaving servers nginx cannot be made to be
+//! (a stall mid-body, a wrong Content-Length) are small std::net servers here.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PART: &str = "hn-root-new.img.part";
+const RECORD: &str = "hn-root-new.img.part.json";
+const NEW: &str = "hn-root-new.img";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Nginx {
+    child: Child,
+    prefix: PathBuf,
+    port: u16,
+    tls_port: Option<u16>,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The TLS material of a test CA made by `openssl`.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Nginx {
+    /// Serves `www` (under `prefix`); `/slow/` is the same tree at `rate` bytes/s.
+    fn start(prefix: &Path, rate: &str, pki: Option<&Pki>) -> Nginx {
+        std::fs::create_dir_all(prefix.join("www")).unwrap();
+        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+        let port = free_port();
+        let tls_port = pki.map(|_| free_port());
+        let p = prefix.display();
+        let tls = match (pki, tls_port) {
+            (Some(k), Some(tp)) => format!(
+                "server {{ listen 127.0.0.1:{tp} ssl; server_name localhost; root {p}/www;
+                   ssl_certificate {}; ssl_certificate_key {}; }}",
+                k.cert.display(),
+                k.key.display()
+            ),
+            _ => String::new(),
+        };
+        let conf = format!(
+            "daemon off;
+master_process off;
+pid {p}/nginx.pid;
+error_log {p}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  log_format ranges '$request $status $body_bytes_sent \"$http_range\"';
+  access_log {p}/access.log ranges;
+  client_body_temp_path {p}/tmp/body;
+  proxy_temp_path {p}/tmp/proxy;
+  fastcgi_temp_path {p}/tmp/fastcgi;
+  uwsgi_temp_path {p}/tmp/uwsgi;
+  scgi_temp_path {p}/tmp/scgi;
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{port};
+    root {p}/www;
+    location /slow/ {{ alias {p}/www/; limit_rate {rate}; }}
+  }}
+  {tls}
+}}
+"
+        );
+        std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian nginx-light) is needed");
+        let mut n = Nginx { child, prefix: prefix.to_path_buf(), port, tls_port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for p in [Some(port), tls_port].into_iter().flatten() {
+            while TcpStream::connect(("127.0.0.1", p)).is_err() {
+                if let Ok(Some(st)) = n.child.try_wait() {
+                    panic!("nginx exited ({st}): {}", std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default());
+                }
+                assert!(Instant::now() < deadline, "nginx did not listen on {p}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        n
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    fn www(&self, name: &str) -> PathBuf {
+        self.prefix.join("www").join(name)
+    }
+
+    /// The access log's lines for `path`: (status, bytes sent, Range header).
+    fn log(&self, path: &str) -> Vec<(u16, u64, String)> {
+        let text = std::fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains(&format!(" /{path} ")))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // GET /path HTTP/1.1 STATUS BYTES "RANGE"
+                (f[3].parse().unwrap(), f[4].parse().unwrap(), f[5..].join(" ").trim_matches('"').to_string())
+            })
+            .collect()
+    }
+}
+
+struct Host {
+    t: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+fn host() -> Host {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("hostpart");
+    std::fs::create_dir(&dir).unwrap();
+    mkfs(&dir.join("hn-root.img"), 4);
+    Host { t, dir }
+}
+
+fn mkfs(path: &Path, mib: u32) {
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .arg(format!("{mib}M"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) is needed");
+    assert!(st.success());
+}
+
+/// An ext4 image of `mib` MiB whose blocks past the first MiB are incompressible
+/// (so that zstd leaves it large and a rate limit takes seconds).
+fn image(path: &Path, mib: u32, seed: u64) -> Vec<u8> {
+    mkfs(path, mib);
+    let mut data = std::fs::read(path).unwrap();
+    let mut x = seed | 1;
+    for b in data[1 << 20..].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// `zstd` of the whole file: one frame.
+fn zstd_one_frame(src: &Path, dst: &Path) {
+    let st = Command::new("zstd").args(["-q", "-f", "-3", "-o"]).arg(dst).arg(src).status().unwrap();
+    assert!(st.success());
+}
+
+/// One zstd frame per MiB (docs/publishing.md's recipe: split, zstd, cat).
+fn zstd_frames(src: &Path, dst: &Path) {
+    let data = std::fs::read(src).unwrap();
+    let mut out = Vec::new();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        let piece = dst.with_extension(format!("piece{i}"));
+        std::fs::write(&piece, chunk).unwrap();
+        let z = piece.with_extension(format!("piece{i}.zst"));
+        zstd_one_frame(&piece, &z);
+        out.extend(std::fs::read(&z).unwrap());
+        std::fs::remove_file(&piece).unwrap();
+        std::fs::remove_file(&z).unwrap();
+    }
+    std::fs::write(dst, out).unwrap();
+}
+
+fn hnctl_cmd(h: &Host, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hnctl"));
+    cmd.arg("--hostpart").arg(&h.dir).args(["--real-root", "/hn-root.img"]).args(args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A proxy from the test's environment must not capture 127.0.0.1.
+    cmd.env("no_proxy", "127.0.0.1").env("NO_PROXY", "127.0.0.1");
+    cmd
+}
+
+fn hnctl(h: &Host, args: &[&str]) -> Output {
+    hnctl_cmd(h, args).output().unwrap()
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn staged(h: &Host) -> Option<Vec<u8>> {
+    std::fs::read(h.dir.join(NEW)).ok()
+}
+
+#[track_caller]
+fn assert_nothing_staged(h: &Host) {
+    assert!(!h.dir.join(NEW).exists(), "a staged image was left");
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn full_download_raw_and_zstd() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let raw = image(&ngx.www("web.img"), 4, 7);
+    zstd_one_frame(&ngx.www("web.img"), &ngx.www("web.img.zst"));
+    for (name, sha) in [("web.img", true), ("web.img.zst", false)] {
+        let h = host();
+        let mut args = vec!["stage".to_string(), ngx.url(name), "--progress".into(), "json".into()];
+        if sha {
+            args.extend(["--sha256".to_string(), sha256_hex(&raw)]);
+        }
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let o = hnctl(&h, &args);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", show(&o));
+        assert_eq!(staged(&h).as_deref(), Some(&raw[..]), "{name}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(&format!("sha256 {}", sha256_hex(&raw))), "{out}");
+        assert!(out.contains("downloaded"), "{out}");
+        assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists());
+        // --progress=json: JSON lines with the phases, the last one at the end.
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<serde_json::Value> = err.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.iter().any(|v| v["phase"] == "download"), "{err}");
+        let last = lines.last().unwrap();
+        assert_eq!(last["phase"], "check");
+        assert_eq!(last["done"], raw.len() as u64);
+        assert_eq!(ngx.log(name).len(), 1, "one request for {name}");
+        if sha {
+            let d = std::fs::read_to_string(h.dir.join("hn-root-new.img.sha256")).unwrap();
+            assert!(d.starts_with(&sha256_hex(&raw)));
+        }
+    }
+}
+
+#[test]
+fn not_found_and_not_an_image_are_refused_without_leftovers() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    std::fs::write(ngx.www("junk.img"), vec![0u8; 2 << 20]).unwrap();
+    let h = host();
+    let o = hnctl(&h, &["stage", &ngx.url("missing.img")]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("404"), "{}", show(&o));
+    let o = hnctl(&h, &["stage", &ngx.url("junk.img")]);
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no filesystem"), "{}", show(&o));
+    assert_nothing_staged(&h);
+    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists());
+}
+
+/// Starts `hnctl stage URL`, waits until its record says at least `at` bytes are
+/// durable, then kills it with SIGKILL.
+fn kill_at(h: &Host, url: &str, at: u64) {
+    let mut child = hnctl_cmd(h, &["stage", url]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(b) = std::fs::read(h.dir.join(RECORD)) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                if v["written"].as_u64().unwrap_or(0) >= at {
+                    break;
+                }
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("hnctl ended ({st}) before {at} bytes were durable");
+        }
+        assert!(Instant::now() < deadline, "no progress to {at} bytes");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Somewhere between two checkpoints, not right after one.
+    std::thread::sleep(Duration::from_millis(random_below(1000)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// What the boot does to the host partition when nothing is staged (`slots::settle`).
+fn boot(h: &Host) {
+    use hninit::slots::dir::RealDir;
+    use hninit::slots::{settle, Names, Request};
+    let images = RealDir::open(&h.dir, false).unwrap();
+    let state = RealDir::open(&h.dir.join("hn-state"), true).unwrap();
+    let req = Request { revert: None, tries: 3, count_tries: false };
+    settle(&images, &state, &Names::new("hn-root.img"), &req, &mut |_| Ok(())).unwrap();
+}
+
+fn random_below(n: u64) -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    (t ^ (std::process::id() as u64).wrapping_mul(0x9e37_79b9)) % n
+}
+
+/// kill -9 at a random point, twice, then the download completes: each byte range
+/// went over the wire once, plus at most `overlap` per interruption.
+fn resume_after_kill(name: &str, zstd: bool) {
+    let t = tempfile::tempdir().unwrap();
+    // 1 MiB/s: an 8 MiB image takes seconds, a checkpoint is at most a second behind.
+    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    let raw = image(&t.path().join("src.img"), 8, 11);
+    if zstd {
+        zstd_frames(&t.path().join("src.img"), &ngx.www(name));
+    } else {
+        std::fs::copy(t.path().join("src.img"), ngx.www(name)).unwrap();
+    }
+    let size = std::fs::metadata(ngx.www(name)).unwrap().len();
+    let url = ngx.url(&format!("slow/{name}"));
+    let h = host();
+    let first = (1 << 20) + random_below(2 << 20);
+    kill_at(&h, &url, first);
+    assert_nothing_staged(&h);
+    // A power cut then a boot: the boot keeps a `.part` that has a resume record.
+    boot(&h);
+    assert!(h.dir.join(PART).exists(), "the boot removed a resumable .part");
+    kill_at(&h, &url, first + (2 << 20) + random_below(1 << 20));
+    assert_nothing_staged(&h);
+    // `hnctl status` shows the interrupted stage.
+    let st = hnctl(&h, &["status"]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("staging") && text.contains(&url), "{text}");
+    let o = hnctl(&h, &["stage", &url, "--sha256", &sha256_hex(&raw)]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]));
+    assert!(!h.dir.join(RECORD).exists());
+    let log = ngx.log(&format!("slow/{name}"));
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[0].2, "-", "the first request has no Range: {log:?}");
+    let mut starts = Vec::new();
+    for (status, _, range) in &log[1..] {
+        assert_eq!(*status, 206, "{log:?}");
+        let from: u64 = range.strip_prefix("bytes=").unwrap().trim_end_matches('-').parse().unwrap();
+        starts.push(from);
+    }
+    assert!(starts[0] > 0 && starts[1] > starts[0], "each resume starts further: {log:?}");
+    let sent: u64 = log.iter().map(|l| l.1).sum();
+    eprintln!("{name}: {size} bytes, sent {sent}: {log:?}");
+    // Per interruption: the bytes past the last checkpoint (≤ 1 s at 1 MiB/s,
+    // plus what was in flight) and, for zstd, the rest of a 1 MiB frame.
+    let overlap = if zstd { 3 << 20 } else { 2 << 20 };
+    assert!(sent >= size, "{sent} < {size}");
+    assert!(sent - size <= 2 * overlap, "{} bytes sent again: {log:?}", sent - size);
+}
+
+#[test]
+fn resume_after_kill_raw() {
+    resume_after_kill("web.img", false);
+}
+
+#[test]
+fn resume_after_kill_zstd() {
+    resume_after_kill("web.img.zst", true);
+}
+
+#[test]
+fn a_file_changed_on_the_server_restarts_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    image(&ngx.www("web.img"), 8, 3);
+    let url = ngx.url("slow/web.img");
+    let h = host();
+    kill_at(&h, &url, 1 << 20);
+    // Replaced by a new image (a new inode: nginx's ETag and Last-Modified change).
+    let tmp = t.path().join("new.img");
+    let new = image(&tmp, 6, 99);
+    std::fs::rename(&tmp, ngx.www("web.img")).unwrap();
+    // Make sure the modification time differs from the old one's second.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options().write(true).open(ngx.www("web.img")).unwrap().set_modified(later).unwrap();
+    let o = hnctl(&h, &["stage", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&new[..]));
+    let log = ngx.log("slow/web.img");
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].0, 200, "If-Range did not match: the whole new file: {log:?}");
+    assert!(log[1].2.starts_with("bytes="), "{log:?}");
+    assert_eq!(log[1].1, new.len() as u64);
+}
+
+/// A server that sends headers and part of the body, then nothing: `respond` gets
+/// each request's head and writes what it likes.
+fn tiny_server(respond: impl Fn(&str, &mut TcpStream) + Send + 'static) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut head = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            respond(&head, &mut s);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_stalled_server_ends_in_a_clear_error_and_no_staged_image() {
+    let t = tempfile::tempdir().unwrap();
+    let data = image(&t.path().join("x.img"), 4, 5);
+    let port = tiny_server(move |_, s| {
+        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\r\n", data.len());
+        let _ = s.write_all(&data[..100_000]);
+        let _ = s.flush();
+        // Then nothing, the connection open: a stall.
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let h = host();
+    let started = Instant::now();
+    let o = hnctl(
+        &h,
+        &["stage", &format!("http://127.0.0.1:{port}/x.img"), "--stall-timeout", "1", "--retries", "1"],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert!(err.contains("timeout") || err.contains("timed out"), "{err}");
+    assert!(err.contains("run the same command again to resume"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(25), "the stall timeout did not end it");
+    assert_nothing_staged(&h);
+}
+
+#[test]
+fn a_wrong_content_length_leaves_no_staged_image() {
+    let t = tempfile::tempdir().unwrap();
+    let data = image(&t.path().join("x.img"), 4, 6);
+    // Announces 4096 bytes more than it sends, then closes; to a Range request
+    // answers 416 as nginx would past the end of the real file.
+    let port = tiny_server(move |head, s| {
+        if head.contains("Range:") || head.contains("range:") {
+            let _ = write!(s, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\n\r\n");
+        } else {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\r\n", data.len() + 4096);
+            let _ = s.write_all(&data);
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    });
+    let h = host();
+    let o = hnctl(&h, &["stage", &format!("http://127.0.0.1:{port}/x.img"), "--retries", "1"]);
+    eprintln!("{}", show(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrong Content-Length"), "{}", show(&o));
+    assert_nothing_staged(&h);
+    assert!(!h.dir.join(PART).exists(), "{}", show(&o));
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is needed");
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it.
+fn pki(dir: &Path) -> Pki {
+    std::fs::create_dir_all(dir).unwrap();
+    openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.pem", "-days", "2", "-subj", "/CN=hninit test CA"], dir);
+    openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "srv.key",
+        "-out", "srv.csr", "-subj", "/CN=127.0.0.1"], dir);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(&["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf"], dir);
+    Pki { ca: dir.join("ca.pem"), cert: dir.join("srv.pem"), key: dir.join("srv.key") }
+}
+
+#[test]
+fn tls_unknown_ca_is_refused_and_accepted_with_ca() {
+    let t = tempfile::tempdir().unwrap();
+    let k = pki(&t.path().join("pki"));
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", Some(&k));
+    let raw = image(&ngx.www("web.img"), 4, 8);
+    let url = format!("https://127.0.0.1:{}/web.img", ngx.tls_port.unwrap());
+    let h = host();
+    let o = hnctl(&h, &["stage", &url, "--retries", "0"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    eprintln!("{err}");
+    assert!(err.contains("unknownissuer") && err.contains("--ca file"), "{err}");
+    assert_nothing_staged(&h);
+    assert!(!h.dir.join(PART).exists());
+    let o = hnctl(&h, &["stage", &url, "--ca", k.ca.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]));
+}
+
+#[test]
+fn a_local_stage_drops_an_interrupted_download() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    image(&ngx.www("web.img"), 8, 4);
+    let h = host();
+    kill_at(&h, &ngx.url("slow/web.img"), 1 << 20);
+    let local = h.t.path().join("local.img");
+    let raw = image(&local, 4, 21);
+    let o = hnctl(&h, &["stage", local.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]));
+    assert!(!h.dir.join(RECORD).exists() && !h.dir.join(PART).exists());
+}
+
+/// The signature seam (`remote::Verifier`, for the minisign module): a refusal
+/// before the download costs no image byte; one after it leaves nothing staged.
+#[test]
+fn a_verifier_refuses_before_and_after_the_download() {
+    use hninit::remote::{stage_url, RemoteOptions, Verifier};
+    use hninit::slots::dir::RealDir;
+    use hninit::slots::Names;
+    struct Refuse {
+        before: bool,
+    }
+    impl Verifier for Refuse {
+        fn before_download(&self, url: &str, agent: &ureq::Agent) -> Result<Option<u64>, String> {
+            // What the minisign verifier will do: fetch URL.minisig first.
+            let r = agent.get(&format!("{url}.minisig")).call().map_err(|e| e.to_string())?;
+            if self.before {
+                Err(format!("{} for the signature: compat= does not match", r.status()))
+            } else {
+                Ok(None)
+            }
+        }
+        fn after_download(&self, _part: &std::fs::File, _sha: &[u8; 32]) -> Result<(), String> {
+            Err("the signature does not match the image".into())
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    image(&ngx.www("web.img"), 4, 9);
+    std::fs::write(ngx.www("web.img.minisig"), "untrusted comment: x\n").unwrap();
+    let h = host();
+    let images = RealDir::open(&h.dir, false).unwrap();
+    let names = Names::new("hn-root.img");
+    let opts = RemoteOptions { free_bytes: 1 << 40, ..Default::default() };
+    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: true }, &mut |_| {}).unwrap_err();
+    assert!(e.is_refusal() && e.to_string().contains("compat="), "{e}");
+    assert_eq!(ngx.log("web.img").len(), 0, "an image byte was fetched before the refusal");
+    assert_eq!(ngx.log("web.img.minisig").len(), 1);
+    assert!(!h.dir.join(PART).exists());
+    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: false }, &mut |_| {}).unwrap_err();
+    assert!(e.is_refusal() && e.to_string().contains("does not match"), "{e}");
+    assert_nothing_staged(&h);
+    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists());
+}
+
+/// `hnctl index` + `URL.bidx`: an image with 5 % of its blocks changed costs its
+/// changed blocks (the access log says so); an index that does not match the
+/// image ends in its sha256 check and one whole download.
+#[test]
+fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let h = host();
+    let old = image(&h.dir.join("hn-root.img"), 8, 31);
+    let block = 64 * 1024;
+    let blocks = old.len() / block;
+    let mut new = old.clone();
+    // 5 % of the blocks, past the first MiB (the filesystem's metadata stays valid).
+    let changed: Vec<usize> = (0..blocks * 5 / 100).map(|k| 16 + k * 17 % (blocks - 16)).collect();
+    for &b in &changed {
+        new[b * block + 100] ^= 0x5a;
+    }
+    std::fs::write(ngx.www("web.img"), &new).unwrap();
+    let idx = hnctl(&h, &["index", ngx.www("web.img").to_str().unwrap()]);
+    assert_eq!(idx.status.code(), Some(0), "{}", show(&idx));
+    std::fs::write(ngx.www("web.img.bidx"), &idx.stdout).unwrap();
+
+    let o = hnctl(&h, &["stage", &ngx.url("web.img"), "--sha256", &sha256_hex(&new)]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&new[..]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("adaptive:"), "{out}");
+    let log = ngx.log("web.img");
+    assert!(log.iter().all(|l| l.0 == 206), "{log:?}");
+    let sent: u64 = log.iter().map(|l| l.1).sum();
+    let changed_bytes = (changed.len() * block) as u64;
+    eprintln!("changed {changed_bytes} bytes in {} blocks, sent {sent} in {} requests", changed.len(), log.len());
+    assert!(sent as f64 <= 1.15 * changed_bytes as f64, "{sent} bytes for {changed_bytes} changed");
+    assert_eq!(ngx.log("web.img.bidx").len(), 1);
+
+    // An index of another image: the assembled image fails the index's sha256,
+    // the stage downloads the whole file once, and the right image is staged.
+    let other = image(&ngx.www("other.img"), 8, 77);
+    std::fs::write(ngx.www("other.img.bidx"), &idx.stdout).unwrap();
+    let o = hnctl(&h, &["stage", &ngx.url("other.img")]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&other[..]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("did not check out"), "{}", show(&o));
+    let log = ngx.log("other.img");
+    assert_eq!(log.iter().filter(|l| l.0 == 200).count(), 1, "one whole download: {log:?}");
+
+    // --whole ignores the index.
+    let o = hnctl(&h, &["stage", &ngx.url("web.img"), "--whole"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(ngx.log("web.img.bidx").len(), 1, "--whole fetched the index");
+}
