@@ -319,7 +319,7 @@ fn expect_failure_then_reboot(vm: &mut Vm, error: &str, diagnosis: &[&str]) -> R
     vm.check_forbidden()
 }
 
-/// The default initramfs carries no xfs module (initramfs/modules.default): an
+/// The default initramfs carries no xfs module (initramfs/profiles/): an
 /// xfs host partition must fail with the fix named, not with a bare ENODEV.
 fn hostpart_xfs_no_module(ctx: &mut Ctx) -> Result<(), Failure> {
     let (disk, _) = simple_disk(ctx, HostpartSpec { fs: HostFs::Xfs, dirs: Vec::new(), ..hostpart(&[]) })?;

@@ -1051,7 +1051,8 @@ fn install_kernel(spec: &ImageSpec, stage: &Path) -> Result<(String, String)> {
     let initramfs = stage.join("boot/initramfs");
     let mods = scratch.as_ref().map(|(_, c)| c.clone()).unwrap_or(mdir);
     let mut ispec = InitramfsSpec::new(&init, &release, &mods);
-    ispec.modules = crate::initramfs::with_added_modules(ispec.modules, &spec.add_modules);
+    (ispec.profile, ispec.modules) =
+        crate::initramfs::with_added_modules(ispec.profile, ispec.modules, &spec.add_modules);
     let res = build_initramfs(&ispec, &initramfs);
     if let Some((base, _)) = &scratch {
         util::remove_any(base).ok();

@@ -12,6 +12,7 @@ pub mod initbin;
 pub mod initramfs;
 pub mod kernel;
 pub mod paths;
+pub mod profile;
 pub mod qemu;
 pub mod rootfs;
 pub mod swapdisk;
@@ -28,6 +29,7 @@ pub use initbin::{build_init, build_workspace_bin};
 pub use initramfs::{build_initramfs, Compression, InitramfsReport, InitramfsSpec};
 pub use kernel::{debian_kernel, debian_kernel_of, debian_kernel_refresh, kernel_from_dir, Kernel};
 pub use paths::{build_dir, cache_dir, workspace_root};
+pub use profile::Profile;
 pub use qemu::{
     fresh_ovmf_vars, qemu_base_args, qemu_command, Boot, DiskIf, Drive, QemuSpec, Serial,
 };
