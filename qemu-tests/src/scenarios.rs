@@ -660,6 +660,16 @@ fn boot_uefi(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
 }
 
 fn grub_counter_rollback(ctx: &mut Ctx) -> Result<(), Failure> {
+    grub_counter_on(ctx, boot_uefi, |_| Ok(()))
+}
+
+/// The GRUB counter scenario booting with `boot`, after `prepare` (e.g. GRUB
+/// for BIOS put on the disk).
+fn grub_counter_on(
+    ctx: &mut Ctx,
+    boot_uefi: fn(&mut Ctx, &Path) -> Result<Vm, Failure>,
+    prepare: fn(&Path) -> Result<(), Failure>,
+) -> Result<(), Failure> {
     let s = shared()?;
     let bad = image_kernel_panics()?;
     let cfg = GrubVars { timeout: 0, hostpart_label: "hostpart".into(), image_dir: String::new(), cmdline: BASE.to_string() + " rw hn.tries=2" }.render();
@@ -671,6 +681,7 @@ fn grub_counter_rollback(ctx: &mut Ctx) -> Result<(), Failure> {
             extra_hostparts: Vec::new(),
         },
     )?;
+    prepare(&disk)?;
     // Boot 1: A's kernel; hninit rotates B-panic in and starts GRUB's counter (2 tries, this one spent).
     let mut vm = boot_uefi(ctx, &disk)?;
     vm.forbid("Kernel panic");

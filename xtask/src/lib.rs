@@ -3,6 +3,7 @@
 //! binary is a CLI over this; the `qemu-tests` crate uses it to make disks.
 
 pub mod bench;
+pub mod biosboot;
 pub mod demo;
 pub mod deps;
 pub mod disk;
@@ -18,6 +19,7 @@ pub mod rootfs;
 pub mod swapdisk;
 pub mod util;
 
+pub use biosboot::{install_bios_grub, BiosBoot};
 pub use demo::{build_demo_disk, DemoArtifacts, DemoOptions, DEMO_BASE_CMDLINE};
 pub use deps::ensure_host_packages;
 pub use factory::{build_image, default_mirror, ImageReport, ImageSpec};
