@@ -19,7 +19,7 @@ pub enum BootError {
     HostpartAmbiguous { spec: String, devices: Vec<String> },
     #[error("host partition {dev} has no filesystem hninit recognises (ext2/3/4, btrfs, xfs, vfat)")]
     HostpartUnknownFs { dev: String },
-    #[error("{dev} holds {fstype}, which this kernel cannot mount: it is not built in and this initramfs has no {fstype} module (add it: cargo xtask initramfs --add-module {fstype}; initramfs/modules.default lists the default set)")]
+    #[error("{dev} holds {fstype}, which this kernel cannot mount: it is not built in and this initramfs has no {fstype} module (add it: cargo xtask initramfs --add-module {fstype}; initramfs/profiles/ lists the module sets)")]
     FsUnsupported { dev: String, fstype: String },
     #[error("image {path} not found on the host partition {dev}")]
     ImageMissing { path: String, dev: String },

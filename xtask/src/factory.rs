@@ -1073,7 +1073,8 @@ fn install_kernel(spec: &ImageSpec, stage: &Path) -> Result<(String, String)> {
     // plain (decompressing 27 files instead of copying and decompressing the
     // tree's ~4000 took the kernel step from 24 s to a few).
     let mut ispec = InitramfsSpec::new(&init, &release, &mdir);
-    ispec.modules = crate::initramfs::with_added_modules(ispec.modules, &spec.add_modules);
+    (ispec.profile, ispec.modules) =
+        crate::initramfs::with_added_modules(ispec.profile, ispec.modules, &spec.add_modules);
     ispec.trust_keys = spec.trust_keys.clone();
     ispec.revoke_keys = spec.revoke_keys.clone();
     let rep = build_initramfs(&ispec, &initramfs).with_context(|| format!("building the initramfs for {release}"))?;

@@ -1,5 +1,6 @@
-//! GRUB: rendering the `grub/grub.cfg.in` menu template and building the
-//! standalone EFI GRUB (`BOOTX64.EFI`) that finds `/EFI/hninit/grub.cfg`.
+//! GRUB: rendering the `grub/grub.cfg.in` menu template, building the
+//! standalone EFI GRUB (`BOOTX64.EFI`) that finds `/EFI/hninit/grub.cfg`, and
+//! the i386-pc `core.img` (BIOS) that finds the same menu (see `biosboot`).
 
 use crate::paths::build_dir;
 use crate::util::{self, cmd};
@@ -154,6 +155,56 @@ pub fn cached_grub_efi() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// GRUB's i386-pc modules (Debian package `grub-pc-bin`).
+pub const I386_PC_DIR: &str = "/usr/lib/grub/i386-pc";
+
+/// Modules built into the BIOS `core.img`: it has no module directory to load
+/// from, so everything the menu `insmod`s is in it.
+pub const GRUB_BIOS_MODULES: &str =
+    "biosdisk part_gpt part_msdos fat ext2 btrfs xfs loopback search search_label \
+search_fs_uuid search_fs_file linux gzio xzio zstd normal echo serial terminal test configfile \
+loadenv sleep halt reboot ls cat";
+
+/// Config embedded in `core.img`. GRUB runs it with its rescue parser (one
+/// command per line, no `if`): find the partition holding our menu, make it
+/// the prefix; normal mode then reads `$prefix/grub.cfg` and sets
+/// `$config_directory`, where the menu finds the grubenv.
+const EMBEDDED_BIOS_CFG: &str = "search --no-floppy --set=root --file /EFI/hninit/grub.cfg
+set prefix=($root)/EFI/hninit
+";
+
+/// The i386-pc `core.img` (cached in `build_dir()/grub/`, keyed by GRUB version,
+/// modules and embedded config), made with `grub-mkimage -O i386-pc`.
+pub fn cached_grub_bios() -> Result<PathBuf> {
+    let mkimage = util::program("grub-mkimage")?;
+    let version = util::run_stdout(std::process::Command::new(&mkimage).arg("--version"))?;
+    let key = util::fnv64(format!("{version}\n{GRUB_BIOS_MODULES}\n{EMBEDDED_BIOS_CFG}").as_bytes());
+    let dir = build_dir().join("grub");
+    let path = dir.join(format!("core-i386-pc-{key:016x}.img"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    if !Path::new(I386_PC_DIR).join("boot.img").exists() {
+        bail!("GRUB i386-pc images missing in {I386_PC_DIR} (install grub-pc-bin)");
+    }
+    fs::create_dir_all(&dir)?;
+    let cfg = dir.join(format!("embedded-bios-{}.cfg", util::unique_suffix()));
+    fs::write(&cfg, EMBEDDED_BIOS_CFG)?;
+    let tmp = util::tmp_sibling(&path);
+    let res = util::run(
+        cmd("grub-mkimage")
+            .args(["-O", "i386-pc", "-d", I386_PC_DIR, "-p", "/EFI/hninit", "-c"])
+            .arg(&cfg)
+            .arg("-o")
+            .arg(&tmp)
+            .args(GRUB_BIOS_MODULES.split_whitespace()),
+    );
+    fs::remove_file(&cfg).ok();
+    res.context("building the i386-pc GRUB core.img")?;
+    fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +246,7 @@ mod tests {
         for (name, text) in [
             ("menu.cfg", GrubVars::default().render()),
             ("embedded.cfg", EMBEDDED_CFG.to_string()),
+            ("embedded-bios.cfg", EMBEDDED_BIOS_CFG.to_string()),
         ] {
             let p = d.path().join(name);
             fs::write(&p, text).unwrap();

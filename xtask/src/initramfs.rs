@@ -3,6 +3,7 @@
 //! [`hninit::modules::index::ModIndex`]) and writes the hninit newc cpio archive,
 //! deterministically, optionally compressed.
 
+use crate::profile::{host_storage_drivers, HostDriver, Profile};
 use crate::util;
 use anyhow::{bail, Context, Result};
 use hninit::modules::drivers::{storage_aliases_text, STORAGE_ALIASES};
@@ -13,9 +14,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Default module set (`initramfs/modules.default`), used when
-/// [`InitramfsSpec::modules`] is empty.
-const DEFAULT_MODULES: &str = include_str!("../../initramfs/modules.default");
 /// Default force list (`initramfs/modules.force`).
 const DEFAULT_FORCE: &str = include_str!("../../initramfs/modules.force");
 
@@ -59,8 +57,14 @@ pub struct InitramfsSpec {
     pub kernel_release: String,
     /// The kernel's module tree (with `modules.dep`), e.g. `/lib/modules/<release>`.
     pub modules_dir: PathBuf,
-    /// Module names or aliases to include; empty means [`default_modules`].
+    /// The profile whose module set is the base (`initramfs/profiles/`); `None`
+    /// means [`Profile::Server`] when [`Self::modules`] is empty, no base otherwise.
+    pub profile: Option<Profile>,
+    /// Module names or aliases to include (on top of the profile, if any); each
+    /// must exist in the kernel. Empty with no profile means the default profile.
     pub modules: Vec<String>,
+    /// sysfs of the machine the `host` profile describes (`/sys`).
+    pub sysfs: PathBuf,
     /// Modules the init loads unconditionally, in order; empty means [`default_force`].
     /// They are included in the archive as well.
     pub force: Vec<String>,
@@ -81,7 +85,9 @@ impl InitramfsSpec {
             init_binary: init_binary.to_path_buf(),
             kernel_release: kernel_release.to_string(),
             modules_dir: modules_dir.to_path_buf(),
+            profile: None,
             modules: Vec::new(),
+            sysfs: PathBuf::from("/sys"),
             force: Vec::new(),
             busybox: None,
             compression: Compression::Zstd,
@@ -94,13 +100,17 @@ impl InitramfsSpec {
 /// What [`build_initramfs`] put into the archive.
 #[derive(Debug, Clone, Serialize)]
 pub struct InitramfsReport {
+    /// The profile used as the base, if any.
+    pub profile: Option<Profile>,
+    /// The `host` profile's findings: drivers bound to this machine's disks.
+    pub host_drivers: Vec<HostDriver>,
     /// Module names included (sorted), dependencies included.
     pub modules: Vec<String>,
     /// The force list as written to `/etc/hninit/modules.force`.
     pub force: Vec<String>,
     /// Requested names that are built into the kernel (nothing to include).
     pub builtin: Vec<String>,
-    /// Default-set names this kernel has neither as module nor built in.
+    /// Profile names (and host drivers) this kernel has neither as module nor built in.
     pub skipped: Vec<String>,
     /// Size of the cpio archive before compression.
     pub uncompressed_size: u64,
@@ -160,22 +170,26 @@ pub struct InitramfsKeys {
     pub revoked: Vec<String>,
 }
 
-/// The default module set, from `initramfs/modules.default`.
+/// The default module set: the names of the default profile ([`Profile::Server`]).
 pub fn default_modules() -> Vec<String> {
-    list_lines(DEFAULT_MODULES)
+    Profile::default().listed()
 }
 
-/// `modules` (the default set when empty) plus `add`: what `--add-module` means.
-/// With nothing to add, `modules` is returned as it is (empty still meaning the
-/// default set).
-pub fn with_added_modules(mut modules: Vec<String>, add: &[String]) -> Vec<String> {
-    if !add.is_empty() {
-        if modules.is_empty() {
-            modules = default_modules();
-        }
-        modules.extend(add.iter().cloned());
-    }
-    modules
+/// What `--profile`, `--module` and `--add-module` mean together: the profile
+/// (if given) plus the modules plus the added ones. `--module` without a
+/// profile is an exact list (the default profile is not added); `--add-module`
+/// alone adds to the default profile.
+pub fn with_added_modules(
+    profile: Option<Profile>,
+    mut modules: Vec<String>,
+    add: &[String],
+) -> (Option<Profile>, Vec<String>) {
+    let profile = match profile {
+        None if modules.is_empty() && !add.is_empty() => Some(Profile::default()),
+        p => p,
+    };
+    modules.extend(add.iter().cloned());
+    (profile, modules)
 }
 
 /// The default force list, from `initramfs/modules.force`.
@@ -355,6 +369,7 @@ const DIRS: &[&str] = &[
 #[derive(Serialize)]
 struct Manifest<'a> {
     kernel_release: &'a str,
+    profile: Option<Profile>,
     modules: &'a [String],
     force: &'a [String],
     builder: String,
@@ -366,12 +381,27 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
     let texts = IndexTexts::read(mdir)?;
     let index = texts.parse();
 
-    let explicit = !spec.modules.is_empty();
-    let requested = if explicit {
-        spec.modules.clone()
-    } else {
-        default_modules()
+    let profile = match spec.profile {
+        None if spec.modules.is_empty() => Some(Profile::default()),
+        p => p,
     };
+    // (name, must exist): the profile's names are skipped when the kernel lacks
+    // them (built in, or not built at all); names asked for by hand must exist.
+    let mut requested: Vec<(String, bool)> = Vec::new();
+    let mut host_drivers = Vec::new();
+    if let Some(p) = profile {
+        requested.extend(p.listed().into_iter().map(|n| (n, false)));
+        if p == Profile::Host {
+            host_drivers = host_storage_drivers(&spec.sysfs)?;
+            for h in &host_drivers {
+                requested.push((h.module.clone(), false));
+                if let Some(a) = &h.modalias {
+                    requested.push((a.clone(), false));
+                }
+            }
+        }
+    }
+    requested.extend(spec.modules.iter().map(|n| (n.clone(), true)));
     let force_req = if spec.force.is_empty() {
         default_force()
     } else {
@@ -380,17 +410,21 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
 
     let mut roots = BTreeSet::new();
     let (mut builtin, mut skipped) = (BTreeSet::new(), Vec::new());
-    for name in &requested {
+    for (name, explicit) in &requested {
         match resolve(&index, name) {
             Some(Resolved::Modules(m)) => roots.extend(m),
             Some(Resolved::Builtin) => {
                 builtin.insert(name.clone());
             }
-            None if explicit => bail!(
+            None if *explicit => bail!(
                 "kernel module `{name}` not found in {}/modules.dep, modules.alias or modules.builtin",
                 mdir.display()
             ),
-            None => skipped.push(name.clone()),
+            None => {
+                if !skipped.contains(name) {
+                    skipped.push(name.clone())
+                }
+            }
         }
     }
     let mut force = Vec::new();
@@ -483,6 +517,7 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
     );
     let manifest = Manifest {
         kernel_release: &spec.kernel_release,
+        profile,
         modules: &modules,
         force: &force,
         builder: format!("hninit-xtask {}", env!("CARGO_PKG_VERSION")),
@@ -516,6 +551,8 @@ pub fn build_initramfs(spec: &InitramfsSpec, out: &Path) -> Result<InitramfsRepo
     util::write_atomic(out, &data)
         .with_context(|| format!("writing the initramfs {}", out.display()))?;
     Ok(InitramfsReport {
+        profile,
+        host_drivers,
         modules,
         force,
         builtin: builtin.into_iter().collect(),
@@ -569,11 +606,11 @@ mod tests {
     #[test]
     fn added_modules_extend_the_given_list_or_the_default_set() {
         let add = vec!["xfs".to_string()];
-        let d = with_added_modules(Vec::new(), &add);
-        assert_eq!(d.len(), default_modules().len() + 1);
-        assert_eq!(d.last().map(String::as_str), Some("xfs"));
-        assert_eq!(with_added_modules(vec!["ext4".into()], &add), ["ext4", "xfs"]);
-        assert!(with_added_modules(Vec::new(), &[]).is_empty());
+        let x = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(with_added_modules(None, Vec::new(), &add), (Some(Profile::Server), x(&["xfs"])));
+        assert_eq!(with_added_modules(None, x(&["ext4"]), &add), (None, x(&["ext4", "xfs"])));
+        assert_eq!(with_added_modules(Some(Profile::Vm), x(&["ext4"]), &add), (Some(Profile::Vm), x(&["ext4", "xfs"])));
+        assert_eq!(with_added_modules(None, Vec::new(), &[]), (None, Vec::new()));
     }
 
     use super::*;

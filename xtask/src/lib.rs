@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod console;
+pub mod biosboot;
 pub mod demo;
 pub mod deps;
 pub mod disk;
@@ -13,12 +14,14 @@ pub mod initbin;
 pub mod initramfs;
 pub mod kernel;
 pub mod paths;
+pub mod profile;
 pub mod qemu;
 pub mod rootfs;
 pub mod signing;
 pub mod swapdisk;
 pub mod util;
 
+pub use biosboot::{install_bios_grub, BiosBoot};
 pub use demo::{build_demo_disk, DemoArtifacts, DemoOptions, DEMO_BASE_CMDLINE};
 pub use deps::ensure_host_packages;
 pub use factory::{build_image, default_mirror, ImageReport, ImageSpec};
@@ -30,6 +33,7 @@ pub use initbin::{build_init, build_workspace_bin};
 pub use initramfs::{build_initramfs, Compression, InitramfsReport, InitramfsSpec};
 pub use kernel::{debian_kernel, debian_kernel_of, debian_kernel_refresh, kernel_from_dir, Kernel};
 pub use paths::{build_dir, cache_dir, workspace_root};
+pub use profile::Profile;
 pub use qemu::{
     fresh_ovmf_vars, qemu_base_args, qemu_command, Boot, DiskIf, Drive, QemuSpec, Serial,
 };

@@ -43,10 +43,16 @@ enum Cmd {
         /// Module tree with modules.dep [default: /lib/modules/<release>].
         #[arg(long)]
         modules_dir: Option<PathBuf>,
-        /// Module name or alias to include (repeatable) [default: initramfs/modules.default].
+        /// Module set (initramfs/profiles/): server (RAID/SAS HBAs, USB, legacy ATA,
+        /// SD/MMC, VMs), vm (virtio, Xen, AHCI, NVMe), host (the drivers of this
+        /// machine's disks) [default: server, unless --module is given without it].
+        #[arg(long, value_enum)]
+        profile: Option<xtask::Profile>,
+        /// Module name or alias to include (repeatable): on top of --profile, or, without
+        /// --profile, the exact list instead of the default profile.
         #[arg(long = "module", value_name = "NAME")]
         modules: Vec<String>,
-        /// Module name or alias to include on top of the --module list or the default set
+        /// Module name or alias to include on top of the --module list or the profile
         /// (repeatable), e.g. `--add-module xfs`.
         #[arg(long = "add-module", value_name = "NAME")]
         add_modules: Vec<String>,
@@ -203,6 +209,7 @@ fn real_main() -> Result<()> {
         Cmd::Initramfs {
             kernel_release,
             modules_dir,
+            profile,
             modules,
             add_modules,
             force,
@@ -213,7 +220,8 @@ fn real_main() -> Result<()> {
             revoke_keys,
             out,
         } => {
-            let modules = xtask::initramfs::with_added_modules(modules, &add_modules);
+            let (profile, modules) =
+                xtask::initramfs::with_added_modules(profile, modules, &add_modules);
             let modules_dir =
                 modules_dir.unwrap_or_else(|| PathBuf::from("/lib/modules").join(&kernel_release));
             let init = match init {
@@ -224,7 +232,9 @@ fn real_main() -> Result<()> {
                 init_binary: init,
                 kernel_release,
                 modules_dir,
+                profile,
                 modules,
+                sysfs: PathBuf::from("/sys"),
                 force,
                 busybox,
                 compression: compress,
@@ -240,6 +250,18 @@ fn real_main() -> Result<()> {
                 r.compression,
                 r.compressed_size
             );
+            if let Some(p) = r.profile {
+                println!("profile: {}", p.name());
+            }
+            for h in &r.host_drivers {
+                println!(
+                    "host: {} -> {} ({}{})",
+                    h.disk,
+                    h.module,
+                    h.device.display(),
+                    h.modalias.as_deref().map(|a| format!(", {a}")).unwrap_or_default()
+                );
+            }
             println!("modules: {}", r.modules.join(" "));
             println!("force: {}", r.force.join(" "));
             if !r.builtin.is_empty() {

@@ -1,6 +1,8 @@
 //! QEMU command lines shared by `cargo xtask run` and the boot-test harness:
 //! TCG, memory, OVMF pflash with a fresh vars copy (or direct `-kernel`
-//! boot), disks on virtio/AHCI/NVMe/virtio-scsi, serial wiring, no reboot.
+//! boot), disks on virtio/AHCI/NVMe/virtio-scsi and on the emulated hardware
+//! of real servers (MegaRAID, LSI SAS and SCSI, USB, IDE, SD), serial wiring,
+//! no reboot.
 
 use crate::util;
 use anyhow::{Context, Result};
@@ -43,6 +45,23 @@ pub enum DiskIf {
     Nvme,
     /// virtio-scsi (`/dev/sdX`).
     VirtioScsi,
+    /// LSI MegaRAID SAS 1078 (`megasas`, driver megaraid_sas; `/dev/sdX`).
+    Megasas,
+    /// LSI SAS 1068 (`mptsas1068`, driver mptsas; `/dev/sdX`).
+    Mptsas1068,
+    /// LSI 53C895A parallel SCSI (`lsi53c895a`, driver sym53c8xx; `/dev/sdX`).
+    Lsi53c895a,
+    /// USB mass storage (bulk-only) on an xHCI controller (`qemu-xhci`; `/dev/sdX`).
+    UsbXhci,
+    /// USB mass storage on an EHCI controller (`usb-ehci`; `/dev/sdX`).
+    UsbEhci,
+    /// USB Attached SCSI (`usb-uas`) on an xHCI controller (`/dev/sdX`).
+    Uas,
+    /// IDE on the PIIX controller of the `pc` machine (`if=ide`, driver ata_piix; `/dev/sdX`).
+    Ide,
+    /// An SD card on a PCI SDHCI controller (`sdhci-pci` + `sd-card`; `/dev/mmcblkN`).
+    /// QEMU wants the image size to be a power of 2.
+    SdCard,
 }
 
 /// One disk.
@@ -207,10 +226,34 @@ pub fn qemu_base_args(spec: &QemuSpec) -> Vec<String> {
                 push(&["-drive", &format!("{opts},if=none,id={id}")]);
                 push(&["-device", &format!("nvme,serial=hn{i},drive={id}")]);
             }
-            DiskIf::VirtioScsi => {
-                push(&["-device", &format!("virtio-scsi-pci,id=scsi{i}")]);
+            DiskIf::VirtioScsi | DiskIf::Megasas | DiskIf::Mptsas1068 | DiskIf::Lsi53c895a => {
+                let hba = match d.interface {
+                    DiskIf::VirtioScsi => "virtio-scsi-pci",
+                    DiskIf::Megasas => "megasas",
+                    DiskIf::Mptsas1068 => "mptsas1068",
+                    _ => "lsi53c895a",
+                };
+                push(&["-device", &format!("{hba},id=scsi{i}")]);
                 push(&["-drive", &format!("{opts},if=none,id={id}")]);
                 push(&["-device", &format!("scsi-hd,drive={id},bus=scsi{i}.0")]);
+            }
+            DiskIf::UsbXhci | DiskIf::UsbEhci => {
+                let hc = if d.interface == DiskIf::UsbXhci { "qemu-xhci" } else { "usb-ehci" };
+                push(&["-device", &format!("{hc},id=usb{i}")]);
+                push(&["-drive", &format!("{opts},if=none,id={id}")]);
+                push(&["-device", &format!("usb-storage,bus=usb{i}.0,drive={id}")]);
+            }
+            DiskIf::Uas => {
+                push(&["-device", &format!("qemu-xhci,id=usb{i}")]);
+                push(&["-device", &format!("usb-uas,id=uas{i},bus=usb{i}.0")]);
+                push(&["-drive", &format!("{opts},if=none,id={id}")]);
+                push(&["-device", &format!("scsi-hd,bus=uas{i}.0,scsi-id=0,lun=0,drive={id}")]);
+            }
+            DiskIf::Ide => push(&["-drive", &format!("{opts},if=ide")]),
+            DiskIf::SdCard => {
+                push(&["-device", &format!("sdhci-pci,id=sdhci{i}")]);
+                push(&["-drive", &format!("{opts},if=none,id={id}")]);
+                push(&["-device", &format!("sd-card,drive={id}")]);
             }
         }
     }

@@ -74,7 +74,7 @@ pub(super) fn prepare(
             let spec = InitramfsSpec::new(init, &kernel.release, &kernel.modules_dir);
             let r = build_initramfs(&spec, &out)?;
             notes.push(format!(
-                "`cargo xtask initramfs` defaults: {} modules (`initramfs/modules.default` and their dependencies), zstd level {}",
+                "`cargo xtask initramfs` defaults: {} modules (`initramfs/profiles/server` and their dependencies), zstd level {}",
                 r.modules.len(),
                 initramfs::ZSTD_LEVEL
             ));
