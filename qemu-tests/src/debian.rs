@@ -35,7 +35,6 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -268,10 +267,10 @@ fn debugfs_dump(image: &Path, path: &str, out: &Path) -> anyhow::Result<()> {
 /// Runs `cmd` (own process group, stdin null) for at most `limit`; on timeout
 /// the group is killed and an error returned.
 fn run_limited(mut cmd: Command, limit: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null())
+    xtask::console::in_new_group(&mut cmd)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("spawning {cmd:?}: {e}"))?;
     let mut so = child.stdout.take().expect("piped");
     let mut se = child.stderr.take().expect("piped");
@@ -291,9 +290,7 @@ fn run_limited(mut cmd: Command, limit: Duration) -> Result<Output, String> {
             Ok(Some(st)) => break st,
             Ok(None) if Instant::now() < until => thread::sleep(Duration::from_millis(50)),
             _ => {
-                if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
-                }
+                xtask::console::kill_group(child.id());
                 let _ = child.wait();
                 return Err(format!("timed out after {:.0} s", limit.as_secs_f64()));
             }
