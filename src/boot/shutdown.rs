@@ -86,6 +86,9 @@ fn mounts() -> Vec<MountEntry> {
 
 /// Runs as PID 1 in /run/initramfs after the pivot. Never returns.
 pub fn main(args: &[String]) -> ! {
+    // (void) Before /dev exists nothing can be logged, and these usually fail
+    // only because systemd left them mounted (EBUSY/EEXIST). A /proc that
+    // cannot be had leaves the plan empty and the outcome line says so.
     let _ = std::fs::create_dir_all("/proc");
     let _ = rustix::mount::mount("proc", "/proc", "proc", rustix::mount::MountFlags::empty(), None);
     let _ = std::fs::create_dir_all("/dev");
@@ -97,7 +100,11 @@ pub fn main(args: &[String]) -> ! {
     crate::log::open_kmsg();
     let verb = args.get(1).map(String::as_str).unwrap_or("reboot");
     // systemd marks mounts shared; a move out of a shared parent fails.
-    let _ = mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC);
+    crate::log::ignored(
+        mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC),
+        "shutdown: making / private",
+        "only the moves below can fail for it, and each says so",
+    );
 
     let root = "/oldroot";
     // What holds the loop root's backing file (the host partition), wherever
@@ -111,7 +118,7 @@ pub fn main(args: &[String]) -> ! {
             (true, true) => format!("/hostpart.{i}"),
             (false, _) => format!("/moved.{i}"),
         };
-        let _ = std::fs::create_dir_all(&to);
+        crate::log::ignored(std::fs::create_dir_all(&to), &format!("shutdown: mkdir {to}"), "the move below fails and says so");
         match mount_move(from.as_str(), to.as_str()) {
             Ok(()) => {
                 info!("shutdown: {from} moved out of the old root to {to}");
@@ -143,8 +150,13 @@ pub fn main(args: &[String]) -> ! {
         _ => RebootCommand::Restart,
     };
     info!("shutdown: {verb}");
-    let _ = rustix::system::reboot(cmd);
-    let _ = rustix::system::reboot(RebootCommand::Restart);
+    // reboot(2) returns only when it failed: say so, then try a plain restart.
+    if let Err(e) = rustix::system::reboot(cmd) {
+        crit!("shutdown: {verb} failed: {e}; restarting instead");
+    }
+    if let Err(e) = rustix::system::reboot(RebootCommand::Restart) {
+        crit!("shutdown: restart failed: {e}; halting here");
+    }
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
