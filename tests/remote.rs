@@ -278,7 +278,11 @@ fn not_found_and_not_an_image_are_refused_without_leftovers() {
 /// Starts `hnctl stage URL`, waits until its record says at least `at` bytes are
 /// durable, then kills it with SIGKILL.
 fn kill_at(h: &Host, url: &str, at: u64) {
-    let mut child = hnctl_cmd(h, &["stage", url]).spawn().unwrap();
+    kill_at_with(h, &["stage", url], at)
+}
+
+fn kill_at_with(h: &Host, args: &[&str], at: u64) {
+    let mut child = hnctl_cmd(h, args).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(b) = std::fs::read(h.dir.join(RECORD)) {
@@ -526,49 +530,6 @@ fn a_local_stage_drops_an_interrupted_download() {
     assert!(!h.dir.join(RECORD).exists() && !h.dir.join(PART).exists());
 }
 
-/// The signature seam (`remote::Verifier`, for the minisign module): a refusal
-/// before the download costs no image byte; one after it leaves nothing staged.
-#[test]
-fn a_verifier_refuses_before_and_after_the_download() {
-    use hninit::remote::{stage_url, RemoteOptions, Verifier};
-    use hninit::slots::dir::RealDir;
-    use hninit::slots::Names;
-    struct Refuse {
-        before: bool,
-    }
-    impl Verifier for Refuse {
-        fn before_download(&self, url: &str, agent: &ureq::Agent) -> Result<Option<u64>, String> {
-            // What the minisign verifier will do: fetch URL.minisig first.
-            let r = agent.get(&format!("{url}.minisig")).call().map_err(|e| e.to_string())?;
-            if self.before {
-                Err(format!("{} for the signature: compat= does not match", r.status()))
-            } else {
-                Ok(None)
-            }
-        }
-        fn after_download(&self, _part: &std::fs::File, _sha: &[u8; 32]) -> Result<(), String> {
-            Err("the signature does not match the image".into())
-        }
-    }
-    let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
-    image(&ngx.www("web.img"), 4, 9);
-    std::fs::write(ngx.www("web.img.minisig"), "untrusted comment: x\n").unwrap();
-    let h = host();
-    let images = RealDir::open(&h.dir, false).unwrap();
-    let names = Names::new("hn-root.img");
-    let opts = RemoteOptions { free_bytes: 1 << 40, ..Default::default() };
-    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: true }, &mut |_| {}).unwrap_err();
-    assert!(e.is_refusal() && e.to_string().contains("compat="), "{e}");
-    assert_eq!(ngx.log("web.img").len(), 0, "an image byte was fetched before the refusal");
-    assert_eq!(ngx.log("web.img.minisig").len(), 1);
-    assert!(!h.dir.join(PART).exists());
-    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: false }, &mut |_| {}).unwrap_err();
-    assert!(e.is_refusal() && e.to_string().contains("does not match"), "{e}");
-    assert_nothing_staged(&h);
-    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists());
-}
-
 /// `hnctl index` + `URL.bidx`: an image with 5 % of its blocks changed costs its
 /// changed blocks (the access log says so); an index that does not match the
 /// image ends in its sha256 check and one whole download.
@@ -619,4 +580,180 @@ fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
     let o = hnctl(&h, &["stage", &ngx.url("web.img"), "--whole"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(ngx.log("web.img.bidx").len(), 1, "--whole fetched the index");
+}
+
+/// `minisign` (Debian's) in `dir`.
+fn minisign(args: &[&str], dir: &Path) {
+    let o = Command::new("minisign")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the minisign tool is needed (Debian package minisign)");
+    assert!(o.status.success(), "minisign {args:?}: {}", show(&o));
+}
+
+/// A key pair from `minisign -G -W`; `sign` writes `X.minisig` next to `X`
+/// (or at `to`) with `comment` as the trusted comment.
+struct SignKey {
+    dir: PathBuf,
+    name: &'static str,
+}
+
+impl SignKey {
+    fn new(dir: &Path, name: &'static str) -> SignKey {
+        minisign(&["-G", "-W", "-p", &format!("{name}.pub"), "-s", &format!("{name}.key")], dir);
+        SignKey { dir: dir.to_path_buf(), name }
+    }
+
+    fn sign(&self, img: &Path, comment: &str, to: &Path) {
+        let key = self.dir.join(format!("{}.key", self.name));
+        minisign(
+            &["-S", "-s", key.to_str().unwrap(), "-m", img.to_str().unwrap(), "-x", to.to_str().unwrap(), "-t", comment],
+            &self.dir,
+        );
+    }
+
+    /// An etc directory trusting this key (`trusted.d/NAME.pub`).
+    fn etc(&self) -> PathBuf {
+        let etc = self.dir.join(format!("etc-{}", self.name));
+        std::fs::create_dir_all(etc.join("trusted.d")).unwrap();
+        std::fs::copy(self.dir.join(format!("{}.pub", self.name)), etc.join(format!("trusted.d/{}.pub", self.name))).unwrap();
+        etc
+    }
+}
+
+fn sig_of(p: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.minisig", p.display()))
+}
+
+#[track_caller]
+fn assert_refused(h: &Host, o: &Output, reason: &str) {
+    assert_eq!(o.status.code(), Some(3), "{}", show(o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(reason), "{reason}: {}", show(o));
+    assert_nothing_staged(h);
+    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists(), "a .part or record was left");
+    assert!(!h.dir.join("hn-root-new.img.minisig").exists(), "a signature was left");
+}
+
+/// `URL.minisig` with trusted keys: a good signature is verified in the download's
+/// one pass and kept as the sidecar (raw, zstd, adaptive); unsigned, unknown-key
+/// and compat refusals cost no image byte; a bad signature is found after the
+/// download and leaves nothing.
+#[test]
+fn signed_url_stage_checks_before_and_during_the_download() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let k1 = SignKey::new(t.path(), "k1");
+    let k2 = SignKey::new(t.path(), "k2");
+    let etc = k1.etc();
+    let keys = etc.to_str().unwrap();
+    let raw = image(&ngx.www("web.img"), 4, 5);
+    let comment = format!("version=2026.12.6 compat=web size={}", raw.len());
+    k1.sign(&ngx.www("web.img"), &comment, &sig_of(&ngx.www("web.img")));
+    zstd_frames(&ngx.www("web.img"), &ngx.www("web.img.zst"));
+    // The signature is over the raw image, also for the .zst.
+    std::fs::copy(sig_of(&ngx.www("web.img")), sig_of(&ngx.www("web.img.zst"))).unwrap();
+
+    for name in ["web.img", "web.img.zst"] {
+        let h = host();
+        let o = hnctl(&h, &["stage", &ngx.url(name), "--keys", keys]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", show(&o));
+        assert_eq!(staged(&h).as_deref(), Some(&raw[..]), "{name}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("signature: accepted: signed by key") && out.contains("version=2026.12.6"), "{out}");
+        assert_eq!(
+            std::fs::read(h.dir.join("hn-root-new.img.minisig")).unwrap(),
+            std::fs::read(sig_of(&ngx.www(name))).unwrap(),
+            "the sidecar is the served signature"
+        );
+        assert_eq!(ngx.log(name).len(), 1, "one pass over the image");
+        assert_eq!(ngx.log(&format!("{name}.minisig")).len(), 1);
+    }
+
+    let h = host();
+    // Unsigned: refused before the download.
+    image(&ngx.www("unsigned.img"), 4, 6);
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("unsigned.img"), "--keys", keys]), "unsigned");
+    assert_eq!(ngx.log("unsigned.img").len(), 0, "an image byte was fetched before the refusal");
+    // Signed by a key that is not trusted: refused before the download.
+    image(&ngx.www("other.img"), 4, 8);
+    k2.sign(&ngx.www("other.img"), "version=2026.12.6", &sig_of(&ngx.www("other.img")));
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys]), "unknown-key");
+    assert_eq!(ngx.log("other.img").len(), 0, "an image byte was fetched before the refusal");
+    // Another image under web.img's signature: found in the pass, nothing staged.
+    std::fs::copy(sig_of(&ngx.www("web.img")), sig_of(&ngx.www("other.img"))).unwrap();
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys]), "bad-signature");
+    assert_eq!(ngx.log("other.img").len(), 1);
+    // A damaged signature file.
+    std::fs::write(sig_of(&ngx.www("other.img")), "untrusted comment: x\nnot base64\n").unwrap();
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys]), "malformed-signature");
+    assert_eq!(ngx.log("other.img").len(), 1);
+    // --signature FILE instead of URL.minisig.
+    let local_sig = t.path().join("local.minisig");
+    k1.sign(&ngx.www("other.img"), "version=2026.12.7", &local_sig);
+    let o = hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys, "--signature", local_sig.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(std::fs::read(h.dir.join("hn-root-new.img.minisig")).unwrap(), std::fs::read(&local_sig).unwrap());
+    hnctl(&h, &["unstage"]);
+
+    // The running image is compat=web: a compat=db image is refused from its
+    // signature alone.
+    k1.sign(&h.dir.join("hn-root.img"), "version=2026.12.1 compat=web", &h.dir.join("hn-root.img.minisig"));
+    image(&ngx.www("db.img"), 4, 10);
+    k1.sign(&ngx.www("db.img"), "version=2026.12.6 compat=db", &sig_of(&ngx.www("db.img")));
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("db.img"), "--keys", keys]), "compat-mismatch");
+    assert_eq!(ngx.log("db.img").len(), 0, "an image byte was fetched before the refusal");
+
+    // Adaptive (URL.bidx): the assembled image is verified too.
+    let cur = std::fs::read(h.dir.join("hn-root.img")).unwrap();
+    let mut new = cur.clone();
+    new[(2 << 20) + 7] ^= 0xff;
+    std::fs::write(ngx.www("next.img"), &new).unwrap();
+    let idx = hnctl(&h, &["index", ngx.www("next.img").to_str().unwrap()]);
+    std::fs::write(ngx.www("next.img.bidx"), &idx.stdout).unwrap();
+    k1.sign(&ngx.www("next.img"), "version=2026.12.6 compat=web", &sig_of(&ngx.www("next.img")));
+    let o = hnctl(&h, &["stage", &ngx.url("next.img"), "--keys", keys]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("adaptive:"), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&new[..]));
+    hnctl(&h, &["unstage"]);
+    // ... and an adaptive result under another image's signature is refused.
+    k1.sign(&ngx.www("db.img"), "version=2026.12.6 compat=web", &sig_of(&ngx.www("next.img")));
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("next.img"), "--keys", keys]), "bad-signature");
+}
+
+/// A signed download interrupted by kill -9 and resumed is still verified: the
+/// kept prefix is fed to the signature check again, so a prefix damaged on disk
+/// between the attempts is refused, and an intact one is accepted.
+#[test]
+fn a_resumed_signed_download_is_still_verified() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    let k1 = SignKey::new(t.path(), "k1");
+    let etc = k1.etc();
+    let keys = etc.to_str().unwrap();
+    let raw = image(&ngx.www("web.img"), 6, 12);
+    k1.sign(&ngx.www("web.img"), "version=3", &sig_of(&ngx.www("web.img")));
+    let url = ngx.url("slow/web.img");
+
+    let h = host();
+    kill_at_with(&h, &["stage", &url, "--keys", keys], (1 << 20) + random_below(1 << 20));
+    let o = hnctl(&h, &["stage", &url, "--keys", keys]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("signature: accepted"), "{}", show(&o));
+    let log = ngx.log("slow/web.img");
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].0, 206, "resumed, not downloaded again: {log:?}");
+
+    let h = host();
+    kill_at_with(&h, &["stage", &url, "--keys", keys], (1 << 20) + random_below(1 << 20));
+    // A byte of the kept prefix changes on disk (past the filesystem's metadata).
+    let part = std::fs::OpenOptions::new().write(true).open(h.dir.join(PART)).unwrap();
+    use std::os::unix::fs::FileExt;
+    part.write_all_at(&[raw[(1 << 20) - 1] ^ 1], (1 << 20) - 1).unwrap();
+    drop(part);
+    let o = hnctl(&h, &["stage", &url, "--keys", keys]);
+    assert_refused(&h, &o, "bad-signature");
 }

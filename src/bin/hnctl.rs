@@ -251,17 +251,6 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         } => {
             let host = host()?;
             if hninit::remote::is_url(image) {
-                // TODO(#12): verify URL.minisig while downloading (remote::Verifier).
-                // Until then a host that trusts keys would reject the unsigned
-                // result at boot: refuse before downloading a byte.
-                let trusts = hninit::trust::KeyStore::load(keys).map(|k| !k.is_empty()).unwrap_or(true);
-                if signature.is_some() || trusts || *allow_downgrade {
-                    return Err(CtlError {
-                        what: format!("staging {image}"),
-                        found: format!("signed staging from a URL is not available yet (keys in {}): download the image and its .minisig, then `hnctl stage FILE`", keys.display()),
-                        kind: ErrorKind::Refused,
-                    });
-                }
                 let opts = hninit::remote::RemoteOptions {
                     sha256: *sha256,
                     ca: ca.clone(),
@@ -270,7 +259,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                     adaptive: !whole,
                     ..Default::default()
                 };
-                stage_url(&host, image, opts, *progress)
+                stage_url(&host, image, opts, *progress, (signature.as_deref(), keys, *allow_downgrade))
             } else {
                 stage(&host, image, *sha256, !no_reflink, signature.as_deref(), keys, *allow_downgrade)
             }
@@ -498,10 +487,10 @@ fn stage_url(
     url: &str,
     mut opts: hninit::remote::RemoteOptions,
     mode: ProgressMode,
+    (signature, keys, allow_downgrade): (Option<&std::path::Path>, &std::path::Path, bool),
 ) -> Result<(), CtlError> {
-    use hninit::remote::{stage_url, NoVerifier, Phase, RemoteError};
+    use hninit::remote::Phase;
     let start = Instant::now();
-    let what = format!("staging {url}");
     let images = hninit::slots::dir::RealDir::open(&host.images, false)
         .map_err(|e| CtlError::failed(format!("opening {}", host.images.display()), e))?;
     opts.free_bytes = hninit::slots::stage::free_bytes(&host.images)
@@ -519,8 +508,7 @@ fn stage_url(
         b
     });
     let mut json = JsonProgress::new(mode == ProgressMode::Json);
-    // TODO(trust): a minisign verifier from src/trust/ when keys are trusted.
-    let res = stage_url(&images, &host.names, url, &opts, &NoVerifier, &mut |p| {
+    let res = hninit::remote::signed::stage_on_host(host, &images, url, &opts, signature, keys, allow_downgrade, &mut |p| {
         json.update(p.phase, p.done, p.total);
         if let Some(b) = &bar {
             let phase = match p.phase {
@@ -540,20 +528,11 @@ fn stage_url(
         b.finish_and_clear();
     }
     json.finish();
-    let r = res.map_err(|e: RemoteError| CtlError {
-        what,
-        kind: if e.is_refusal() {
-            ErrorKind::Refused
-        } else if e.is_interrupted() {
-            ErrorKind::Interrupted
-        } else if matches!(e, RemoteError::Usage(_)) {
-            ErrorKind::Usage
-        } else {
-            ErrorKind::Failed
-        },
-        found: e.to_string(),
-    })?;
+    let (r, verdict) = res?;
     let mut s = summary(&r.stage, url, start.elapsed().as_secs_f64());
+    if let Some(v) = verdict {
+        s += &format!("signature: {v}\n");
+    }
     if let Some(d) = &r.delta {
         s += &format!(
             "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images\n",

@@ -9,11 +9,14 @@
 //! image once. Not resumable yet: an interrupted adaptive stage starts over, its
 //! local copies being cheap.
 //!
+//! The signature check ([`super::download::Verifier`]) is fed by the one
+//! read-back of the assembled `.part` that also checks the index's sha256.
+//!
 //! TODO: cache the local images' indexes in `hn-state/`, keyed by file identity
 //! (inode, size, mtime), instead of re-hashing them at each stage.
 
 use super::bidx::{self, Have, Index};
-use super::download::{Phase, Progress, RemoteError, RemoteOptions};
+use super::download::{Phase, Progress, RemoteError, RemoteOptions, Verifier};
 use super::http;
 use crate::slots::dir::{remove_if_exists, Dir};
 use crate::slots::stage::{required_space, StageError};
@@ -54,6 +57,7 @@ pub type Filled = (Delta, [u8; 32], u64);
 
 /// Fills `names.part` (complete, fsynced) from `URL.bidx`, local blocks and ranges.
 /// `Ok(Err(skip))`: nothing is left, download the whole image instead.
+#[allow(clippy::too_many_arguments)]
 pub fn fill_part(
     images: &dyn Dir,
     names: &Names,
@@ -61,6 +65,7 @@ pub fn fill_part(
     opts: &RemoteOptions,
     agent: &ureq::Agent,
     free_total: u64,
+    verifier: &mut dyn Verifier,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Result<Filled, Skip>, RemoteError> {
     let idx_url = format!("{url}.bidx");
@@ -149,7 +154,9 @@ pub fn fill_part(
         }
     };
     progress(Progress { phase: Phase::Check, done: 0, total: Some(target.size) });
+    // One read-back feeds the index's sha256 and the signature check.
     let mut h = Sha256::new();
+    verifier.restart();
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     while off < target.size {
@@ -158,6 +165,7 @@ pub fn fill_part(
             break;
         }
         h.update(&buf[..n]);
+        verifier.update(&buf[..n]);
         off += n as u64;
     }
     let sha: [u8; 32] = h.finalize().into();

@@ -94,20 +94,27 @@ pub struct Progress {
     pub total: Option<u64>,
 }
 
-/// The seam for signatures (the minisign trust module, src/trust/, lands on
-/// another branch). TODO(trust): an implementation that, when keys are trusted,
-/// fetches `URL.minisig` in `before_download`, checks its trusted comment
-/// (`version=`, `compat=`, `size=`) before any image byte is fetched and returns
-/// the signed size (used for the free-space check), then verifies the signature
-/// over the raw image in `after_download`. Both refusals leave no staged image.
+/// The signature side of a download ([`super::signed::SigVerifier`] checks
+/// minisign signatures with the host's trusted keys; [`NoVerifier`] checks
+/// nothing). The image's bytes are fed in order, from the first, in the same pass
+/// that writes and hashes them; a restart from the first byte says so first.
 pub trait Verifier {
-    /// Before the bulk download. `Ok(Some(size))`: the image's signed size.
-    fn before_download(&self, _url: &str, _agent: &ureq::Agent) -> Result<Option<u64>, String> {
+    /// Before any image byte is fetched (a refusal here costs only the
+    /// signature's bytes). `Ok(Some(size))`: the image's signed size.
+    fn before_download(&mut self, _url: &str, _agent: &ureq::Agent) -> Result<Option<u64>, RemoteError> {
         Ok(None)
     }
-    /// The `.part` is complete and fsynced; `sha256` is of its bytes.
-    fn after_download(&self, _part: &File, _sha256: &[u8; 32]) -> Result<(), String> {
+    /// The image's bytes start again from the first.
+    fn restart(&mut self) {}
+    /// The next bytes of the raw image.
+    fn update(&mut self, _chunk: &[u8]) {}
+    /// Every byte was fed: accept, or refuse with the reason.
+    fn finish(&mut self) -> Result<(), String> {
         Ok(())
+    }
+    /// The raw signature file, kept as the staged image's `.minisig`.
+    fn sidecar(&self) -> Option<&[u8]> {
+        None
     }
 }
 
@@ -205,6 +212,8 @@ struct Dl<'a> {
     head: Vec<u8>,
     /// The size signed by the image's publisher, when a verifier gave it.
     signed_size: Option<u64>,
+    /// Fed every image byte in order, with the hash.
+    verifier: &'a mut dyn Verifier,
 }
 
 impl Dl<'_> {
@@ -213,6 +222,7 @@ impl Dl<'_> {
         self.written = 0;
         self.offset = 0;
         self.hash = Sha256::new();
+        self.verifier.restart();
         self.zstd = None;
         self.decoder = None;
         self.boundary = (0, 0);
@@ -256,6 +266,7 @@ impl Dl<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, self.written)?;
         self.hash.update(data);
+        self.verifier.update(data);
         self.written += data.len() as u64;
         Ok(())
     }
@@ -321,7 +332,7 @@ pub fn stage_url(
     names: &Names,
     url: &str,
     opts: &RemoteOptions,
-    verifier: &dyn Verifier,
+    verifier: &mut dyn Verifier,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RemoteReport, RemoteError> {
     if !super::is_url(url) || url.len() > state::MAX_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -334,7 +345,7 @@ pub fn stage_url(
     let record_name = state::state_name(&names.part);
     let digest_tmp = format!("{}.tmp", names.digest);
     remove_if_exists(images, &digest_tmp).map_err(io_step(format!("removing the stale {digest_tmp}")))?;
-    let signed_size = verifier.before_download(url, &agent).map_err(RemoteError::Refused)?;
+    let signed_size = verifier.before_download(url, &agent)?;
 
     let record = images
         .read(&record_name, state::MAX_STATE)
@@ -372,19 +383,16 @@ pub fn stage_url(
     let mut fell_back = None;
     let raw_url = !url.to_ascii_lowercase().ends_with(".zst");
     if start == Start::Fresh && opts.adaptive && raw_url {
-        match super::adaptive::fill_part(images, names, url, opts, &agent, free_total, progress)? {
+        match super::adaptive::fill_part(images, names, url, opts, &agent, free_total, verifier, progress)? {
             Ok((delta, sha, size)) => {
-                let checked = images
-                    .open_read(&names.part)
-                    .map_err(io_step(format!("reading back {}", names.part)))
-                    .and_then(|f| verifier.after_download(&f, &sha).map_err(RemoteError::Refused));
-                if let Err(e) = checked {
+                // fill_part fed the verifier from its read-back of the `.part`.
+                if let Err(e) = verifier.finish() {
                     discard(images, names, &record_name);
-                    return Err(e);
+                    return Err(RemoteError::Refused(e));
                 }
                 let info = CopyInfo { bytes: size, method: CopyMethod::Download, sha256: Some(sha) };
                 let late: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
-                let stage = complete_part(images, names, &info, opts.sha256, Some(late), None)?;
+                let stage = complete_part(images, names, &info, opts.sha256, Some(late), verifier.sidecar())?;
                 return Ok(RemoteReport { stage, delta: Some(delta), fell_back: None, restarts: 0 });
             }
             Err(Skip::NoIndex(_)) => {}
@@ -412,13 +420,16 @@ pub fn stage_url(
         out: Vec::new(),
         head: Vec::new(),
         signed_size,
+        verifier,
     };
+    dl.verifier.restart();
     match start {
         Start::Fresh => dl.file.set_len(0).map_err(io_step(format!("truncating {}", names.part)))?,
         Start::Resume(r) => {
             dl.file.set_len(r.written).map_err(io_step(format!("cutting {} to its durable bytes", names.part)))?;
             progress(Progress { phase: Phase::Rehash, done: 0, total: Some(r.written) });
-            rehash(&dl.file, r.written, &mut dl.hash, progress).map_err(io_step(format!("reading back {}", names.part)))?;
+            rehash(&dl.file, r.written, &mut dl.hash, &mut *dl.verifier, progress)
+                .map_err(io_step(format!("reading back {}", names.part)))?;
             dl.written = r.written;
             dl.offset = r.offset;
             dl.zstd = Some(r.zstd);
@@ -475,7 +486,7 @@ pub fn stage_url(
     let finished = (|| {
         dl.file.sync_all().map_err(io_step(format!("fsync {}", names.part)))?;
         let sha: [u8; 32] = dl.hash.clone().finalize().into();
-        verifier.after_download(&dl.file, &sha).map_err(RemoteError::Refused)?;
+        dl.verifier.finish().map_err(RemoteError::Refused)?;
         Ok(sha)
     })();
     let sha = match finished {
@@ -492,9 +503,10 @@ pub fn stage_url(
         sha256: Some(sha),
     };
     let restarts = dl.restarts;
-    drop(dl);
+    let verifier = dl.verifier;
+    drop(dl.file);
     let late: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
-    let staged = complete_part(images, names, &info, opts.sha256, Some(late), None);
+    let staged = complete_part(images, names, &info, opts.sha256, Some(late), verifier.sidecar());
     // The record goes after the rename (or after a refusal removed the `.part`):
     // a record without its `.part` is never resumed.
     remove_if_exists(images, &record_name).map_err(io_step(format!("removing {record_name}")))?;
@@ -524,7 +536,13 @@ impl Dl<'_> {
 }
 
 /// sha256 of the first `len` bytes of the `.part` (a resumed download's prefix).
-fn rehash(file: &File, len: u64, hash: &mut Sha256, progress: &mut dyn FnMut(Progress)) -> io::Result<()> {
+fn rehash(
+    file: &File,
+    len: u64,
+    hash: &mut Sha256,
+    verifier: &mut dyn Verifier,
+    progress: &mut dyn FnMut(Progress),
+) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     while done < len {
@@ -534,6 +552,7 @@ fn rehash(file: &File, len: u64, hash: &mut Sha256, progress: &mut dyn FnMut(Pro
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("ends at {done} of {len} bytes")));
         }
         hash.update(&buf[..n]);
+        verifier.update(&buf[..n]);
         done += n as u64;
         progress(Progress { phase: Phase::Rehash, done, total: Some(len) });
     }

@@ -11,6 +11,8 @@
 //! - [`download`]: the download loop: Range/If-Range requests, retries with
 //!   backoff, zstd frames, durable checkpoints, progress, and the verifier seam
 //!   for signatures ([`download::Verifier`]).
+//! - [`signed`]: the minisign verifier (`URL.minisig` checked before the
+//!   download, the image verified in the same pass that writes it).
 //! - [`bidx`], [`adaptive`]: the block-hash index (`hnctl index`) and the
 //!   download of only the blocks the host does not have.
 
@@ -18,6 +20,7 @@ pub mod adaptive;
 pub mod bidx;
 pub mod download;
 pub mod http;
+pub mod signed;
 pub mod state;
 
 pub use download::{stage_url, NoVerifier, Phase, Progress, RemoteError, RemoteOptions, RemoteReport, Verifier};
