@@ -68,18 +68,27 @@ pub fn fill_part(
     verifier: &mut dyn Verifier,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Result<Filled, Skip>, RemoteError> {
-    let idx_url = format!("{url}.bidx");
-    let reply = match http::get(agent, &idx_url, 0, None) {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}")))),
+    let idx_url = match &opts.index {
+        Some(_) => "the index layer".to_string(),
+        None => format!("{url}.bidx"),
     };
-    if reply.status != 200 {
-        return Ok(Err(Skip::NoIndex(format!("{idx_url}: the server answered {}", reply.status))));
-    }
-    let mut raw = Vec::new();
-    if let Err(e) = reply.body.take(bidx::MAX_INDEX + 1).read_to_end(&mut raw) {
-        return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}"))));
-    }
+    let raw = match &opts.index {
+        Some(b) => b.clone(),
+        None => {
+            let reply = match http::get(agent, &idx_url, 0, None) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}")))),
+            };
+            if reply.status != 200 {
+                return Ok(Err(Skip::NoIndex(format!("{idx_url}: the server answered {}", reply.status))));
+            }
+            let mut raw = Vec::new();
+            if let Err(e) = reply.body.take(bidx::MAX_INDEX + 1).read_to_end(&mut raw) {
+                return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}"))));
+            }
+            raw
+        }
+    };
     let target = match Index::parse(&raw) {
         Ok(i) if (raw.len() as u64) <= bidx::MAX_INDEX => i,
         Ok(_) => return Ok(Err(Skip::NoIndex(format!("{idx_url}: larger than {} bytes", bidx::MAX_INDEX)))),
@@ -199,7 +208,7 @@ fn fetch_range(
     loop {
         let before = at;
         let res: Result<(), String> = (|| {
-            let reply = http::get_range(agent, url, at, Some(e - 1), None).map_err(|e| e.to_string())?;
+            let reply = http::get_auth(agent, url, at, Some(e - 1), None, opts.auth.as_deref()).map_err(|e| e.to_string())?;
             if reply.status == 200 {
                 return Err("ranges-ignored".into());
             }

@@ -56,6 +56,15 @@ pub struct RemoteOptions {
     pub free_bytes: u64,
     /// Use `URL.bidx` when the server has it (`--whole` clears it).
     pub adaptive: bool,
+    /// The block index, already fetched (a registry's layer), instead of `URL.bidx`.
+    pub index: Option<Vec<u8>>,
+    /// The `Authorization` header of every request for the image (a registry's).
+    pub auth: Option<String>,
+    /// The sha256 of the resource's bytes as served (a registry's zstd blob
+    /// digest; a raw blob's is `sha256`). Checked at the end; a zstd download
+    /// with it is not resumed by a later process (the hash of the compressed
+    /// prefix is not kept), an in-process retry still is.
+    pub blob_sha256: Option<[u8; 32]>,
 }
 
 impl Default for RemoteOptions {
@@ -68,6 +77,9 @@ impl Default for RemoteOptions {
             retry_delay: Duration::from_secs(1),
             free_bytes: 0,
             adaptive: true,
+            index: None,
+            auth: None,
+            blob_sha256: None,
         }
     }
 }
@@ -144,6 +156,9 @@ pub enum RemoteError {
     Zstd(String),
     #[error("signature: {0}")]
     Refused(String),
+    /// A blob whose bytes do not have the digest the manifest names.
+    #[error("{0}")]
+    Digest(String),
     #[error(transparent)]
     Stage(#[from] StageError),
     #[error("{step}: {source}")]
@@ -159,7 +174,7 @@ impl RemoteError {
     pub fn is_refusal(&self) -> bool {
         match self {
             RemoteError::Stage(e) => e.is_refusal(),
-            RemoteError::Refused(_) | RemoteError::Zstd(_) => true,
+            RemoteError::Refused(_) | RemoteError::Zstd(_) | RemoteError::Digest(_) => true,
             _ => false,
         }
     }
@@ -214,6 +229,9 @@ struct Dl<'a> {
     signed_size: Option<u64>,
     /// Fed every image byte in order, with the hash.
     verifier: &'a mut dyn Verifier,
+    auth: Option<&'a str>,
+    /// sha256 of the resource's bytes (only with `blob_sha256`, from byte 0).
+    blob_hash: Option<Sha256>,
 }
 
 impl Dl<'_> {
@@ -223,6 +241,9 @@ impl Dl<'_> {
         self.offset = 0;
         self.hash = Sha256::new();
         self.verifier.restart();
+        if self.blob_hash.is_some() {
+            self.blob_hash = Some(Sha256::new());
+        }
         self.zstd = None;
         self.decoder = None;
         self.boundary = (0, 0);
@@ -275,6 +296,9 @@ impl Dl<'_> {
     fn consume(&mut self, data: &[u8]) -> Result<(), Failure> {
         use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
         let write_err = |e: io::Error| Failure::Fatal(io_step("writing the .part")(e));
+        if let Some(h) = &mut self.blob_hash {
+            h.update(data);
+        }
         if self.zstd != Some(true) {
             self.write(data).map_err(write_err)?;
             self.offset += data.len() as u64;
@@ -356,7 +380,11 @@ pub fn stage_url(
         .id(&names.part)
         .map_err(io_step(format!("stat {}", names.part)))?
         .map(|i| i.size);
-    let start = state::decide(record, url, part_size);
+    let mut start = state::decide(record, url, part_size);
+    if opts.blob_sha256.is_some() && matches!(&start, Start::Resume(r) if r.zstd) {
+        // The compressed prefix's hash is not kept: the blob's digest needs every byte.
+        start = Start::Fresh;
+    }
     if start == Start::Fresh {
         remove_if_exists(images, &names.part).map_err(io_step(format!("removing the stale {}", names.part)))?;
         remove_if_exists(images, &record_name).map_err(io_step(format!("removing the stale {record_name}")))?;
@@ -382,7 +410,7 @@ pub fn stage_url(
 
     let mut fell_back = None;
     let raw_url = !url.to_ascii_lowercase().ends_with(".zst");
-    if start == Start::Fresh && opts.adaptive && raw_url {
+    if start == Start::Fresh && opts.adaptive && raw_url && opts.blob_sha256.is_none() {
         match super::adaptive::fill_part(images, names, url, opts, &agent, free_total, verifier, progress)? {
             Ok((delta, sha, size)) => {
                 // fill_part fed the verifier from its read-back of the `.part`.
@@ -421,6 +449,8 @@ pub fn stage_url(
         head: Vec::new(),
         signed_size,
         verifier,
+        auth: opts.auth.as_deref(),
+        blob_hash: opts.blob_sha256.map(|_| Sha256::new()),
     };
     dl.verifier.restart();
     match start {
@@ -486,6 +516,16 @@ pub fn stage_url(
     let finished = (|| {
         dl.file.sync_all().map_err(io_step(format!("fsync {}", names.part)))?;
         let sha: [u8; 32] = dl.hash.clone().finalize().into();
+        if let (Some(want), Some(h)) = (opts.blob_sha256, dl.blob_hash.clone()) {
+            let got: [u8; 32] = h.finalize().into();
+            if got != want {
+                return Err(RemoteError::Digest(format!(
+                    "the blob {url} has sha256:{}, its manifest says sha256:{}",
+                    crate::util::hex(&got),
+                    crate::util::hex(&want)
+                )));
+            }
+        }
         dl.verifier.finish().map_err(RemoteError::Refused)?;
         Ok(sha)
     })();
@@ -602,7 +642,7 @@ fn attempt(
     }
     let from = dl.offset;
     let bad = |reason: String| Failure::Fatal(RemoteError::BadReply { url: dl.url.to_string(), reason });
-    let reply: Reply = match http::get(agent, dl.url, from, validator.as_deref()) {
+    let reply: Reply = match http::get_auth(agent, dl.url, from, None, validator.as_deref(), dl.auth) {
         Ok(r) => r,
         Err(e) if http::is_transient(&e) => return Err(Failure::Transient(e.to_string())),
         Err(e) => {

@@ -13,6 +13,8 @@
 //!   for signatures ([`download::Verifier`]).
 //! - [`signed`]: the minisign verifier (`URL.minisig` checked before the
 //!   download, the image verified in the same pass that writes it).
+//! - [`oci`]: `oci://` registries (pull into the same download loop, and
+//!   `hnctl publish`).
 //! - [`bidx`], [`adaptive`]: the block-hash index (`hnctl index`) and the
 //!   download of only the blocks the host does not have.
 
@@ -20,6 +22,7 @@ pub mod adaptive;
 pub mod bidx;
 pub mod download;
 pub mod http;
+pub mod oci;
 pub mod signed;
 pub mod state;
 

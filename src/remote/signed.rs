@@ -31,8 +31,10 @@ pub struct Policy<'s> {
 pub enum SigSource {
     /// `URL.minisig` (absent when the server answers 404 or 410).
     Remote,
-    /// `--signature FILE`, already read.
+    /// `--signature FILE` or a registry's signature layer, already read.
     Given(Vec<u8>),
+    /// None (a registry artifact without a signature layer).
+    Absent,
 }
 
 pub struct SigVerifier<'s> {
@@ -107,6 +109,7 @@ impl Verifier for SigVerifier<'_> {
         let raw = match &self.source {
             SigSource::Given(b) => Some(b.clone()),
             SigSource::Remote => self.fetch(url, agent)?,
+            SigSource::Absent => None,
         };
         self.sig = match &raw {
             None => Ok(None),
@@ -179,18 +182,43 @@ pub fn stage_on_host(
     allow_downgrade: bool,
     progress: &mut dyn FnMut(super::Progress),
 ) -> Result<(super::RemoteReport, Option<Verdict>), crate::ctl::CtlError> {
+    let source = match signature {
+        None => SigSource::Remote,
+        Some(p) => read_given(p, &format!("staging {url}"))?,
+    };
+    stage_with(host, images, url, opts, source, keys, allow_downgrade, progress)
+}
+
+/// `--signature FILE`, read with a size cap.
+pub fn read_given(p: &std::path::Path, what: &str) -> Result<SigSource, crate::ctl::CtlError> {
+    use crate::ctl::{CtlError, ErrorKind};
+    match std::fs::read(p) {
+        Ok(b) if b.len() <= MAX_SIGNATURE_FILE => Ok(SigSource::Given(b)),
+        Ok(b) => Err(CtlError {
+            what: what.to_string(),
+            found: format!("{}: {} bytes, not a signature", p.display(), b.len()),
+            kind: ErrorKind::Refused,
+        }),
+        Err(e) => Err(CtlError::failed(format!("reading the signature {}", p.display()), e)),
+    }
+}
+
+/// [`stage_on_host`] with the signature's source chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn stage_with(
+    host: &crate::ctl::Host,
+    images: &dyn crate::slots::dir::Dir,
+    url: &str,
+    opts: &super::RemoteOptions,
+    source: SigSource,
+    keys: &std::path::Path,
+    allow_downgrade: bool,
+    progress: &mut dyn FnMut(super::Progress),
+) -> Result<(super::RemoteReport, Option<Verdict>), crate::ctl::CtlError> {
     use crate::ctl::{self, CtlError, ErrorKind};
     let what = format!("staging {url}");
     let refused = |found: String| CtlError { what: what.clone(), found, kind: ErrorKind::Refused };
     let store = KeyStore::load(keys).map_err(|e| refused(format!("the key store: {e}")))?;
-    let source = match signature {
-        None => SigSource::Remote,
-        Some(p) => match std::fs::read(p) {
-            Ok(b) if b.len() <= MAX_SIGNATURE_FILE => SigSource::Given(b),
-            Ok(b) => return Err(refused(format!("{}: {} bytes, not a signature", p.display(), b.len()))),
-            Err(e) => return Err(CtlError::failed(format!("reading the signature {}", p.display()), e)),
-        },
-    };
     let (floor, compat) = ctl::stage_policy(host, images, &store, &what)?;
     let policy = Policy { store: &store, floor, compat, allow_downgrade };
     let mut v = SigVerifier::new(policy, source);
