@@ -402,3 +402,122 @@ fn adaptive_pull_fetches_only_changed_blocks() {
     eprintln!("registry: changed {changed_bytes} bytes in {} blocks, sent {sent} in {} requests", changed.len(), gets.len());
     assert!(sent as f64 <= 1.15 * changed_bytes as f64, "{sent} bytes for {changed_bytes} changed");
 }
+
+fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
+    let o = Command::new("openssl").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("openssl is needed");
+    assert!(o.status.success(), "openssl {args:?}: {}", show(&o));
+    o.stdout
+}
+
+fn b64url(data: &[u8]) -> String {
+    hninit::remote::oci::auth::base64_encode(data).replace('+', "-").replace('/', "_").trim_end_matches('=').to_string()
+}
+
+/// A token server for the registry's `auth: token` (the distribution spec's
+/// flow): answers `GET /token?service=…&scope=…` from `user:secret` (basic auth)
+/// with a JWT signed by `openssl` (RS256, the certificate in `x5c`), granting the
+/// scope asked; anything else gets 401.
+fn token_server(dir: &Path) -> (u16, PathBuf) {
+    use std::io::{BufRead, BufReader, Write};
+    openssl(
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "tok.key", "-out", "tok.crt", "-subj", "/CN=token", "-days", "2"],
+        dir,
+    );
+    let der = openssl(&["x509", "-in", "tok.crt", "-outform", "DER"], dir);
+    let x5c = hninit::remote::oci::auth::base64_encode(&der);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dir = dir.to_path_buf();
+    let want = format!("Basic {}", hninit::remote::oci::auth::base64_encode(b"user:secret"));
+    let d2 = dir.clone();
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let authed = head.iter().any(|l| l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim() == want);
+            let target = head.first().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_string();
+            if !authed {
+                let _ = write!(s, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            let access: Vec<String> = target
+                .split(['?', '&'])
+                .filter_map(|kv| kv.strip_prefix("scope="))
+                .map(|sc| sc.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+                .filter_map(|sc| {
+                    let mut p = sc.splitn(3, ':');
+                    let (t, name, acts) = (p.next()?, p.next()?, p.next()?);
+                    let acts: Vec<String> = acts.split(',').map(|a| format!("\"{a}\"")).collect();
+                    Some(format!(r#"{{"type":"{t}","name":"{name}","actions":[{}]}}"#, acts.join(",")))
+                })
+                .collect();
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let header = format!(r#"{{"alg":"RS256","typ":"JWT","x5c":["{x5c}"]}}"#);
+            let claims = format!(
+                r#"{{"iss":"test-issuer","sub":"user","aud":"test-registry","exp":{},"nbf":{},"iat":{},"jti":"t{n}","access":[{}]}}"#,
+                now + 600,
+                now - 60,
+                now - 60,
+                access.join(",")
+            );
+            let input = format!("{}.{}", b64url(header.as_bytes()), b64url(claims.as_bytes()));
+            let inp = d2.join(format!("jwt{n}.in"));
+            std::fs::write(&inp, &input).unwrap();
+            let sig = openssl(&["dgst", "-sha256", "-sign", "tok.key", inp.to_str().unwrap()], &d2);
+            let body = format!(r#"{{"token":"{input}.{}","expires_in":600}}"#, b64url(&sig));
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, dir.join("tok.crt"))
+}
+
+/// A registry with token auth: without credentials the token server refuses and
+/// nothing is staged; with a credentials file in the `~/.docker/config.json`
+/// shape, publish and stage go through the Bearer flow.
+#[test]
+fn token_auth_with_a_docker_config_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (tport, crt) = token_server(t.path());
+    let auth = format!(
+        "auth:
+  token:
+    realm: http://127.0.0.1:{tport}/token
+    service: test-registry
+    issuer: test-issuer
+    rootcertbundle: {}
+",
+        crt.display()
+    );
+    let reg = Registry::start(&t.path().join("reg"), &auth);
+    let img = t.path().join("web.img");
+    let raw = image(&img, 4, 21);
+    let h = host();
+    let o = hnctl(&h, &["publish", &reg.oci("fleet/web:1"), img.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"), "{}", show(&o));
+
+    let cfg = t.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "{}"}}}}}}"#, reg.port, hninit::remote::oci::auth::base64_encode(b"user:secret")),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    ok(hnctl(&h, &["publish", &reg.oci("fleet/web:1"), img.to_str().unwrap(), "--auth", c]));
+    let o = hnctl(&h, &["stage", &reg.oci("fleet/web:1")]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(!h.dir.join(NEW).exists());
+    ok(hnctl(&h, &["stage", &reg.oci("fleet/web:1"), "--auth", c]));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]));
+    // Every registry request after the challenge carried the token.
+    let log = reg.log("/v2/fleet/web/");
+    assert!(log.iter().any(|l| l.1 == 401) && log.iter().any(|l| l.1 == 200), "{log:?}");
+}
