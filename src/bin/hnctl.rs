@@ -73,7 +73,7 @@ its .part and a record, hn-root-new.img.part.json, and the next `hnctl stage` of
 URL resumes it with an HTTP Range request (If-Range: a file changed on the server \
 restarts from its first byte).")]
     Stage {
-        /// The image file, - to read it from standard input, or an http(s):// URL
+        /// The image file, - to read it from standard input, an http(s):// URL or oci://REGISTRY/REPO:TAG
         #[arg(value_name = "IMAGE|-|URL")]
         image: String,
         /// Expected sha256 (64 hex digits); kept as hn-root-new.img.sha256 and checked again at boot
