@@ -757,3 +757,50 @@ fn a_resumed_signed_download_is_still_verified() {
     let o = hnctl(&h, &["stage", &url, "--keys", keys]);
     assert_refused(&h, &o, "bad-signature");
 }
+
+/// The local images' indexes are cached in hn-state/bidx-cache/ keyed by file
+/// identity: a second adaptive stage hashes nothing, and after the rotation the
+/// new image's index (stored when it checked out) and the old one's are reused.
+#[test]
+fn adaptive_reuses_the_index_cache_across_a_rotation() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let h = host();
+    std::fs::create_dir(h.dir.join("hn-state")).unwrap();
+    let old = image(&h.dir.join("hn-root.img"), 4, 41);
+    let publish = |name: &str, data: &[u8]| {
+        std::fs::write(ngx.www(name), data).unwrap();
+        let idx = hnctl(&h, &["index", ngx.www(name).to_str().unwrap()]);
+        std::fs::write(ngx.www(&format!("{name}.bidx")), &idx.stdout).unwrap();
+    };
+    let mut v2 = old.clone();
+    v2[(2 << 20) + 3] ^= 1;
+    publish("v2.img", &v2);
+    let o = hnctl(&h, &["stage", &ngx.url("v2.img")]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(0 local indexes from hn-state/bidx-cache)"), "{}", show(&o));
+    let o = hnctl(&h, &["stage", &ngx.url("v2.img")]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(1 local indexes from hn-state/bidx-cache)"), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&v2[..]));
+    // The boot's rotation: renames keep the identity.
+    std::fs::rename(h.dir.join("hn-root.img"), h.dir.join("hn-root-old.img")).unwrap();
+    std::fs::rename(h.dir.join(NEW), h.dir.join("hn-root.img")).unwrap();
+    let mut v3 = v2.clone();
+    v3[(3 << 20) + 9] ^= 1;
+    publish("v3.img", &v3);
+    let o = hnctl(&h, &["stage", &ngx.url("v3.img")]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(2 local indexes from hn-state/bidx-cache)"), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&v3[..]));
+    // A damaged entry costs one whole download, never a wrong image.
+    for e in std::fs::read_dir(h.dir.join("hn-state/bidx-cache")).unwrap() {
+        let p = e.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 1] ^= 0xff;
+        b[n - 40] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    }
+    hnctl(&h, &["unstage"]);
+    let o = hnctl(&h, &["stage", &ngx.url("v3.img")]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&v3[..]));
+}

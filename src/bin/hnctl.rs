@@ -586,8 +586,8 @@ fn stage_url(
     }
     if let Some(d) = &r.delta {
         s += &format!(
-            "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images\n",
-            d.fetched, d.requests, d.index_bytes, d.reused
+            "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images ({} local indexes from hn-state/bidx-cache)\n",
+            d.fetched, d.requests, d.index_bytes, d.reused, d.cached_indexes
         );
     }
     if let Some(why) = &r.fell_back {

@@ -12,12 +12,14 @@
 //! The signature check ([`super::download::Verifier`]) is fed by the one
 //! read-back of the assembled `.part` that also checks the index's sha256.
 //!
-//! TODO: cache the local images' indexes in `hn-state/`, keyed by file identity
-//! (inode, size, mtime), instead of re-hashing them at each stage.
+//! The local images' indexes come from `hn-state/bidx-cache/`
+//! ([`super::index_cache`]) when it has them, and the new image's index is
+//! stored there once it checked out.
 
 use super::bidx::{self, Have, Index};
 use super::download::{Phase, Progress, RemoteError, RemoteOptions, Verifier};
 use super::http;
+use super::index_cache::{self, Cache};
 use crate::slots::dir::{remove_if_exists, Dir};
 use crate::slots::stage::{required_space, StageError};
 use crate::slots::Names;
@@ -37,6 +39,8 @@ pub struct Delta {
     /// Range requests made.
     pub requests: u32,
     pub index_bytes: u64,
+    /// Local images whose index came from `hn-state/bidx-cache/` (not re-hashed).
+    pub cached_indexes: u32,
 }
 
 /// Why the adaptive path was not taken (the caller downloads the whole image).
@@ -105,9 +109,14 @@ pub fn fill_part(
         .filter_map(|n| images.open_read(n).ok().map(|f| (n.clone(), f)))
         .collect();
     let mut have = Have::new();
+    let cache = opts.state_dir.as_deref().and_then(|s| Cache::open(s).ok().flatten());
+    let keep: Vec<String> = locals.iter().filter_map(|(_, f)| index_cache::key(f, target.block).ok()).collect();
+    let mut cached_indexes = 0;
     for (i, (name, f)) in locals.iter().enumerate() {
         progress(Progress { phase: Phase::Rehash, done: 0, total: f.metadata().ok().map(|m| m.len()) });
-        let idx = Index::build(&mut &*f, target.block).map_err(io_step(format!("indexing {name}")))?;
+        let (idx, cached) =
+            index_cache::local_index(cache.as_ref(), f, target.block, &keep).map_err(io_step(format!("indexing {name}")))?;
+        cached_indexes += cached as u32;
         bidx::add_local(&mut have, &idx, i);
     }
     let plan = bidx::plan(&target, &have, 0);
@@ -120,7 +129,7 @@ pub fn fill_part(
         .is_some_and(|(_, cur)| rustix::fs::ioctl_ficlone(&part, cur).is_ok());
     let done = (|| -> Result<Result<Delta, Skip>, RemoteError> {
         part.set_len(target.size).map_err(io_step(format!("sizing {}", names.part)))?;
-        let mut delta = Delta { index_bytes: raw.len() as u64, ..Default::default() };
+        let mut delta = Delta { index_bytes: raw.len() as u64, cached_indexes, ..Default::default() };
         let mut buf = vec![0u8; target.block as usize];
         for &(i, src, off) in &plan.local {
             let (s, e) = target.range(i);
@@ -186,6 +195,10 @@ pub fn fill_part(
             crate::util::hex(&sha),
             crate::util::hex(&target.sha256)
         ))));
+    }
+    // The new image's index, for the stage after it is rotated in.
+    if let Some(c) = &cache {
+        let _ = c.put(&part, &target, &keep);
     }
     Ok(Ok((delta, sha, target.size)))
 }

@@ -65,6 +65,8 @@ pub struct RemoteOptions {
     /// with it is not resumed by a later process (the hash of the compressed
     /// prefix is not kept), an in-process retry still is.
     pub blob_sha256: Option<[u8; 32]>,
+    /// The state directory (`hn-state/`) holding the local images' index cache.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RemoteOptions {
@@ -80,6 +82,7 @@ impl Default for RemoteOptions {
             index: None,
             auth: None,
             blob_sha256: None,
+            state_dir: None,
         }
     }
 }

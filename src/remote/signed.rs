@@ -222,7 +222,11 @@ pub fn stage_with(
     let (floor, compat) = ctl::stage_policy(host, images, &store, &what)?;
     let policy = Policy { store: &store, floor, compat, allow_downgrade };
     let mut v = SigVerifier::new(policy, source);
-    let report = super::stage_url(images, &host.names, url, opts, &mut v, progress).map_err(|e| to_ctl(&what, e))?;
+    let mut opts = opts.clone();
+    if opts.state_dir.is_none() {
+        opts.state_dir = Some(host.state_dir());
+    }
+    let report = super::stage_url(images, &host.names, url, &opts, &mut v, progress).map_err(|e| to_ctl(&what, e))?;
     if let Some((a, _)) = v.allowance_to_record() {
         ctl::record_allowance(host, a, &what)?;
     }
