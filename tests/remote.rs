@@ -804,3 +804,145 @@ fn adaptive_reuses_the_index_cache_across_a_rotation() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(staged(&h).as_deref(), Some(&v3[..]));
 }
+
+/// BENCHMARKS.md's *Staging from a mirror* figures, by hand (release hnctl):
+/// `HNCTL_BIN=target/release/hnctl cargo test --release --test remote bench -- --ignored --nocapture`.
+/// Same-run ratios on loopback: `hnctl stage URL` vs `curl -o` (raw and zstd),
+/// an image with 5 % of its blocks changed (bytes sent by nginx), and on btrfs
+/// the disk blocks the adaptive stage newly uses.
+#[test]
+#[ignore]
+fn bench_remote() {
+    let bin = std::env::var("HNCTL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hnctl").to_string());
+    let mib: u32 = std::env::var("BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    // An ext4 image, its second half incompressible, the first mostly zeros.
+    let path = ngx.www("web.img");
+    mkfs(&path, mib);
+    let mut data = std::fs::read(&path).unwrap();
+    let mut x = 99u64;
+    let half = data.len() / 2;
+    for b in data[half..].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&path, &data).unwrap();
+    let st = Command::new("zstd").args(["-q", "-f", "-3", "-T0", "-o"]).arg(ngx.www("web.img.zst")).arg(&path).status().unwrap();
+    assert!(st.success());
+    let zlen = std::fs::metadata(ngx.www("web.img.zst")).unwrap().len();
+    let run = |args: &[&str], dir: &Path| -> f64 {
+        let s = Instant::now();
+        let o = Command::new(&bin)
+            .arg("--hostpart")
+            .arg(dir)
+            .args(["--real-root", "/hn-root.img"])
+            .args(args)
+            .env("no_proxy", "127.0.0.1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        s.elapsed().as_secs_f64()
+    };
+    let curl = |name: &str, out: &Path| -> f64 {
+        let s = Instant::now();
+        let st = Command::new("curl").args(["-sf", "-o"]).arg(out).arg(ngx.url(name)).status().unwrap();
+        assert!(st.success());
+        // Made durable like a stage is.
+        std::fs::File::open(out).unwrap().sync_all().unwrap();
+        s.elapsed().as_secs_f64()
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let h = host();
+    let size = data.len() as f64 / 1e6;
+    for (name, wire) in [("web.img", data.len() as u64), ("web.img.zst", zlen)] {
+        let mut c = Vec::new();
+        let mut s = Vec::new();
+        for _ in 0..3 {
+            c.push(curl(name, &h.dir.join("curl.out")));
+            std::fs::remove_file(h.dir.join("curl.out")).unwrap();
+            s.push(run(&["stage", &ngx.url(name), "--whole", "--progress", "none"], &h.dir));
+            run(&["unstage"], &h.dir);
+        }
+        let (c, s) = (median(c.clone()), median(s.clone()));
+        println!(
+            "BENCH full {name}: {wire} bytes on the wire, image {size:.0} MB: curl -o {c:.3} s ({:.0} MB/s of file), hnctl stage {s:.3} s ({:.0} MB/s of image); hnctl/curl throughput {:.2}",
+            wire as f64 / 1e6 / c,
+            size / s,
+            c / s
+        );
+    }
+
+    // 5 % of the 64 KiB blocks changed, past the first MiB.
+    let block = 64 * 1024;
+    std::fs::copy(&path, h.dir.join("hn-root.img")).unwrap();
+    let blocks = data.len() / block;
+    let mut new = data.clone();
+    let changed: Vec<usize> = (0..blocks * 5 / 100).map(|k| 16 + k * 7919 % (blocks - 16)).collect();
+    let mut uniq = changed.clone();
+    uniq.sort();
+    uniq.dedup();
+    for &b in &uniq {
+        new[b * block + 100] ^= 0x5a;
+    }
+    std::fs::write(ngx.www("v2.img"), &new).unwrap();
+    let idx = Command::new(&bin).args(["index"]).arg(ngx.www("v2.img")).output().unwrap();
+    std::fs::write(ngx.www("v2.img.bidx"), &idx.stdout).unwrap();
+    let s = run(&["stage", &ngx.url("v2.img"), "--progress", "none"], &h.dir);
+    let sent: u64 = ngx.log("v2.img").iter().map(|l| l.1).sum();
+    let changed_bytes = (uniq.len() * block) as u64;
+    println!(
+        "BENCH adaptive: {} of {blocks} blocks changed ({changed_bytes} bytes), index {} bytes; nginx sent {sent} image bytes in {} requests: {:.3} x changed, ({:.3} x changed+index); {s:.2} s",
+        uniq.len(),
+        idx.stdout.len(),
+        ngx.log("v2.img").len(),
+        sent as f64 / changed_bytes as f64,
+        (sent + idx.stdout.len() as u64) as f64 / (changed_bytes + idx.stdout.len() as u64) as f64
+    );
+
+    // btrfs: disk blocks newly used by the adaptive stage (the .part a reflink of the current image).
+    let fsimg = t.path().join("btrfs.img");
+    let f = std::fs::File::create(&fsimg).unwrap();
+    f.set_len(4 * data.len() as u64 + (256 << 20)).unwrap();
+    drop(f);
+    let st = Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&fsimg).stdout(Stdio::null()).status().unwrap();
+    assert!(st.success());
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount").args(["-o", "loop"]).arg(&fsimg).arg(&mnt).status().unwrap();
+    if !st.success() {
+        println!("BENCH btrfs: cannot mount (not root?)");
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    let hp = mnt.join("hostpart");
+    std::fs::create_dir(&hp).unwrap();
+    std::fs::copy(&path, hp.join("hn-root.img")).unwrap();
+    let used = || {
+        Command::new("sync").status().unwrap();
+        let o = Command::new("btrfs").args(["filesystem", "sync"]).arg(&mnt).output();
+        drop(o);
+        let s = rustix::fs::statvfs(&mnt).unwrap();
+        (s.f_blocks - s.f_bfree) * s.f_frsize
+    };
+    let before = used();
+    run(&["stage", &ngx.url("v2.img"), "--progress", "none"], &hp);
+    let after = used();
+    println!(
+        "BENCH btrfs: {changed_bytes} bytes changed; the staged image newly uses {} bytes of disk ({:.2} x changed)",
+        after - before,
+        (after - before) as f64 / changed_bytes as f64
+    );
+}

@@ -112,11 +112,16 @@ pub fn fill_part(
     let cache = opts.state_dir.as_deref().and_then(|s| Cache::open(s).ok().flatten());
     let keep: Vec<String> = locals.iter().filter_map(|(_, f)| index_cache::key(f, target.block).ok()).collect();
     let mut cached_indexes = 0;
+    // The current image's block hashes: a block equal at the same place stays shared.
+    let mut same_place: Vec<[u8; 32]> = Vec::new();
     for (i, (name, f)) in locals.iter().enumerate() {
         progress(Progress { phase: Phase::Rehash, done: 0, total: f.metadata().ok().map(|m| m.len()) });
         let (idx, cached) =
             index_cache::local_index(cache.as_ref(), f, target.block, &keep).map_err(io_step(format!("indexing {name}")))?;
         cached_indexes += cached as u32;
+        if i == 0 {
+            same_place = idx.blocks.clone();
+        }
         bidx::add_local(&mut have, &idx, i);
     }
     let plan = bidx::plan(&target, &have, 0);
@@ -133,7 +138,9 @@ pub fn fill_part(
         let mut buf = vec![0u8; target.block as usize];
         for &(i, src, off) in &plan.local {
             let (s, e) = target.range(i);
-            if cloned && src == 0 && off == s {
+            // Equal content at the same place of the reflinked current image
+            // (e.g. one of many zero blocks, which the plan maps to the first).
+            if cloned && ((src == 0 && off == s) || same_place.get(i) == target.blocks.get(i)) {
                 delta.reused += e - s;
                 continue;
             }
