@@ -521,3 +521,34 @@ fn token_auth_with_a_docker_config_file() {
     let log = reg.log("/v2/fleet/web/");
     assert!(log.iter().any(|l| l.1 == 401) && log.iter().any(|l| l.1 == 200), "{log:?}");
 }
+
+/// An interrupted pull (the `.part` and its resume record as a killed `hnctl`
+/// leaves them) continues with a Range request for the rest of the blob: the
+/// registry sends the digest as a strong ETag, so `If-Range` holds.
+#[test]
+fn an_interrupted_pull_resumes_with_a_range() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("reg"), "");
+    let img = t.path().join("web.img");
+    let raw = image(&img, 8, 17);
+    let h = host();
+    ok(hnctl(&h, &["publish", &reg.oci("fleet/web:r"), img.to_str().unwrap()]));
+    let d = digest(&raw);
+    let kept = 3 << 20;
+    std::fs::write(h.dir.join(PART), &raw[..kept]).unwrap();
+    let record = serde_json::json!({
+        "version": 1,
+        "url": reg.http(&format!("/v2/fleet/web/blobs/{d}")),
+        "etag": format!("\"{d}\""),
+        "last_modified": null,
+        "remote_len": raw.len(),
+        "zstd": false,
+        "written": kept,
+        "offset": kept,
+    });
+    std::fs::write(h.dir.join("hn-root-new.img.part.json"), record.to_string()).unwrap();
+    let out = ok(hnctl(&h, &["stage", &reg.oci("fleet/web:r"), "--whole"]));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]), "{out}");
+    let gets: Vec<_> = reg.log(&format!("/blobs/{d}")).into_iter().filter(|l| l.0 == "GET").collect();
+    assert_eq!(gets, vec![("GET".to_string(), 206, (raw.len() - kept) as u64)], "only the rest was sent");
+}
