@@ -56,7 +56,7 @@ impl Cache {
         let name = key(f, idx.block)?;
         write_atomic(&self.dir, &name, &idx.to_bytes())?;
         let keep_inode = |n: &str| {
-            let prefix = |k: &str| k.rsplitn(2, '-').nth(1).map(str::to_string);
+            let prefix = |k: &str| k.rsplit_once('-').map(|x| x.0.to_string());
             keep.iter().chain(std::iter::once(&name)).any(|k| prefix(k) == prefix(n))
         };
         let mut removed = false;
