@@ -644,13 +644,7 @@ pub fn stage(
         reflink,
         free_bytes,
     };
-    // The same floor and compat as the next boot will apply.
-    let state = host.open_state(false)?;
-    let floor = match &state {
-        Some(st) => trust_state::read_floor(st).map_err(|e| refused(format!("the anti-rollback state: {e}")))?,
-        None => None,
-    };
-    let compat = trust_state::slot_meta(&images, &host.names.current, &store).and_then(|(_, m)| m.compat);
+    let (floor, compat) = stage_policy(host, &images, &store, &what)?;
     let parsed = raw_sig.as_deref().and_then(|r| crate::trust::Signature::parse(r).ok());
     let allowance = match (&parsed, allow_downgrade) {
         (Some(sig), true) => crate::trust::Meta::parse(&sig.trusted_comment)
@@ -673,11 +667,37 @@ pub fn stage(
     // Recorded after the image is staged: a crash before leaves no allowance, and
     // the boot refuses the downgrade (the operator stages again).
     if let (Some(a), true) = (&allowance, floor.as_ref().is_some_and(|f| allowance.as_ref().is_some_and(|a| &a.version < f))) {
-        let st = host.open_state(true)?.ok_or_else(|| CtlError::failed(what.clone(), "no state directory"))?;
-        trust_state::write_allowance(&st, a, &bootlog::now())
-            .map_err(|e| CtlError::failed(format!("recording the downgrade allowance in {}", host.state_dir().display()), e))?;
+        record_allowance(host, a, &what)?;
     }
     Ok(report)
+}
+
+/// What the next boot will judge a staged image against, besides the keys: the
+/// anti-rollback floor and the running image's `compat=` (also for `stage URL`).
+pub fn stage_policy(
+    host: &Host,
+    images: &dyn Dir,
+    store: &crate::trust::KeyStore,
+    what: &str,
+) -> Result<(Option<crate::trust::Version>, Option<String>), CtlError> {
+    let state = host.open_state(false)?;
+    let floor = match &state {
+        Some(st) => trust_state::read_floor(st).map_err(|e| CtlError {
+            what: what.to_string(),
+            found: format!("the anti-rollback state: {e}"),
+            kind: ErrorKind::Refused,
+        })?,
+        None => None,
+    };
+    let compat = trust_state::slot_meta(images, &host.names.current, store).and_then(|(_, m)| m.compat);
+    Ok((floor, compat))
+}
+
+/// Records `--allow-downgrade` for a staged image below the floor.
+pub fn record_allowance(host: &Host, a: &crate::trust::Allowance, what: &str) -> Result<(), CtlError> {
+    let st = host.open_state(true)?.ok_or_else(|| CtlError::failed(what.to_string(), "no state directory"))?;
+    trust_state::write_allowance(&st, a, &bootlog::now())
+        .map_err(|e| CtlError::failed(format!("recording the downgrade allowance in {}", host.state_dir().display()), e))
 }
 
 /// `hnctl unstage`.

@@ -278,7 +278,11 @@ fn not_found_and_not_an_image_are_refused_without_leftovers() {
 /// Starts `hnctl stage URL`, waits until its record says at least `at` bytes are
 /// durable, then kills it with SIGKILL.
 fn kill_at(h: &Host, url: &str, at: u64) {
-    let mut child = hnctl_cmd(h, &["stage", url]).spawn().unwrap();
+    kill_at_with(h, &["stage", url], at)
+}
+
+fn kill_at_with(h: &Host, args: &[&str], at: u64) {
+    let mut child = hnctl_cmd(h, args).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(b) = std::fs::read(h.dir.join(RECORD)) {
@@ -526,49 +530,6 @@ fn a_local_stage_drops_an_interrupted_download() {
     assert!(!h.dir.join(RECORD).exists() && !h.dir.join(PART).exists());
 }
 
-/// The signature seam (`remote::Verifier`, for the minisign module): a refusal
-/// before the download costs no image byte; one after it leaves nothing staged.
-#[test]
-fn a_verifier_refuses_before_and_after_the_download() {
-    use hninit::remote::{stage_url, RemoteOptions, Verifier};
-    use hninit::slots::dir::RealDir;
-    use hninit::slots::Names;
-    struct Refuse {
-        before: bool,
-    }
-    impl Verifier for Refuse {
-        fn before_download(&self, url: &str, agent: &ureq::Agent) -> Result<Option<u64>, String> {
-            // What the minisign verifier will do: fetch URL.minisig first.
-            let r = agent.get(&format!("{url}.minisig")).call().map_err(|e| e.to_string())?;
-            if self.before {
-                Err(format!("{} for the signature: compat= does not match", r.status()))
-            } else {
-                Ok(None)
-            }
-        }
-        fn after_download(&self, _part: &std::fs::File, _sha: &[u8; 32]) -> Result<(), String> {
-            Err("the signature does not match the image".into())
-        }
-    }
-    let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
-    image(&ngx.www("web.img"), 4, 9);
-    std::fs::write(ngx.www("web.img.minisig"), "untrusted comment: x\n").unwrap();
-    let h = host();
-    let images = RealDir::open(&h.dir, false).unwrap();
-    let names = Names::new("hn-root.img");
-    let opts = RemoteOptions { free_bytes: 1 << 40, ..Default::default() };
-    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: true }, &mut |_| {}).unwrap_err();
-    assert!(e.is_refusal() && e.to_string().contains("compat="), "{e}");
-    assert_eq!(ngx.log("web.img").len(), 0, "an image byte was fetched before the refusal");
-    assert_eq!(ngx.log("web.img.minisig").len(), 1);
-    assert!(!h.dir.join(PART).exists());
-    let e = stage_url(&images, &names, &ngx.url("web.img"), &opts, &Refuse { before: false }, &mut |_| {}).unwrap_err();
-    assert!(e.is_refusal() && e.to_string().contains("does not match"), "{e}");
-    assert_nothing_staged(&h);
-    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists());
-}
-
 /// `hnctl index` + `URL.bidx`: an image with 5 % of its blocks changed costs its
 /// changed blocks (the access log says so); an index that does not match the
 /// image ends in its sha256 check and one whole download.
@@ -619,4 +580,369 @@ fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
     let o = hnctl(&h, &["stage", &ngx.url("web.img"), "--whole"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(ngx.log("web.img.bidx").len(), 1, "--whole fetched the index");
+}
+
+/// `minisign` (Debian's) in `dir`.
+fn minisign(args: &[&str], dir: &Path) {
+    let o = Command::new("minisign")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the minisign tool is needed (Debian package minisign)");
+    assert!(o.status.success(), "minisign {args:?}: {}", show(&o));
+}
+
+/// A key pair from `minisign -G -W`; `sign` writes `X.minisig` next to `X`
+/// (or at `to`) with `comment` as the trusted comment.
+struct SignKey {
+    dir: PathBuf,
+    name: &'static str,
+}
+
+impl SignKey {
+    fn new(dir: &Path, name: &'static str) -> SignKey {
+        minisign(&["-G", "-W", "-p", &format!("{name}.pub"), "-s", &format!("{name}.key")], dir);
+        SignKey { dir: dir.to_path_buf(), name }
+    }
+
+    fn sign(&self, img: &Path, comment: &str, to: &Path) {
+        let key = self.dir.join(format!("{}.key", self.name));
+        minisign(
+            &["-S", "-s", key.to_str().unwrap(), "-m", img.to_str().unwrap(), "-x", to.to_str().unwrap(), "-t", comment],
+            &self.dir,
+        );
+    }
+
+    /// An etc directory trusting this key (`trusted.d/NAME.pub`).
+    fn etc(&self) -> PathBuf {
+        let etc = self.dir.join(format!("etc-{}", self.name));
+        std::fs::create_dir_all(etc.join("trusted.d")).unwrap();
+        std::fs::copy(self.dir.join(format!("{}.pub", self.name)), etc.join(format!("trusted.d/{}.pub", self.name))).unwrap();
+        etc
+    }
+}
+
+fn sig_of(p: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.minisig", p.display()))
+}
+
+#[track_caller]
+fn assert_refused(h: &Host, o: &Output, reason: &str) {
+    assert_eq!(o.status.code(), Some(3), "{}", show(o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(reason), "{reason}: {}", show(o));
+    assert_nothing_staged(h);
+    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists(), "a .part or record was left");
+    assert!(!h.dir.join("hn-root-new.img.minisig").exists(), "a signature was left");
+}
+
+/// `URL.minisig` with trusted keys: a good signature is verified in the download's
+/// one pass and kept as the sidecar (raw, zstd, adaptive); unsigned, unknown-key
+/// and compat refusals cost no image byte; a bad signature is found after the
+/// download and leaves nothing.
+#[test]
+fn signed_url_stage_checks_before_and_during_the_download() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let k1 = SignKey::new(t.path(), "k1");
+    let k2 = SignKey::new(t.path(), "k2");
+    let etc = k1.etc();
+    let keys = etc.to_str().unwrap();
+    let raw = image(&ngx.www("web.img"), 4, 5);
+    let comment = format!("version=2026.12.6 compat=web size={}", raw.len());
+    k1.sign(&ngx.www("web.img"), &comment, &sig_of(&ngx.www("web.img")));
+    zstd_frames(&ngx.www("web.img"), &ngx.www("web.img.zst"));
+    // The signature is over the raw image, also for the .zst.
+    std::fs::copy(sig_of(&ngx.www("web.img")), sig_of(&ngx.www("web.img.zst"))).unwrap();
+
+    for name in ["web.img", "web.img.zst"] {
+        let h = host();
+        let o = hnctl(&h, &["stage", &ngx.url(name), "--keys", keys]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", show(&o));
+        assert_eq!(staged(&h).as_deref(), Some(&raw[..]), "{name}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("signature: accepted: signed by key") && out.contains("version=2026.12.6"), "{out}");
+        assert_eq!(
+            std::fs::read(h.dir.join("hn-root-new.img.minisig")).unwrap(),
+            std::fs::read(sig_of(&ngx.www(name))).unwrap(),
+            "the sidecar is the served signature"
+        );
+        assert_eq!(ngx.log(name).len(), 1, "one pass over the image");
+        assert_eq!(ngx.log(&format!("{name}.minisig")).len(), 1);
+    }
+
+    let h = host();
+    // Unsigned: refused before the download.
+    image(&ngx.www("unsigned.img"), 4, 6);
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("unsigned.img"), "--keys", keys]), "unsigned");
+    assert_eq!(ngx.log("unsigned.img").len(), 0, "an image byte was fetched before the refusal");
+    // Signed by a key that is not trusted: refused before the download.
+    image(&ngx.www("other.img"), 4, 8);
+    k2.sign(&ngx.www("other.img"), "version=2026.12.6", &sig_of(&ngx.www("other.img")));
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys]), "unknown-key");
+    assert_eq!(ngx.log("other.img").len(), 0, "an image byte was fetched before the refusal");
+    // Another image under web.img's signature: found in the pass, nothing staged.
+    std::fs::copy(sig_of(&ngx.www("web.img")), sig_of(&ngx.www("other.img"))).unwrap();
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys]), "bad-signature");
+    assert_eq!(ngx.log("other.img").len(), 1);
+    // A damaged signature file.
+    std::fs::write(sig_of(&ngx.www("other.img")), "untrusted comment: x\nnot base64\n").unwrap();
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys]), "malformed-signature");
+    assert_eq!(ngx.log("other.img").len(), 1);
+    // --signature FILE instead of URL.minisig.
+    let local_sig = t.path().join("local.minisig");
+    k1.sign(&ngx.www("other.img"), "version=2026.12.7", &local_sig);
+    let o = hnctl(&h, &["stage", &ngx.url("other.img"), "--keys", keys, "--signature", local_sig.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(std::fs::read(h.dir.join("hn-root-new.img.minisig")).unwrap(), std::fs::read(&local_sig).unwrap());
+    hnctl(&h, &["unstage"]);
+
+    // The running image is compat=web: a compat=db image is refused from its
+    // signature alone.
+    k1.sign(&h.dir.join("hn-root.img"), "version=2026.12.1 compat=web", &h.dir.join("hn-root.img.minisig"));
+    image(&ngx.www("db.img"), 4, 10);
+    k1.sign(&ngx.www("db.img"), "version=2026.12.6 compat=db", &sig_of(&ngx.www("db.img")));
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("db.img"), "--keys", keys]), "compat-mismatch");
+    assert_eq!(ngx.log("db.img").len(), 0, "an image byte was fetched before the refusal");
+
+    // Adaptive (URL.bidx): the assembled image is verified too.
+    let cur = std::fs::read(h.dir.join("hn-root.img")).unwrap();
+    let mut new = cur.clone();
+    new[(2 << 20) + 7] ^= 0xff;
+    std::fs::write(ngx.www("next.img"), &new).unwrap();
+    let idx = hnctl(&h, &["index", ngx.www("next.img").to_str().unwrap()]);
+    std::fs::write(ngx.www("next.img.bidx"), &idx.stdout).unwrap();
+    k1.sign(&ngx.www("next.img"), "version=2026.12.6 compat=web", &sig_of(&ngx.www("next.img")));
+    let o = hnctl(&h, &["stage", &ngx.url("next.img"), "--keys", keys]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("adaptive:"), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&new[..]));
+    hnctl(&h, &["unstage"]);
+    // ... and an adaptive result under another image's signature is refused.
+    k1.sign(&ngx.www("db.img"), "version=2026.12.6 compat=web", &sig_of(&ngx.www("next.img")));
+    assert_refused(&h, &hnctl(&h, &["stage", &ngx.url("next.img"), "--keys", keys]), "bad-signature");
+}
+
+/// A signed download interrupted by kill -9 and resumed is still verified: the
+/// kept prefix is fed to the signature check again, so a prefix damaged on disk
+/// between the attempts is refused, and an intact one is accepted.
+#[test]
+fn a_resumed_signed_download_is_still_verified() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    let k1 = SignKey::new(t.path(), "k1");
+    let etc = k1.etc();
+    let keys = etc.to_str().unwrap();
+    let raw = image(&ngx.www("web.img"), 6, 12);
+    k1.sign(&ngx.www("web.img"), "version=3", &sig_of(&ngx.www("web.img")));
+    let url = ngx.url("slow/web.img");
+
+    let h = host();
+    kill_at_with(&h, &["stage", &url, "--keys", keys], (1 << 20) + random_below(1 << 20));
+    let o = hnctl(&h, &["stage", &url, "--keys", keys]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("signature: accepted"), "{}", show(&o));
+    let log = ngx.log("slow/web.img");
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].0, 206, "resumed, not downloaded again: {log:?}");
+
+    let h = host();
+    kill_at_with(&h, &["stage", &url, "--keys", keys], (1 << 20) + random_below(1 << 20));
+    // A byte of the kept prefix changes on disk (past the filesystem's metadata).
+    let part = std::fs::OpenOptions::new().write(true).open(h.dir.join(PART)).unwrap();
+    use std::os::unix::fs::FileExt;
+    part.write_all_at(&[raw[(1 << 20) - 1] ^ 1], (1 << 20) - 1).unwrap();
+    drop(part);
+    let o = hnctl(&h, &["stage", &url, "--keys", keys]);
+    assert_refused(&h, &o, "bad-signature");
+}
+
+/// The local images' indexes are cached in hn-state/bidx-cache/ keyed by file
+/// identity: a second adaptive stage hashes nothing, and after the rotation the
+/// new image's index (stored when it checked out) and the old one's are reused.
+#[test]
+fn adaptive_reuses_the_index_cache_across_a_rotation() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let h = host();
+    std::fs::create_dir(h.dir.join("hn-state")).unwrap();
+    let old = image(&h.dir.join("hn-root.img"), 4, 41);
+    let publish = |name: &str, data: &[u8]| {
+        std::fs::write(ngx.www(name), data).unwrap();
+        let idx = hnctl(&h, &["index", ngx.www(name).to_str().unwrap()]);
+        std::fs::write(ngx.www(&format!("{name}.bidx")), &idx.stdout).unwrap();
+    };
+    let mut v2 = old.clone();
+    v2[(2 << 20) + 3] ^= 1;
+    publish("v2.img", &v2);
+    let o = hnctl(&h, &["stage", &ngx.url("v2.img")]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(0 local indexes from hn-state/bidx-cache)"), "{}", show(&o));
+    let o = hnctl(&h, &["stage", &ngx.url("v2.img")]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(1 local indexes from hn-state/bidx-cache)"), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&v2[..]));
+    // The boot's rotation: renames keep the identity.
+    std::fs::rename(h.dir.join("hn-root.img"), h.dir.join("hn-root-old.img")).unwrap();
+    std::fs::rename(h.dir.join(NEW), h.dir.join("hn-root.img")).unwrap();
+    let mut v3 = v2.clone();
+    v3[(3 << 20) + 9] ^= 1;
+    publish("v3.img", &v3);
+    let o = hnctl(&h, &["stage", &ngx.url("v3.img")]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(2 local indexes from hn-state/bidx-cache)"), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&v3[..]));
+    // A damaged entry costs one whole download, never a wrong image.
+    for e in std::fs::read_dir(h.dir.join("hn-state/bidx-cache")).unwrap() {
+        let p = e.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 1] ^= 0xff;
+        b[n - 40] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    }
+    hnctl(&h, &["unstage"]);
+    let o = hnctl(&h, &["stage", &ngx.url("v3.img")]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&v3[..]));
+}
+
+/// BENCHMARKS.md's *Staging from a mirror* figures, by hand (release hnctl):
+/// `HNCTL_BIN=target/release/hnctl cargo test --release --test remote bench -- --ignored --nocapture`.
+/// Same-run ratios on loopback: `hnctl stage URL` vs `curl -o` (raw and zstd),
+/// an image with 5 % of its blocks changed (bytes sent by nginx), and on btrfs
+/// the disk blocks the adaptive stage newly uses.
+#[test]
+#[ignore]
+fn bench_remote() {
+    let bin = std::env::var("HNCTL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hnctl").to_string());
+    let mib: u32 = std::env::var("BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let t = tempfile::tempdir().unwrap();
+    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    // An ext4 image, its second half incompressible, the first mostly zeros.
+    let path = ngx.www("web.img");
+    mkfs(&path, mib);
+    let mut data = std::fs::read(&path).unwrap();
+    let mut x = 99u64;
+    let half = data.len() / 2;
+    for b in data[half..].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&path, &data).unwrap();
+    let st = Command::new("zstd").args(["-q", "-f", "-3", "-T0", "-o"]).arg(ngx.www("web.img.zst")).arg(&path).status().unwrap();
+    assert!(st.success());
+    let zlen = std::fs::metadata(ngx.www("web.img.zst")).unwrap().len();
+    let run = |args: &[&str], dir: &Path| -> f64 {
+        let s = Instant::now();
+        let o = Command::new(&bin)
+            .arg("--hostpart")
+            .arg(dir)
+            .args(["--real-root", "/hn-root.img"])
+            .args(args)
+            .env("no_proxy", "127.0.0.1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        s.elapsed().as_secs_f64()
+    };
+    let curl = |name: &str, out: &Path| -> f64 {
+        let s = Instant::now();
+        let st = Command::new("curl").args(["-sf", "-o"]).arg(out).arg(ngx.url(name)).status().unwrap();
+        assert!(st.success());
+        // Made durable like a stage is.
+        std::fs::File::open(out).unwrap().sync_all().unwrap();
+        s.elapsed().as_secs_f64()
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let h = host();
+    let size = data.len() as f64 / 1e6;
+    for (name, wire) in [("web.img", data.len() as u64), ("web.img.zst", zlen)] {
+        let mut c = Vec::new();
+        let mut s = Vec::new();
+        for _ in 0..3 {
+            c.push(curl(name, &h.dir.join("curl.out")));
+            std::fs::remove_file(h.dir.join("curl.out")).unwrap();
+            s.push(run(&["stage", &ngx.url(name), "--whole", "--progress", "none"], &h.dir));
+            run(&["unstage"], &h.dir);
+        }
+        let (c, s) = (median(c.clone()), median(s.clone()));
+        println!(
+            "BENCH full {name}: {wire} bytes on the wire, image {size:.0} MB: curl -o {c:.3} s ({:.0} MB/s of file), hnctl stage {s:.3} s ({:.0} MB/s of image); hnctl/curl throughput {:.2}",
+            wire as f64 / 1e6 / c,
+            size / s,
+            c / s
+        );
+    }
+
+    // 5 % of the 64 KiB blocks changed, past the first MiB.
+    let block = 64 * 1024;
+    std::fs::copy(&path, h.dir.join("hn-root.img")).unwrap();
+    let blocks = data.len() / block;
+    let mut new = data.clone();
+    let changed: Vec<usize> = (0..blocks * 5 / 100).map(|k| 16 + k * 7919 % (blocks - 16)).collect();
+    let mut uniq = changed.clone();
+    uniq.sort();
+    uniq.dedup();
+    for &b in &uniq {
+        new[b * block + 100] ^= 0x5a;
+    }
+    std::fs::write(ngx.www("v2.img"), &new).unwrap();
+    let idx = Command::new(&bin).args(["index"]).arg(ngx.www("v2.img")).output().unwrap();
+    std::fs::write(ngx.www("v2.img.bidx"), &idx.stdout).unwrap();
+    let s = run(&["stage", &ngx.url("v2.img"), "--progress", "none"], &h.dir);
+    let sent: u64 = ngx.log("v2.img").iter().map(|l| l.1).sum();
+    let changed_bytes = (uniq.len() * block) as u64;
+    println!(
+        "BENCH adaptive: {} of {blocks} blocks changed ({changed_bytes} bytes), index {} bytes; nginx sent {sent} image bytes in {} requests: {:.3} x changed, ({:.3} x changed+index); {s:.2} s",
+        uniq.len(),
+        idx.stdout.len(),
+        ngx.log("v2.img").len(),
+        sent as f64 / changed_bytes as f64,
+        (sent + idx.stdout.len() as u64) as f64 / (changed_bytes + idx.stdout.len() as u64) as f64
+    );
+
+    // btrfs: disk blocks newly used by the adaptive stage (the .part a reflink of the current image).
+    let fsimg = t.path().join("btrfs.img");
+    let f = std::fs::File::create(&fsimg).unwrap();
+    f.set_len(4 * data.len() as u64 + (256 << 20)).unwrap();
+    drop(f);
+    let st = Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&fsimg).stdout(Stdio::null()).status().unwrap();
+    assert!(st.success());
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount").args(["-o", "loop"]).arg(&fsimg).arg(&mnt).status().unwrap();
+    if !st.success() {
+        println!("BENCH btrfs: cannot mount (not root?)");
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    let hp = mnt.join("hostpart");
+    std::fs::create_dir(&hp).unwrap();
+    std::fs::copy(&path, hp.join("hn-root.img")).unwrap();
+    let used = || {
+        Command::new("sync").status().unwrap();
+        let o = Command::new("btrfs").args(["filesystem", "sync"]).arg(&mnt).output();
+        drop(o);
+        let s = rustix::fs::statvfs(&mnt).unwrap();
+        (s.f_blocks - s.f_bfree) * s.f_frsize
+    };
+    let before = used();
+    run(&["stage", &ngx.url("v2.img"), "--progress", "none"], &hp);
+    let after = used();
+    println!(
+        "BENCH btrfs: {changed_bytes} bytes changed; the staged image newly uses {} bytes of disk ({:.2} x changed)",
+        after - before,
+        (after - before) as f64 / changed_bytes as f64
+    );
 }

@@ -73,7 +73,7 @@ its .part and a record, hn-root-new.img.part.json, and the next `hnctl stage` of
 URL resumes it with an HTTP Range request (If-Range: a file changed on the server \
 restarts from its first byte).")]
     Stage {
-        /// The image file, - to read it from standard input, or an http(s):// URL
+        /// The image file, - to read it from standard input, an http(s):// URL or oci://REGISTRY/REPO:TAG
         #[arg(value_name = "IMAGE|-|URL")]
         image: String,
         /// Expected sha256 (64 hex digits); kept as hn-root-new.img.sha256 and checked again at boot
@@ -107,6 +107,27 @@ restarts from its first byte).")]
         /// standard error ({"phase","done","total","rate"}); none
         #[arg(long, value_name = "HOW", default_value = "auto")]
         progress: ProgressMode,
+        /// oci://: registry credentials, JSON in the ~/.docker/config.json shape [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json if it exists]
+        #[arg(long, value_name = "FILE")]
+        auth: Option<PathBuf>,
+    },
+    /// Push an image to an OCI registry as an hninit artifact (with IMAGE.minisig and IMAGE.bidx when present)
+    Publish {
+        /// oci://REGISTRY/REPO:TAG (loopback registries over http, others over https)
+        reference: String,
+        image: PathBuf,
+        /// The signature layer [default: IMAGE.minisig if it exists]
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        /// The block index layer [default: IMAGE.bidx if it exists]
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
+        /// Trust only the CA certificates of this PEM file
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Registry credentials (see stage --auth)
+        #[arg(long, value_name = "FILE")]
+        auth: Option<PathBuf>,
     },
     /// Check an image's minisign signature against the trusted keys, without staging it
     #[command(long_about = "Checks FILE as /init checks a staged image: its signature \
@@ -248,20 +269,10 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             stall_timeout,
             progress,
             whole,
+            auth,
         } => {
             let host = host()?;
-            if hninit::remote::is_url(image) {
-                // TODO(#12): verify URL.minisig while downloading (remote::Verifier).
-                // Until then a host that trusts keys would reject the unsigned
-                // result at boot: refuse before downloading a byte.
-                let trusts = hninit::trust::KeyStore::load(keys).map(|k| !k.is_empty()).unwrap_or(true);
-                if signature.is_some() || trusts || *allow_downgrade {
-                    return Err(CtlError {
-                        what: format!("staging {image}"),
-                        found: format!("signed staging from a URL is not available yet (keys in {}): download the image and its .minisig, then `hnctl stage FILE`", keys.display()),
-                        kind: ErrorKind::Refused,
-                    });
-                }
+            if hninit::remote::is_url(image) || image.starts_with("oci://") {
                 let opts = hninit::remote::RemoteOptions {
                     sha256: *sha256,
                     ca: ca.clone(),
@@ -270,10 +281,27 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                     adaptive: !whole,
                     ..Default::default()
                 };
-                stage_url(&host, image, opts, *progress)
+                stage_url(&host, image, opts, *progress, (signature.as_deref(), keys, *allow_downgrade, auth.as_deref()))
             } else {
                 stage(&host, image, *sha256, !no_reflink, signature.as_deref(), keys, *allow_downgrade)
             }
+        }
+        Cmd::Publish { reference, image, signature, index, ca, auth } => {
+            let p = hninit::remote::oci::push::publish(
+                reference,
+                image,
+                signature.as_deref(),
+                index.as_deref(),
+                ca.as_deref(),
+                auth.as_deref(),
+                Duration::from_secs(30),
+            )?;
+            let mut s = String::new();
+            for (mt, size, had) in &p.blobs {
+                s += &format!("{mt}: {size} bytes{}\n", if *had { " (already in the registry)" } else { " uploaded" });
+            }
+            s += &format!("published {reference} (manifest {})\n", p.digest);
+            out(&s)
         }
         Cmd::Verify { file, signature, keys } => {
             use hninit::trust::verify_cmd::{verify, VerifyError};
@@ -498,10 +526,10 @@ fn stage_url(
     url: &str,
     mut opts: hninit::remote::RemoteOptions,
     mode: ProgressMode,
+    (signature, keys, allow_downgrade, auth): (Option<&std::path::Path>, &std::path::Path, bool, Option<&std::path::Path>),
 ) -> Result<(), CtlError> {
-    use hninit::remote::{stage_url, NoVerifier, Phase, RemoteError};
+    use hninit::remote::Phase;
     let start = Instant::now();
-    let what = format!("staging {url}");
     let images = hninit::slots::dir::RealDir::open(&host.images, false)
         .map_err(|e| CtlError::failed(format!("opening {}", host.images.display()), e))?;
     opts.free_bytes = hninit::slots::stage::free_bytes(&host.images)
@@ -519,8 +547,8 @@ fn stage_url(
         b
     });
     let mut json = JsonProgress::new(mode == ProgressMode::Json);
-    // TODO(trust): a minisign verifier from src/trust/ when keys are trusted.
-    let res = stage_url(&images, &host.names, url, &opts, &NoVerifier, &mut |p| {
+    let mut pinned = None;
+    let mut on_progress = |p: hninit::remote::Progress| {
         json.update(p.phase, p.done, p.total);
         if let Some(b) = &bar {
             let phase = match p.phase {
@@ -535,29 +563,31 @@ fn stage_url(
             b.set_length(p.total.unwrap_or(p.done));
             b.set_position(p.done);
         }
-    });
+    };
+    let res = if url.starts_with("oci://") {
+        hninit::remote::oci::pull::stage(host, &images, url, opts, signature, keys, allow_downgrade, auth, &mut on_progress).map(|p| {
+            pinned = Some(p.manifest);
+            (p.report, p.verdict)
+        })
+    } else {
+        hninit::remote::signed::stage_on_host(host, &images, url, &opts, signature, keys, allow_downgrade, &mut on_progress)
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     json.finish();
-    let r = res.map_err(|e: RemoteError| CtlError {
-        what,
-        kind: if e.is_refusal() {
-            ErrorKind::Refused
-        } else if e.is_interrupted() {
-            ErrorKind::Interrupted
-        } else if matches!(e, RemoteError::Usage(_)) {
-            ErrorKind::Usage
-        } else {
-            ErrorKind::Failed
-        },
-        found: e.to_string(),
-    })?;
+    let (r, verdict) = res?;
     let mut s = summary(&r.stage, url, start.elapsed().as_secs_f64());
+    if let Some(v) = verdict {
+        s += &format!("signature: {v}\n");
+    }
+    if let Some(d) = pinned {
+        s += &format!("manifest {d}\n");
+    }
     if let Some(d) = &r.delta {
         s += &format!(
-            "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images\n",
-            d.fetched, d.requests, d.index_bytes, d.reused
+            "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images ({} local indexes from hn-state/bidx-cache)\n",
+            d.fetched, d.requests, d.index_bytes, d.reused, d.cached_indexes
         );
     }
     if let Some(why) = &r.fell_back {

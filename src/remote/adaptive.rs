@@ -9,12 +9,17 @@
 //! image once. Not resumable yet: an interrupted adaptive stage starts over, its
 //! local copies being cheap.
 //!
-//! TODO: cache the local images' indexes in `hn-state/`, keyed by file identity
-//! (inode, size, mtime), instead of re-hashing them at each stage.
+//! The signature check ([`super::download::Verifier`]) is fed by the one
+//! read-back of the assembled `.part` that also checks the index's sha256.
+//!
+//! The local images' indexes come from `hn-state/bidx-cache/`
+//! ([`super::index_cache`]) when it has them, and the new image's index is
+//! stored there once it checked out.
 
 use super::bidx::{self, Have, Index};
-use super::download::{Phase, Progress, RemoteError, RemoteOptions};
+use super::download::{Phase, Progress, RemoteError, RemoteOptions, Verifier};
 use super::http;
+use super::index_cache::{self, Cache};
 use crate::slots::dir::{remove_if_exists, Dir};
 use crate::slots::stage::{required_space, StageError};
 use crate::slots::Names;
@@ -34,6 +39,8 @@ pub struct Delta {
     /// Range requests made.
     pub requests: u32,
     pub index_bytes: u64,
+    /// Local images whose index came from `hn-state/bidx-cache/` (not re-hashed).
+    pub cached_indexes: u32,
 }
 
 /// Why the adaptive path was not taken (the caller downloads the whole image).
@@ -54,6 +61,7 @@ pub type Filled = (Delta, [u8; 32], u64);
 
 /// Fills `names.part` (complete, fsynced) from `URL.bidx`, local blocks and ranges.
 /// `Ok(Err(skip))`: nothing is left, download the whole image instead.
+#[allow(clippy::too_many_arguments)]
 pub fn fill_part(
     images: &dyn Dir,
     names: &Names,
@@ -61,20 +69,30 @@ pub fn fill_part(
     opts: &RemoteOptions,
     agent: &ureq::Agent,
     free_total: u64,
+    verifier: &mut dyn Verifier,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Result<Filled, Skip>, RemoteError> {
-    let idx_url = format!("{url}.bidx");
-    let reply = match http::get(agent, &idx_url, 0, None) {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}")))),
+    let idx_url = match &opts.index {
+        Some(_) => "the index layer".to_string(),
+        None => format!("{url}.bidx"),
     };
-    if reply.status != 200 {
-        return Ok(Err(Skip::NoIndex(format!("{idx_url}: the server answered {}", reply.status))));
-    }
-    let mut raw = Vec::new();
-    if let Err(e) = reply.body.take(bidx::MAX_INDEX + 1).read_to_end(&mut raw) {
-        return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}"))));
-    }
+    let raw = match &opts.index {
+        Some(b) => b.clone(),
+        None => {
+            let reply = match http::get(agent, &idx_url, 0, None) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}")))),
+            };
+            if reply.status != 200 {
+                return Ok(Err(Skip::NoIndex(format!("{idx_url}: the server answered {}", reply.status))));
+            }
+            let mut raw = Vec::new();
+            if let Err(e) = reply.body.take(bidx::MAX_INDEX + 1).read_to_end(&mut raw) {
+                return Ok(Err(Skip::NoIndex(format!("{idx_url}: {e}"))));
+            }
+            raw
+        }
+    };
     let target = match Index::parse(&raw) {
         Ok(i) if (raw.len() as u64) <= bidx::MAX_INDEX => i,
         Ok(_) => return Ok(Err(Skip::NoIndex(format!("{idx_url}: larger than {} bytes", bidx::MAX_INDEX)))),
@@ -91,9 +109,19 @@ pub fn fill_part(
         .filter_map(|n| images.open_read(n).ok().map(|f| (n.clone(), f)))
         .collect();
     let mut have = Have::new();
+    let cache = opts.state_dir.as_deref().and_then(|s| Cache::open(s).ok().flatten());
+    let keep: Vec<String> = locals.iter().filter_map(|(_, f)| index_cache::key(f, target.block).ok()).collect();
+    let mut cached_indexes = 0;
+    // The current image's block hashes: a block equal at the same place stays shared.
+    let mut same_place: Vec<[u8; 32]> = Vec::new();
     for (i, (name, f)) in locals.iter().enumerate() {
         progress(Progress { phase: Phase::Rehash, done: 0, total: f.metadata().ok().map(|m| m.len()) });
-        let idx = Index::build(&mut &*f, target.block).map_err(io_step(format!("indexing {name}")))?;
+        let (idx, cached) =
+            index_cache::local_index(cache.as_ref(), f, target.block, &keep).map_err(io_step(format!("indexing {name}")))?;
+        cached_indexes += cached as u32;
+        if i == 0 {
+            same_place = idx.blocks.clone();
+        }
         bidx::add_local(&mut have, &idx, i);
     }
     let plan = bidx::plan(&target, &have, 0);
@@ -106,11 +134,13 @@ pub fn fill_part(
         .is_some_and(|(_, cur)| rustix::fs::ioctl_ficlone(&part, cur).is_ok());
     let done = (|| -> Result<Result<Delta, Skip>, RemoteError> {
         part.set_len(target.size).map_err(io_step(format!("sizing {}", names.part)))?;
-        let mut delta = Delta { index_bytes: raw.len() as u64, ..Default::default() };
+        let mut delta = Delta { index_bytes: raw.len() as u64, cached_indexes, ..Default::default() };
         let mut buf = vec![0u8; target.block as usize];
         for &(i, src, off) in &plan.local {
             let (s, e) = target.range(i);
-            if cloned && src == 0 && off == s {
+            // Equal content at the same place of the reflinked current image
+            // (e.g. one of many zero blocks, which the plan maps to the first).
+            if cloned && ((src == 0 && off == s) || same_place.get(i) == target.blocks.get(i)) {
                 delta.reused += e - s;
                 continue;
             }
@@ -149,7 +179,9 @@ pub fn fill_part(
         }
     };
     progress(Progress { phase: Phase::Check, done: 0, total: Some(target.size) });
+    // One read-back feeds the index's sha256 and the signature check.
     let mut h = Sha256::new();
+    verifier.restart();
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     while off < target.size {
@@ -158,6 +190,7 @@ pub fn fill_part(
             break;
         }
         h.update(&buf[..n]);
+        verifier.update(&buf[..n]);
         off += n as u64;
     }
     let sha: [u8; 32] = h.finalize().into();
@@ -169,6 +202,10 @@ pub fn fill_part(
             crate::util::hex(&sha),
             crate::util::hex(&target.sha256)
         ))));
+    }
+    // The new image's index, for the stage after it is rotated in.
+    if let Some(c) = &cache {
+        let _ = c.put(&part, &target, &keep);
     }
     Ok(Ok((delta, sha, target.size)))
 }
@@ -191,7 +228,7 @@ fn fetch_range(
     loop {
         let before = at;
         let res: Result<(), String> = (|| {
-            let reply = http::get_range(agent, url, at, Some(e - 1), None).map_err(|e| e.to_string())?;
+            let reply = http::get_auth(agent, url, at, Some(e - 1), None, opts.auth.as_deref()).map_err(|e| e.to_string())?;
             if reply.status == 200 {
                 return Err("ranges-ignored".into());
             }

@@ -56,6 +56,17 @@ pub struct RemoteOptions {
     pub free_bytes: u64,
     /// Use `URL.bidx` when the server has it (`--whole` clears it).
     pub adaptive: bool,
+    /// The block index, already fetched (a registry's layer), instead of `URL.bidx`.
+    pub index: Option<Vec<u8>>,
+    /// The `Authorization` header of every request for the image (a registry's).
+    pub auth: Option<String>,
+    /// The sha256 of the resource's bytes as served (a registry's zstd blob
+    /// digest; a raw blob's is `sha256`). Checked at the end; a zstd download
+    /// with it is not resumed by a later process (the hash of the compressed
+    /// prefix is not kept), an in-process retry still is.
+    pub blob_sha256: Option<[u8; 32]>,
+    /// The state directory (`hn-state/`) holding the local images' index cache.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RemoteOptions {
@@ -68,6 +79,10 @@ impl Default for RemoteOptions {
             retry_delay: Duration::from_secs(1),
             free_bytes: 0,
             adaptive: true,
+            index: None,
+            auth: None,
+            blob_sha256: None,
+            state_dir: None,
         }
     }
 }
@@ -94,20 +109,27 @@ pub struct Progress {
     pub total: Option<u64>,
 }
 
-/// The seam for signatures (the minisign trust module, src/trust/, lands on
-/// another branch). TODO(trust): an implementation that, when keys are trusted,
-/// fetches `URL.minisig` in `before_download`, checks its trusted comment
-/// (`version=`, `compat=`, `size=`) before any image byte is fetched and returns
-/// the signed size (used for the free-space check), then verifies the signature
-/// over the raw image in `after_download`. Both refusals leave no staged image.
+/// The signature side of a download ([`super::signed::SigVerifier`] checks
+/// minisign signatures with the host's trusted keys; [`NoVerifier`] checks
+/// nothing). The image's bytes are fed in order, from the first, in the same pass
+/// that writes and hashes them; a restart from the first byte says so first.
 pub trait Verifier {
-    /// Before the bulk download. `Ok(Some(size))`: the image's signed size.
-    fn before_download(&self, _url: &str, _agent: &ureq::Agent) -> Result<Option<u64>, String> {
+    /// Before any image byte is fetched (a refusal here costs only the
+    /// signature's bytes). `Ok(Some(size))`: the image's signed size.
+    fn before_download(&mut self, _url: &str, _agent: &ureq::Agent) -> Result<Option<u64>, RemoteError> {
         Ok(None)
     }
-    /// The `.part` is complete and fsynced; `sha256` is of its bytes.
-    fn after_download(&self, _part: &File, _sha256: &[u8; 32]) -> Result<(), String> {
+    /// The image's bytes start again from the first.
+    fn restart(&mut self) {}
+    /// The next bytes of the raw image.
+    fn update(&mut self, _chunk: &[u8]) {}
+    /// Every byte was fed: accept, or refuse with the reason.
+    fn finish(&mut self) -> Result<(), String> {
         Ok(())
+    }
+    /// The raw signature file, kept as the staged image's `.minisig`.
+    fn sidecar(&self) -> Option<&[u8]> {
+        None
     }
 }
 
@@ -137,6 +159,9 @@ pub enum RemoteError {
     Zstd(String),
     #[error("signature: {0}")]
     Refused(String),
+    /// A blob whose bytes do not have the digest the manifest names.
+    #[error("{0}")]
+    Digest(String),
     #[error(transparent)]
     Stage(#[from] StageError),
     #[error("{step}: {source}")]
@@ -152,7 +177,7 @@ impl RemoteError {
     pub fn is_refusal(&self) -> bool {
         match self {
             RemoteError::Stage(e) => e.is_refusal(),
-            RemoteError::Refused(_) | RemoteError::Zstd(_) => true,
+            RemoteError::Refused(_) | RemoteError::Zstd(_) | RemoteError::Digest(_) => true,
             _ => false,
         }
     }
@@ -205,6 +230,11 @@ struct Dl<'a> {
     head: Vec<u8>,
     /// The size signed by the image's publisher, when a verifier gave it.
     signed_size: Option<u64>,
+    /// Fed every image byte in order, with the hash.
+    verifier: &'a mut dyn Verifier,
+    auth: Option<&'a str>,
+    /// sha256 of the resource's bytes (only with `blob_sha256`, from byte 0).
+    blob_hash: Option<Sha256>,
 }
 
 impl Dl<'_> {
@@ -213,6 +243,10 @@ impl Dl<'_> {
         self.written = 0;
         self.offset = 0;
         self.hash = Sha256::new();
+        self.verifier.restart();
+        if self.blob_hash.is_some() {
+            self.blob_hash = Some(Sha256::new());
+        }
         self.zstd = None;
         self.decoder = None;
         self.boundary = (0, 0);
@@ -256,6 +290,7 @@ impl Dl<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, self.written)?;
         self.hash.update(data);
+        self.verifier.update(data);
         self.written += data.len() as u64;
         Ok(())
     }
@@ -264,6 +299,9 @@ impl Dl<'_> {
     fn consume(&mut self, data: &[u8]) -> Result<(), Failure> {
         use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
         let write_err = |e: io::Error| Failure::Fatal(io_step("writing the .part")(e));
+        if let Some(h) = &mut self.blob_hash {
+            h.update(data);
+        }
         if self.zstd != Some(true) {
             self.write(data).map_err(write_err)?;
             self.offset += data.len() as u64;
@@ -321,7 +359,7 @@ pub fn stage_url(
     names: &Names,
     url: &str,
     opts: &RemoteOptions,
-    verifier: &dyn Verifier,
+    verifier: &mut dyn Verifier,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RemoteReport, RemoteError> {
     if !super::is_url(url) || url.len() > state::MAX_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -334,7 +372,7 @@ pub fn stage_url(
     let record_name = state::state_name(&names.part);
     let digest_tmp = format!("{}.tmp", names.digest);
     remove_if_exists(images, &digest_tmp).map_err(io_step(format!("removing the stale {digest_tmp}")))?;
-    let signed_size = verifier.before_download(url, &agent).map_err(RemoteError::Refused)?;
+    let signed_size = verifier.before_download(url, &agent)?;
 
     let record = images
         .read(&record_name, state::MAX_STATE)
@@ -345,7 +383,11 @@ pub fn stage_url(
         .id(&names.part)
         .map_err(io_step(format!("stat {}", names.part)))?
         .map(|i| i.size);
-    let start = state::decide(record, url, part_size);
+    let mut start = state::decide(record, url, part_size);
+    if opts.blob_sha256.is_some() && matches!(&start, Start::Resume(r) if r.zstd) {
+        // The compressed prefix's hash is not kept: the blob's digest needs every byte.
+        start = Start::Fresh;
+    }
     if start == Start::Fresh {
         remove_if_exists(images, &names.part).map_err(io_step(format!("removing the stale {}", names.part)))?;
         remove_if_exists(images, &record_name).map_err(io_step(format!("removing the stale {record_name}")))?;
@@ -371,20 +413,17 @@ pub fn stage_url(
 
     let mut fell_back = None;
     let raw_url = !url.to_ascii_lowercase().ends_with(".zst");
-    if start == Start::Fresh && opts.adaptive && raw_url {
-        match super::adaptive::fill_part(images, names, url, opts, &agent, free_total, progress)? {
+    if start == Start::Fresh && opts.adaptive && raw_url && opts.blob_sha256.is_none() {
+        match super::adaptive::fill_part(images, names, url, opts, &agent, free_total, verifier, progress)? {
             Ok((delta, sha, size)) => {
-                let checked = images
-                    .open_read(&names.part)
-                    .map_err(io_step(format!("reading back {}", names.part)))
-                    .and_then(|f| verifier.after_download(&f, &sha).map_err(RemoteError::Refused));
-                if let Err(e) = checked {
+                // fill_part fed the verifier from its read-back of the `.part`.
+                if let Err(e) = verifier.finish() {
                     discard(images, names, &record_name);
-                    return Err(e);
+                    return Err(RemoteError::Refused(e));
                 }
                 let info = CopyInfo { bytes: size, method: CopyMethod::Download, sha256: Some(sha) };
                 let late: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
-                let stage = complete_part(images, names, &info, opts.sha256, Some(late), None)?;
+                let stage = complete_part(images, names, &info, opts.sha256, Some(late), verifier.sidecar())?;
                 return Ok(RemoteReport { stage, delta: Some(delta), fell_back: None, restarts: 0 });
             }
             Err(Skip::NoIndex(_)) => {}
@@ -412,13 +451,18 @@ pub fn stage_url(
         out: Vec::new(),
         head: Vec::new(),
         signed_size,
+        verifier,
+        auth: opts.auth.as_deref(),
+        blob_hash: opts.blob_sha256.map(|_| Sha256::new()),
     };
+    dl.verifier.restart();
     match start {
         Start::Fresh => dl.file.set_len(0).map_err(io_step(format!("truncating {}", names.part)))?,
         Start::Resume(r) => {
             dl.file.set_len(r.written).map_err(io_step(format!("cutting {} to its durable bytes", names.part)))?;
             progress(Progress { phase: Phase::Rehash, done: 0, total: Some(r.written) });
-            rehash(&dl.file, r.written, &mut dl.hash, progress).map_err(io_step(format!("reading back {}", names.part)))?;
+            rehash(&dl.file, r.written, &mut dl.hash, &mut *dl.verifier, progress)
+                .map_err(io_step(format!("reading back {}", names.part)))?;
             dl.written = r.written;
             dl.offset = r.offset;
             dl.zstd = Some(r.zstd);
@@ -475,7 +519,17 @@ pub fn stage_url(
     let finished = (|| {
         dl.file.sync_all().map_err(io_step(format!("fsync {}", names.part)))?;
         let sha: [u8; 32] = dl.hash.clone().finalize().into();
-        verifier.after_download(&dl.file, &sha).map_err(RemoteError::Refused)?;
+        if let (Some(want), Some(h)) = (opts.blob_sha256, dl.blob_hash.clone()) {
+            let got: [u8; 32] = h.finalize().into();
+            if got != want {
+                return Err(RemoteError::Digest(format!(
+                    "the blob {url} has sha256:{}, its manifest says sha256:{}",
+                    crate::util::hex(&got),
+                    crate::util::hex(&want)
+                )));
+            }
+        }
+        dl.verifier.finish().map_err(RemoteError::Refused)?;
         Ok(sha)
     })();
     let sha = match finished {
@@ -492,9 +546,10 @@ pub fn stage_url(
         sha256: Some(sha),
     };
     let restarts = dl.restarts;
-    drop(dl);
+    let verifier = dl.verifier;
+    drop(dl.file);
     let late: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
-    let staged = complete_part(images, names, &info, opts.sha256, Some(late), None);
+    let staged = complete_part(images, names, &info, opts.sha256, Some(late), verifier.sidecar());
     // The record goes after the rename (or after a refusal removed the `.part`):
     // a record without its `.part` is never resumed.
     remove_if_exists(images, &record_name).map_err(io_step(format!("removing {record_name}")))?;
@@ -524,7 +579,13 @@ impl Dl<'_> {
 }
 
 /// sha256 of the first `len` bytes of the `.part` (a resumed download's prefix).
-fn rehash(file: &File, len: u64, hash: &mut Sha256, progress: &mut dyn FnMut(Progress)) -> io::Result<()> {
+fn rehash(
+    file: &File,
+    len: u64,
+    hash: &mut Sha256,
+    verifier: &mut dyn Verifier,
+    progress: &mut dyn FnMut(Progress),
+) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     while done < len {
@@ -534,6 +595,7 @@ fn rehash(file: &File, len: u64, hash: &mut Sha256, progress: &mut dyn FnMut(Pro
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("ends at {done} of {len} bytes")));
         }
         hash.update(&buf[..n]);
+        verifier.update(&buf[..n]);
         done += n as u64;
         progress(Progress { phase: Phase::Rehash, done, total: Some(len) });
     }
@@ -583,7 +645,7 @@ fn attempt(
     }
     let from = dl.offset;
     let bad = |reason: String| Failure::Fatal(RemoteError::BadReply { url: dl.url.to_string(), reason });
-    let reply: Reply = match http::get(agent, dl.url, from, validator.as_deref()) {
+    let reply: Reply = match http::get_auth(agent, dl.url, from, None, validator.as_deref(), dl.auth) {
         Ok(r) => r,
         Err(e) if http::is_transient(&e) => return Err(Failure::Transient(e.to_string())),
         Err(e) => {

@@ -93,7 +93,23 @@ pub fn get_range(
     to: Option<u64>,
     if_range: Option<&str>,
 ) -> Result<Reply, ureq::Error> {
+    get_auth(agent, url, from, to, if_range, None)
+}
+
+/// [`get_range`] with an `Authorization` header (a registry's token). ureq does
+/// not forward it when a redirect leaves for another host (a blob store).
+pub fn get_auth(
+    agent: &ureq::Agent,
+    url: &str,
+    from: u64,
+    to: Option<u64>,
+    if_range: Option<&str>,
+    auth: Option<&str>,
+) -> Result<Reply, ureq::Error> {
     let mut req = agent.get(url).header("Accept-Encoding", "identity");
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
     if from > 0 || to.is_some() {
         let to = to.map(|t| t.to_string()).unwrap_or_default();
         req = req.header("Range", &format!("bytes={from}-{to}"));

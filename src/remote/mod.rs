@@ -11,13 +11,21 @@
 //! - [`download`]: the download loop: Range/If-Range requests, retries with
 //!   backoff, zstd frames, durable checkpoints, progress, and the verifier seam
 //!   for signatures ([`download::Verifier`]).
-//! - [`bidx`], [`adaptive`]: the block-hash index (`hnctl index`) and the
-//!   download of only the blocks the host does not have.
+//! - [`signed`]: the minisign verifier (`URL.minisig` checked before the
+//!   download, the image verified in the same pass that writes it).
+//! - [`oci`]: `oci://` registries (pull into the same download loop, and
+//!   `hnctl publish`).
+//! - [`bidx`], [`adaptive`], [`index_cache`]: the block-hash index (`hnctl
+//!   index`), the download of only the blocks the host does not have, and the
+//!   local images' indexes cached in `hn-state/`.
 
 pub mod adaptive;
 pub mod bidx;
 pub mod download;
 pub mod http;
+pub mod index_cache;
+pub mod oci;
+pub mod signed;
 pub mod state;
 
 pub use download::{stage_url, NoVerifier, Phase, Progress, RemoteError, RemoteOptions, RemoteReport, Verifier};

@@ -254,6 +254,15 @@ pub fn build_image(spec: &ImageSpec, out: &Path) -> Result<ImageReport> {
     let (kernel_release, hooks_run, tree_bytes) =
         res.with_context(|| format!("building the image {}", out.display()))?;
     cleaned?;
+    // The block index next to the image (`OUT.bidx`, as `hnctl index` writes
+    // it): hosts staging it from a mirror or registry fetch only changed blocks.
+    let t = Instant::now();
+    let bidx = write_index(out)?;
+    steps.push(Step {
+        name: "index".into(),
+        took: t.elapsed(),
+        detail: format!("{} ({} bytes)", bidx.display(), fs::metadata(&bidx)?.len()),
+    });
     if let Some(sign) = &spec.sign {
         let t = Instant::now();
         let (sig, comment) = crate::signing::sign_image(out, sign)?;
@@ -278,6 +287,21 @@ pub fn build_image(spec: &ImageSpec, out: &Path) -> Result<ImageReport> {
         image_allocated_bytes: meta.blocks() * 512,
         steps,
     })
+}
+
+/// Writes `IMAGE.bidx` (temp, fsync, rename) with the default block size.
+pub fn write_index(image: &Path) -> Result<PathBuf> {
+    use hninit::remote::bidx::{Index, DEFAULT_BLOCK};
+    use std::io::Write;
+    let f = fs::File::open(image).with_context(|| format!("indexing {}", image.display()))?;
+    let idx = Index::build(&mut std::io::BufReader::with_capacity(1 << 20, f), DEFAULT_BLOCK)
+        .with_context(|| format!("indexing {}", image.display()))?;
+    let path = PathBuf::from(format!("{}.bidx", image.display()));
+    let tmp = PathBuf::from(format!("{}.bidx.tmp", image.display()));
+    let mut w = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    w.write_all(&idx.to_bytes()).and_then(|_| w.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(path)
 }
 
 fn timed<T>(
@@ -1240,6 +1264,21 @@ fn tree_size(dir: &Path) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_factory_index_is_hnctl_index() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("x.img");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&img, &data).unwrap();
+        let p = write_index(&img).unwrap();
+        assert_eq!(p, t.path().join("x.img.bidx"));
+        let idx = hninit::remote::bidx::Index::parse(&fs::read(&p).unwrap()).unwrap();
+        let want = hninit::remote::bidx::Index::build(&mut &data[..], hninit::remote::bidx::DEFAULT_BLOCK).unwrap();
+        assert_eq!(idx.to_bytes(), want.to_bytes());
+        assert!(!t.path().join("x.img.bidx.tmp").exists());
+    }
+
     use super::*;
 
     #[test]
