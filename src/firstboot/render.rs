@@ -238,15 +238,26 @@ fn plan_users(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
                 continue;
             }
             // A home hninit may make the user's (chown, 0700): one under /home,
-            // or one it creates. An existing directory elsewhere (`/etc` named
-            // as a home in the image's passwd) is left as it is.
+            // or one it creates for a regular user. An existing directory
+            // elsewhere (`/etc` named as a home in the image's passwd) is left
+            // as it is; a system account's keys go only to root's /root or
+            // under /home (never an `.ssh` in `/usr/sbin`, nor `/nonexistent` made).
             let existing = image.existing_homes.contains(&home);
-            let left_alone = !a.system && existing && !home.starts_with("/home/");
+            let under_home = home.starts_with("/home/");
+            let left_alone = if a.system {
+                !under_home && !(a.uid == 0 && home == "/root")
+            } else {
+                existing && !under_home
+            };
             if left_alone {
-                b.warnings.push(format!(
-                    "user {}: home {home} exists outside /home; left as it is, no ssh keys installed",
-                    a.name
-                ));
+                // A system account asked only for groups: nothing to say.
+                if !a.system || !w.keys.is_empty() {
+                    b.warnings.push(format!(
+                        "user {}: home {home} {} outside /home; left as it is, no ssh keys installed",
+                        a.name,
+                        if existing { "exists" } else { "is" }
+                    ));
+                }
             } else if !a.system || (!w.keys.is_empty() && !existing) {
                 b.mkdir(&home, 0o700, owner, format!("home of {}", a.name));
             }
@@ -776,6 +787,34 @@ mod tests {
         let touched: Vec<&str> = p.steps.iter().map(|s| s.op.path()).filter(|p| *p == "/etc" || p.starts_with("/etc/.ssh")).collect();
         assert!(touched.is_empty(), "{touched:?}");
         assert!(p.warnings.iter().any(|w| w.contains("alice") && w.contains("/etc")), "{:?}", p.warnings);
+    }
+
+    /// A system account named by the config (its keys are installed, e.g.
+    /// Gandi's `user: root`) gets them only in root's `/root` or under `/home`:
+    /// not an `.ssh` made in `/etc` or `/usr/sbin`, nor a `/nonexistent` made.
+    #[test]
+    fn a_system_account_home_outside_home_gets_nothing() {
+        for (line, home, existing) in [
+            ("alice:x:1:1::/etc:/bin/sh", "/etc", true),
+            ("alice:x:1:1::/usr/sbin:/usr/sbin/nologin", "/usr/sbin", true),
+            ("alice:x:65534:65534::/nonexistent:/usr/sbin/nologin", "/nonexistent", false),
+        ] {
+            let mut f = facts(NetworkStack::Networkd);
+            f.passwd = Some(format!("root:x:0:0:root:/root:/bin/bash\n{line}\n").into_bytes());
+            f.existing_homes = if existing { vec![home.into()] } else { vec![] };
+            let p = plan(&config(), &f, &identity(), &STAMP).unwrap();
+            let touched: Vec<&str> = p.steps.iter().map(|s| s.op.path()).filter(|p| *p == home || p.starts_with(&format!("{home}/.ssh"))).collect();
+            assert!(touched.is_empty(), "{home}: {touched:?}");
+            assert!(p.warnings.iter().any(|w| w.contains("alice") && w.contains(home)), "{home}: {:?}", p.warnings);
+        }
+        // root's own home and a system account's home under /home do get the keys.
+        for (line, home) in [("alice:x:0:0::/root:/bin/sh", "/root"), ("alice:x:999:999::/home/alice:/bin/sh", "/home/alice")] {
+            let mut f = facts(NetworkStack::Networkd);
+            f.passwd = Some(format!("{line}\n").into_bytes());
+            f.existing_homes = vec![home.into()];
+            let p = plan(&config(), &f, &identity(), &STAMP).unwrap();
+            assert!(p.find(&format!("{home}/.ssh/authorized_keys")).is_some(), "{home}");
+        }
     }
 
     #[test]
