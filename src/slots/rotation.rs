@@ -11,6 +11,11 @@
 //! interrupted move (`-new`, `-old` or `-broken` sidecar without its image,
 //! `hn-root.img` without one) is the current image's and is completed at the
 //! next run.
+//!
+//! A signed stage (`slots::stage`) writes the signature as `hn-root-new.img.part.minisig`
+//! before its commit (the rename of `.part` to `hn-root-new.img`) and renames it
+//! over `hn-root-new.img.minisig` after: beside its `.part` it is an uncommitted
+//! stage's and is removed; without it, the stage committed and it is completed.
 
 use crate::slots::dir::{remove_if_exists, write_atomic, Dir, FileId};
 use serde::{Deserialize, Serialize};
@@ -294,8 +299,41 @@ pub fn settle(
     Ok(c.out)
 }
 
+/// Settles the signature of an interrupted signed stage (`NEW.part.minisig`, see
+/// the module doc): beside its `.part` (or without a staged image) the stage did
+/// not commit and it is removed (`Some(false)`); otherwise the stage committed
+/// and it becomes the staged image's sidecar (`Some(true)`). `None`: there is none.
+pub fn finish_stage_sig(images: &dyn Dir, n: &Names) -> io::Result<Option<bool>> {
+    let psig = Names::sig(&n.part);
+    if !images.exists(&psig)? {
+        return Ok(None);
+    }
+    let committed = !images.exists(&n.part)? && images.exists(&n.new)?;
+    if committed {
+        images.rename(&psig, &Names::sig(&n.new))?;
+    } else {
+        images.remove(&psig)?;
+    }
+    images.sync()?;
+    Ok(Some(committed))
+}
+
 fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
     let mut removed = Vec::new();
+    // The signature of a signed stage, first: it decides by its `.part` (removed below).
+    let psig = Names::sig(&c.n.part);
+    match finish_stage_sig(c.images, c.n) {
+        Ok(None) => {}
+        Ok(Some(true)) => c.event(format!("completed an interrupted stage: {psig} is now {}", Names::sig(&c.n.new))),
+        Ok(Some(false)) => removed.push(psig),
+        Err(source) => {
+            return Err(SlotError::Io {
+                step: format!("settle {psig}"),
+                dir: c.images.label(),
+                source,
+            })
+        }
+    }
     // An interrupted download (`hnctl stage URL`) keeps its `.part` while its resume
     // record is there, so that the next `hnctl stage` of the URL resumes it after a
     // power cut too; the record is only ever written after the `.part`'s bytes.
@@ -310,6 +348,7 @@ fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
         Names::tmp(&Names::sig(&c.n.old)),
         Names::tmp(&Names::sig(&c.n.broken)),
         Names::tmp(&Names::sig(&c.n.new)),
+        Names::tmp(&Names::sig(&c.n.part)),
     ];
     for name in leftovers {
         if c.remove(&name)? {
