@@ -12,10 +12,11 @@
 //! `hn-root.img` without one) is the current image's and is completed at the
 //! next run.
 //!
-//! A signed stage (`slots::stage`) writes the signature as `hn-root-new.img.part.minisig`
-//! before its commit (the rename of `.part` to `hn-root-new.img`) and renames it
-//! over `hn-root-new.img.minisig` after: beside its `.part` it is an uncommitted
-//! stage's and is removed; without it, the stage committed and it is completed.
+//! A stage (`slots::stage`) writes the signature and the digest as
+//! `hn-root-new.img.part.minisig` and `hn-root-new.img.part.sha256` before its
+//! commit (the rename of `.part` to `hn-root-new.img`) and renames them over the
+//! staged image's sidecars after: beside their `.part` they are an uncommitted
+//! stage's and are removed; without it, the stage committed and they are completed.
 
 use crate::slots::dir::{remove_if_exists, write_atomic, Dir, FileId};
 use serde::{Deserialize, Serialize};
@@ -299,36 +300,50 @@ pub fn settle(
     Ok(c.out)
 }
 
-/// Settles the signature of an interrupted signed stage (`NEW.part.minisig`, see
-/// the module doc): beside its `.part` (or without a staged image) the stage did
-/// not commit and it is removed (`Some(false)`); otherwise the stage committed
-/// and it becomes the staged image's sidecar (`Some(true)`). `None`: there is none.
-pub fn finish_stage_sig(images: &dyn Dir, n: &Names) -> io::Result<Option<bool>> {
-    let psig = Names::sig(&n.part);
-    if !images.exists(&psig)? {
-        return Ok(None);
+/// The sidecars a stage writes beside its `.part` before the commit, each with
+/// the staged image's sidecar it becomes: (`NEW.part.minisig`, `NEW.minisig`),
+/// (`NEW.part.sha256`, `NEW.sha256`).
+pub fn stage_sidecars(n: &Names) -> [(String, String); 2] {
+    [(Names::sig(&n.part), Names::sig(&n.new)), (format!("{}.sha256", n.part), n.digest.clone())]
+}
+
+/// Settles the sidecars of an interrupted stage (see the module doc): beside
+/// their `.part` (or without a staged image) the stage did not commit and they
+/// are removed; otherwise it committed and they become the staged image's.
+/// Returns each one found with where it went (`None`: removed).
+pub fn finish_stage_sidecars(images: &dyn Dir, n: &Names) -> io::Result<Vec<(String, Option<String>)>> {
+    let mut done = Vec::new();
+    for (pending, sidecar) in stage_sidecars(n) {
+        if !images.exists(&pending)? {
+            continue;
+        }
+        let committed = !images.exists(&n.part)? && images.exists(&n.new)?;
+        if committed {
+            images.rename(&pending, &sidecar)?;
+        } else {
+            images.remove(&pending)?;
+        }
+        images.sync()?;
+        done.push((pending, committed.then_some(sidecar)));
     }
-    let committed = !images.exists(&n.part)? && images.exists(&n.new)?;
-    if committed {
-        images.rename(&psig, &Names::sig(&n.new))?;
-    } else {
-        images.remove(&psig)?;
-    }
-    images.sync()?;
-    Ok(Some(committed))
+    Ok(done)
 }
 
 fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
     let mut removed = Vec::new();
-    // The signature of a signed stage, first: it decides by its `.part` (removed below).
-    let psig = Names::sig(&c.n.part);
-    match finish_stage_sig(c.images, c.n) {
-        Ok(None) => {}
-        Ok(Some(true)) => c.event(format!("completed an interrupted stage: {psig} is now {}", Names::sig(&c.n.new))),
-        Ok(Some(false)) => removed.push(psig),
+    // The sidecars of a stage, first: they go by their `.part` (removed below).
+    match finish_stage_sidecars(c.images, c.n) {
+        Ok(done) => {
+            for (from, to) in done {
+                match to {
+                    Some(to) => c.event(format!("completed an interrupted stage: {from} is now {to}")),
+                    None => removed.push(from),
+                }
+            }
+        }
         Err(source) => {
             return Err(SlotError::Io {
-                step: format!("settle {psig}"),
+                step: format!("settle {}.*", c.n.part),
                 dir: c.images.label(),
                 source,
             })
@@ -349,6 +364,7 @@ fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
         Names::tmp(&Names::sig(&c.n.broken)),
         Names::tmp(&Names::sig(&c.n.new)),
         Names::tmp(&Names::sig(&c.n.part)),
+        Names::tmp(&format!("{}.sha256", c.n.part)),
     ];
     for name in leftovers {
         if c.remove(&name)? {

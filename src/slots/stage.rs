@@ -4,8 +4,7 @@
 //! engine behind [`Dir::create_from`] is `slots::copy`.
 //!
 //! Crash safety: the image is written as `hn-root-new.img.part`, fsynced, checked,
-//! and only then renamed to `hn-root-new.img` (its digest, when given, is written
-//! atomically before that rename); so `hn-root-new.img` only ever names a complete
+//! and only then renamed to `hn-root-new.img` (its sidecars: below); so `hn-root-new.img` only ever names a complete
 //! image, and the boot (`slots::settle`) removes a leftover `.part` (one with a download resume record is kept: `remote`). Every mutating
 //! step is one `Dir` operation, which `tests/stage_crash.rs` interrupts in turn.
 //!
@@ -13,13 +12,15 @@
 //! the copy (a refusal copies nothing); the copy engine's tap feeds every byte
 //! it writes to the signature check, so the image is verified in the one pass
 //! that copies it (a reflink is read back once instead); a mismatch removes the
-//! `.part` before any rename. The signature is written as `hn-root-new.img.part.minisig`
-//! before the rename of `.part` (the commit) and renamed over `hn-root-new.img.minisig`
-//! after it; the boot (`slots::settle`) removes it beside a `.part` and completes it
+//! `.part` before any rename. The signature and the digest are written as
+//! `hn-root-new.img.part.minisig` and `.part.sha256` before the rename of `.part`
+//! (the commit) and renamed over `hn-root-new.img.minisig` and `.sha256` after it;
+//! the boot (`slots::settle`) removes them beside a `.part` and completes them
 //! without one. So a power cut at any step leaves either what was staged before,
-//! with its own sidecar, or the new image with its signature. (An unsigned stage
-//! removes a stale sidecar before the commit: a crash leaves the staged image
-//! unsigned, which a boot with keys rejects, never with another image's sidecar.)
+//! with its own sidecars, or the new image with its own. (A stage without a
+//! signature or digest removes a stale one before the commit: a crash leaves the
+//! staged image without it — unsigned, which a boot with keys rejects — never
+//! with another image's.)
 
 use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, CopyOpts, Dir};
 use crate::sys::probe::{self, FsType};
@@ -258,10 +259,12 @@ pub fn stage_signed(
     // Leftovers of an interrupted stage; their space comes back. The signature
     // of an interrupted signed stage is settled as the boot would, before its
     // `.part` goes (without one it would count as committed).
-    crate::slots::rotation::finish_stage_sig(images, names)
-        .map_err(io_err(images, format!("settle {}", Names::sig(&names.part))))?;
-    let psig_tmp = format!("{}.tmp", Names::sig(&names.part));
-    remove_if_exists(images, &psig_tmp).map_err(io_err(images, format!("remove stale {psig_tmp}")))?;
+    crate::slots::rotation::finish_stage_sidecars(images, names)
+        .map_err(io_err(images, format!("settle {}.*", names.part)))?;
+    for (pending, _) in crate::slots::rotation::stage_sidecars(names) {
+        let tmp = format!("{pending}.tmp");
+        remove_if_exists(images, &tmp).map_err(io_err(images, format!("remove stale {tmp}")))?;
+    }
     let mut reclaimed = 0;
     if let Some(id) = images
         .id(&names.part)
@@ -421,7 +424,7 @@ fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>, sig: Option<&
         .exists(&names.new)
         .map_err(io_err(images, format!("stat {}", names.new)))?;
     let sig_name = Names::sig(&names.new);
-    let part_sig = Names::sig(&names.part);
+    let [(part_sig, _), (part_digest, _)] = crate::slots::rotation::stage_sidecars(names);
     match sig {
         // Written beside the `.part`: committed with it by the rename below.
         Some(sig) => write_atomic(images, &part_sig, sig).map_err(io_err(images, format!("write {part_sig}")))?,
@@ -434,9 +437,9 @@ fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>, sig: Option<&
     }
     let digest_file = match sha {
         Some(d) => {
+            // Beside the `.part` too: committed with it by the rename below.
             let line = format!("{}  {}\n", hex(d), names.new);
-            write_atomic(images, &names.digest, line.as_bytes())
-                .map_err(io_err(images, format!("write {}", names.digest)))?;
+            write_atomic(images, &part_digest, line.as_bytes()).map_err(io_err(images, format!("write {part_digest}")))?;
             Some(names.digest.clone())
         }
         None => {
@@ -449,10 +452,14 @@ fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>, sig: Option<&
         .rename(&names.part, &names.new)
         .map_err(io_err(images, format!("rename {} -> {}", names.part, names.new)))?;
     images.sync().map_err(io_err(images, "fsync".into()))?;
-    if sig.is_some() {
-        images
-            .rename(&part_sig, &sig_name)
-            .map_err(io_err(images, format!("rename {part_sig} -> {sig_name}")))?;
+    for (pending, sidecar, written) in [(&part_sig, &sig_name, sig.is_some()), (&part_digest, &names.digest, sha.is_some())] {
+        if written {
+            images
+                .rename(pending, sidecar)
+                .map_err(io_err(images, format!("rename {pending} -> {sidecar}")))?;
+        }
+    }
+    if sig.is_some() || sha.is_some() {
         images.sync().map_err(io_err(images, "fsync".into()))?;
     }
     Ok((replaced, digest_file))
@@ -460,8 +467,10 @@ fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>, sig: Option<&
 
 /// Best effort after a failure: no `.part` is left (the boot removes it otherwise).
 fn discard(images: &dyn Dir, names: &Names) {
-    // The uncommitted signature first (alone, it would count as committed).
-    let _ = remove_if_exists(images, &Names::sig(&names.part));
+    // The uncommitted sidecars first (alone, they would count as committed).
+    for (pending, _) in crate::slots::rotation::stage_sidecars(names) {
+        let _ = remove_if_exists(images, &pending);
+    }
     if let Ok(true) = remove_if_exists(images, &names.part) {
         let _ = images.sync();
     }
@@ -479,8 +488,9 @@ pub fn unstage(images: &dyn Dir, names: &Names) -> Result<UnstageReport, StageEr
     let mut removed = Vec::new();
     for name in [
         // The sidecar first: alone, a staged image's sidecar would be taken for
-        // the current image's by the next boot; an uncommitted one even before.
+        // the current image's by the next boot; uncommitted ones even before.
         Names::sig(&names.part),
+        format!("{}.sha256", names.part),
         Names::sig(&names.new),
         names.new.clone(),
         names.digest.clone(),
