@@ -245,7 +245,7 @@ fn plan_users(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
             let existing = image.existing_homes.contains(&home);
             let under_home = home.starts_with("/home/");
             let left_alone = if a.system {
-                !under_home && !(a.uid == 0 && home == "/root")
+                !(under_home || (a.uid == 0 && home == "/root"))
             } else {
                 existing && !under_home
             };

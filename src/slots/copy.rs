@@ -22,8 +22,11 @@ pub struct CopyOpts<'a> {
     pub sha256: bool,
     /// Sees every byte of the copy, in order, once (as `sha256`: read/write, or
     /// the reflinked file read back): the bytes written are the bytes it saw.
-    pub tap: Option<&'a dyn Fn(&[u8])>,
+    pub tap: Option<Tap<'a>>,
 }
+
+/// A consumer of every byte a copy writes ([`CopyOpts::tap`]).
+pub type Tap<'a> = &'a dyn Fn(&[u8]);
 
 impl CopyOpts<'_> {
     /// The bytes must pass through this process (a digest or a tap).
