@@ -609,6 +609,11 @@ fn sizes_and_texts() {
         "one line",
     );
     check(
+        &with("/vm_conf/script_args", json!("--name 'it")),
+        "vm_conf.script_args",
+        "an unbalanced ' quote",
+    );
+    check(
         &with("/hninit/motd", json!("m".repeat(64 * 1024 + 1))),
         "hninit.motd",
         "at most 65536",

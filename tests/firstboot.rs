@@ -317,13 +317,18 @@ fn debian_networkd_golden() {
         format!(
             "{HEADER}[Unit]\nDescription=hninit: run the host configuration's command once\n\
              {}Wants=network-online.target\nAfter=network-online.target\n\n\
-             [Service]\nType=oneshot\nExecStart=/etc/hninit/run --flag 'two words'\n\
+             [Service]\nType=oneshot\nExecStart=/etc/hninit/run-args\n\
              {}StandardOutput=journal\nStandardError=journal\nTimeoutStartSec=infinity\n\n\
              [Install]\nWantedBy=multi-user.target\n",
             hninit::firstboot::runonce::conditions(DIGEST),
             hninit::firstboot::runonce::record(DIGEST)
         )
     );
+    assert_eq!(
+        h.read("/etc/hninit/run-args"),
+        format!("#!/bin/sh\n{HEADER}exec /etc/hninit/run '--flag' 'two words'\n")
+    );
+    assert_eq!(h.meta("/etc/hninit/run-args"), (0o700, 0, 0));
     assert_eq!(
         h.link("/etc/systemd/system/multi-user.target.wants/hninit-run.service"),
         "/etc/systemd/system/hninit-run.service"
@@ -356,6 +361,7 @@ fn debian_networkd_golden() {
             "/etc/systemd/network/60-hninit-eth0.network",
             "/etc/systemd/network/60-hninit-eth1.network",
             "/etc/hninit/run",
+            "/etc/hninit/run-args",
             "/etc/systemd/system/hninit-run.service",
             "/etc/systemd/system/multi-user.target.wants/hninit-run.service",
             "/etc/hninit/identity.json",
@@ -410,6 +416,7 @@ fn idempotent_and_reapplied_when_the_config_changes() {
     for removed in [
         "/etc/systemd/network/60-hninit-eth1.network",
         "/etc/hninit/run",
+        "/etc/hninit/run-args",
         "/etc/systemd/system/hninit-run.service",
         "/etc/systemd/system/multi-user.target.wants/hninit-run.service",
         "/etc/sysctl.d/60-hninit.conf",

@@ -6,6 +6,11 @@
 //! `hn-root-new.img` exists; after the boot the staged image was either rotated in
 //! complete or nothing happened; running again converges. Also: every refusal
 //! (space, garbage, empty, truncated, swap, wrong sha256) leaves nothing behind.
+//!
+//! Signed stages (signatures by the real `minisign` tool, a host that trusts its
+//! key): at every cut, the staged image has its own signature (in its sidecar, or
+//! in the `.part.minisig` the boot completes), and the boot rotates in either the
+//! image staged before or the new one, each with its signature; none is rejected.
 
 mod common;
 
@@ -14,15 +19,18 @@ use hninit::slots::dir::{CopyMethod, RealDir};
 use hninit::sys::probe::{self, FsType};
 use hninit::slots::{settle, Names, Request};
 use hninit::slots::stage::{self, StageError, StageOptions, StageSource};
+use hninit::trust::{KeyStore, PublicKey, Signature};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The images of the scenarios, built once: three ext4 filesystems and junk.
+/// The images of the scenarios, built once: three ext4 filesystems and junk,
+/// and `minisign` signatures of B and C (`sig(B)`, `sig(C)`) by the key `key`.
 struct Images {
     dir: tempfile::TempDir,
     contents: BTreeMap<&'static str, Vec<u8>>,
+    store: KeyStore,
 }
 
 fn mkfs(path: &Path, label: &str) {
@@ -59,7 +67,26 @@ impl Images {
             contents.insert(if key == "B" { "sha(B)" } else { "sha(C)" }, line.into_bytes());
         }
         contents.insert("empty", Vec::new());
-        Images { dir, contents }
+        let minisign = |args: &[&str]| {
+            let st = Command::new("minisign")
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("the minisign tool is needed (Debian package minisign)");
+            assert!(st.success(), "minisign {args:?}");
+        };
+        minisign(&["-G", "-W", "-p", "key.pub", "-s", "key.key"]);
+        for (img, sig) in [("B", "sig(B)"), ("C", "sig(C)")] {
+            let out = format!("{img}.minisig");
+            minisign(&["-S", "-s", "key.key", "-m", img, "-x", &out, "-t", "version=1"]);
+            contents.insert(sig, std::fs::read(dir.path().join(&out)).unwrap());
+        }
+        let mut store = KeyStore::default();
+        let key = PublicKey::parse_file(&std::fs::read(dir.path().join("key.pub")).unwrap()).unwrap();
+        store.add(key, "key.pub").unwrap();
+        Images { dir, contents, store }
     }
     fn path(&self, key: &str) -> PathBuf {
         self.dir.path().join(key)
@@ -95,6 +122,8 @@ enum Op {
         src: &'static str,
         sha: Option<&'static str>,
         reflink: bool,
+        /// Signed: the signature given (a content key) to a host that trusts the key.
+        sig: Option<&'static str>,
     },
     Unstage,
     Revert,
@@ -110,6 +139,13 @@ struct Case {
     after_boot: &'static [(&'static str, &'static str)],
 }
 
+impl Case {
+    /// The host trusts the key: its boot requires a valid signature.
+    fn keys(&self) -> bool {
+        matches!(self.op, Op::Stage { sig: Some(_), .. }) || self.name.contains("signed")
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -119,6 +155,7 @@ fn cases() -> Vec<Case> {
                 src: "C",
                 sha: None,
                 reflink: true,
+                sig: None,
             },
             after_op: &[("hn-root.img", "A"), ("hn-root-new.img", "C")],
             after_boot: &[("hn-root.img", "C"), ("hn-root-old.img", "A")],
@@ -130,6 +167,7 @@ fn cases() -> Vec<Case> {
                 src: "C",
                 sha: Some("C"),
                 reflink: true,
+                sig: None,
             },
             after_op: &[
                 ("hn-root.img", "A"),
@@ -145,6 +183,7 @@ fn cases() -> Vec<Case> {
                 src: "C",
                 sha: None,
                 reflink: false,
+                sig: None,
             },
             after_op: &[("hn-root.img", "A"), ("hn-root-new.img", "C")],
             after_boot: &[("hn-root.img", "C"), ("hn-root-old.img", "A")],
@@ -160,6 +199,7 @@ fn cases() -> Vec<Case> {
                 src: "C",
                 sha: Some("C"),
                 reflink: false,
+                sig: None,
             },
             after_op: &[
                 ("hn-root.img", "A"),
@@ -179,6 +219,7 @@ fn cases() -> Vec<Case> {
                 src: "C",
                 sha: None,
                 reflink: true,
+                sig: None,
             },
             after_op: &[("hn-root.img", "A"), ("hn-root-new.img", "C")],
             after_boot: &[("hn-root.img", "C"), ("hn-root-old.img", "A")],
@@ -194,6 +235,7 @@ fn cases() -> Vec<Case> {
                 src: "C",
                 sha: Some("C"),
                 reflink: true,
+                sig: None,
             },
             after_op: &[
                 ("hn-root.img", "A"),
@@ -209,6 +251,7 @@ fn cases() -> Vec<Case> {
                 src: "junk",
                 sha: None,
                 reflink: true,
+                sig: None,
             },
             after_op: &[("hn-root.img", "A"), ("hn-root-new.img", "B")],
             after_boot: &[("hn-root.img", "B"), ("hn-root-old.img", "A")],
@@ -220,9 +263,69 @@ fn cases() -> Vec<Case> {
                 src: "C",
                 sha: Some("B"),
                 reflink: false,
+                sig: None,
             },
             after_op: &[("hn-root.img", "A")],
             after_boot: &[("hn-root.img", "A")],
+        },
+        Case {
+            name: "stage signed fresh",
+            start: &[("hn-root.img", "A")],
+            op: Op::Stage {
+                src: "C",
+                sha: None,
+                reflink: true,
+                sig: Some("sig(C)"),
+            },
+            after_op: &[("hn-root.img", "A"), ("hn-root-new.img", "C"), ("hn-root-new.img.minisig", "sig(C)")],
+            after_boot: &[("hn-root.img", "C"), ("hn-root.img.minisig", "sig(C)"), ("hn-root-old.img", "A")],
+        },
+        Case {
+            name: "stage signed over a signed staged image",
+            start: &[("hn-root.img", "A"), ("hn-root-new.img", "B"), ("hn-root-new.img.minisig", "sig(B)")],
+            op: Op::Stage {
+                src: "C",
+                sha: None,
+                reflink: false,
+                sig: Some("sig(C)"),
+            },
+            after_op: &[("hn-root.img", "A"), ("hn-root-new.img", "C"), ("hn-root-new.img.minisig", "sig(C)")],
+            after_boot: &[("hn-root.img", "C"), ("hn-root.img.minisig", "sig(C)"), ("hn-root-old.img", "A")],
+        },
+        Case {
+            name: "stage signed with a digest over leftovers of an interrupted signed stage",
+            start: &[
+                ("hn-root.img", "A"),
+                ("hn-root-new.img", "B"),
+                ("hn-root-new.img.minisig", "sig(B)"),
+                ("hn-root-new.img.part", "junk"),
+                ("hn-root-new.img.part.minisig", "sig(C)"),
+            ],
+            op: Op::Stage {
+                src: "C",
+                sha: Some("C"),
+                reflink: true,
+                sig: Some("sig(C)"),
+            },
+            after_op: &[
+                ("hn-root.img", "A"),
+                ("hn-root-new.img", "C"),
+                ("hn-root-new.img.minisig", "sig(C)"),
+                ("hn-root-new.img.sha256", "sha(C)"),
+            ],
+            after_boot: &[("hn-root.img", "C"), ("hn-root.img.minisig", "sig(C)"), ("hn-root-old.img", "A")],
+        },
+        Case {
+            name: "refused signature of another image over a signed staged image",
+            start: &[("hn-root.img", "A"), ("hn-root-new.img", "B"), ("hn-root-new.img.minisig", "sig(B)")],
+            op: Op::Stage {
+                src: "C",
+                sha: None,
+                reflink: true,
+                sig: Some("sig(B)"),
+            },
+            after_op: &[("hn-root.img", "A"), ("hn-root-new.img", "B"), ("hn-root-new.img.minisig", "sig(B)")],
+            after_boot: &[("hn-root.img", "B"), ("hn-root.img.minisig", "sig(B)"), ("hn-root-old.img", "A")],
         },
         Case {
             name: "unstage",
@@ -273,14 +376,19 @@ fn run_op(imgs: &Images, root: &Path, case: &Case, plan: &Plan) -> Result<(), St
     };
     let names = Names::new("hn-root.img");
     match case.op {
-        Op::Stage { src, sha, reflink } => {
+        Op::Stage { src, sha, reflink, sig } => {
             let mut source = StageSource::open(&imgs.path(src)).unwrap();
             let opts = StageOptions {
                 sha256: sha.map(|k| imgs.sha(k)),
                 reflink,
                 free_bytes: FREE,
             };
-            stage::stage(&images, &names, &mut source, &opts, &mut |_, _| {}).map(|_| ())
+            let trust = sig.map(|k| stage::StageTrust {
+                store: &imgs.store,
+                signature: Some(imgs.contents[k].clone()),
+                context: Default::default(),
+            });
+            stage::stage_signed(&images, &names, &mut source, &opts, trust.as_ref(), &mut |_, _| {}).map(|_| ())
         }
         Op::Unstage => stage::unstage(&images, &names).map(|_| ()),
         Op::Revert => stage::request_revert(&images, &names).map(|_| ()),
@@ -288,8 +396,9 @@ fn run_op(imgs: &Images, root: &Path, case: &Case, plan: &Plan) -> Result<(), St
 }
 
 /// What the boot checks of a staged image (`select::validate_staged` without
-/// the trial mount): size, filesystem, digest.
-fn validate(dir: &Path) -> impl FnMut(&str) -> Result<(), String> + '_ {
+/// the trial mount): size, filesystem, digest, and with `store` (a host that
+/// trusts keys) a valid signature in the sidecar.
+fn validate<'a>(dir: &'a Path, store: Option<&'a KeyStore>) -> impl FnMut(&str) -> Result<(), String> + 'a {
     move |name| {
         let path = dir.join(name);
         let data = std::fs::read(&path).map_err(|e| e.to_string())?;
@@ -304,6 +413,14 @@ fn validate(dir: &Path) -> impl FnMut(&str) -> Result<(), String> + '_ {
             let want = text.split_whitespace().next().unwrap_or("").to_string();
             if !imgs_sha_matches(&want, &data) {
                 return Err("sha256 mismatch".into());
+            }
+        }
+        if let Some(store) = store {
+            let raw = std::fs::read(dir.join(format!("{name}.minisig"))).map_err(|e| format!("signature: {e}"))?;
+            let sig = Signature::parse(&raw).map_err(|e| e.to_string())?;
+            let v = hninit::trust::policy::decide(store, Some(&sig), &Default::default(), &data);
+            if !v.is_accepted() {
+                return Err(format!("signature {v}"));
             }
         }
         Ok(())
@@ -324,7 +441,7 @@ fn imgs_sha_matches(want: &str, data: &[u8]) -> bool {
     ok
 }
 
-fn boot(root: &Path) {
+fn boot(root: &Path, store: Option<&KeyStore>) {
     let images = RealDir::open(&root.join("img"), false).unwrap();
     let state = RealDir::open(&root.join("state"), false).unwrap();
     let req = Request {
@@ -333,7 +450,7 @@ fn boot(root: &Path) {
         count_tries: false,
     };
     let dir = root.join("img");
-    let mut v = validate(&dir);
+    let mut v = validate(&dir, store);
     settle(&images, &state, &Names::new("hn-root.img"), &req, &mut v).unwrap();
 }
 
@@ -357,7 +474,7 @@ fn every_case_without_a_crash() {
         let refused = case.name.starts_with("refused");
         assert_eq!(r.is_err(), refused, "{}: {r:?}", case.name);
         assert_eq!(snapshot(&imgs, &root.join("img")), map(case.after_op), "{}", case.name);
-        boot(&root);
+        boot(&root, case.keys().then_some(&imgs.store));
         assert_eq!(
             snapshot(&imgs, &root.join("img")),
             map(case.after_boot),
@@ -412,6 +529,17 @@ fn every_case_survives_a_crash_at_every_step() {
                 let ok = Some(new) == staged_before.as_ref() || Some(new.as_str()) == src;
                 assert!(ok, "{ctx}: hn-root-new.img holds {new}");
             }
+            if case.keys() {
+                // The staged image has its own signature: in its sidecar, or in a
+                // committed stage's `.part.minisig` that the boot completes.
+                if let Some(new) = now.get("hn-root-new.img") {
+                    let pending = now
+                        .get("hn-root-new.img.part.minisig")
+                        .filter(|_| !now.contains_key("hn-root-new.img.part"));
+                    let sig = pending.or(now.get("hn-root-new.img.minisig"));
+                    assert_eq!(sig.cloned(), Some(format!("sig({new})")), "{ctx}: the staged image's signature: {now:?}");
+                }
+            }
             for (name, what) in &now {
                 let image_name = name.ends_with(".img");
                 assert!(
@@ -421,7 +549,7 @@ fn every_case_survives_a_crash_at_every_step() {
             }
 
             // The next boot: the staged image went in complete, or nothing happened.
-            boot(&root);
+            boot(&root, case.keys().then_some(&imgs.store));
             let booted = without_tmp(snapshot(&imgs, &root.join("img")));
             let cur = booted.get("hn-root.img").cloned().unwrap_or_default();
             assert!(
@@ -447,6 +575,13 @@ fn every_case_survives_a_crash_at_every_step() {
                 }
                 other => panic!("{ctx}: after the boot hn-root.img holds {other}: {booted:?}"),
             }
+            if case.keys() {
+                // Either image went in with its signature; none was rejected.
+                assert!(!booted.contains_key("hn-root-rejected.img"), "{ctx}: an image was rejected: {booted:?}");
+                if cur != "A" {
+                    assert_eq!(booted.get("hn-root.img.minisig").cloned(), Some(format!("sig({cur})")), "{ctx}: {booted:?}");
+                }
+            }
             if cur == "A" {
                 // Nothing happened: no image was lost either (a staged image that was
                 // not booted was replaced, unstaged or rejected).
@@ -458,7 +593,7 @@ fn every_case_survives_a_crash_at_every_step() {
             }
             // Converges: another boot changes nothing.
             let before = snapshot(&imgs, &root.join("img"));
-            boot(&root);
+            boot(&root, case.keys().then_some(&imgs.store));
             assert_eq!(
                 snapshot(&imgs, &root.join("img")),
                 before,

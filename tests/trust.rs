@@ -516,6 +516,25 @@ fn hnctl_stage_verifies_and_keeps_the_signature() {
     assert!(err.contains("bad-signature: the image does not match"), "{err}");
     assert_eq!(listing(), ["hn-root.img"]);
 
+    // A revoked key (also in trusted.d): refused, nothing left.
+    let revoking = l.dir.path().join("etc-revoking");
+    std::fs::create_dir_all(revoking.join(TRUSTED_DIR)).unwrap();
+    std::fs::create_dir_all(revoking.join(REVOKED_DIR)).unwrap();
+    std::fs::copy(l.k1.pub_path(), revoking.join(TRUSTED_DIR).join("k1.pub")).unwrap();
+    std::fs::write(revoking.join(REVOKED_DIR).join(&l.k1.shown_id), b"").unwrap();
+    let (code, err) = stage(&[i, "--keys", revoking.to_str().unwrap(), "--signature", good.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains(&format!("revoked-key: signed by key {}, which is revoked", l.k1.shown_id)), "{err}");
+    assert_eq!(listing(), ["hn-root.img"]);
+    // A compat= other than the running image's (from its signed sidecar): refused.
+    let current_sig = l.k1.sign(&hp.join("hn-root.img"), "version=2026.12.1 compat=db-amd64", false, "cur");
+    std::fs::rename(&current_sig, hp.join("hn-root.img.minisig")).unwrap();
+    let (code, err) = stage(&[i, "--keys", keys, "--signature", good.to_str().unwrap()]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("compat-mismatch") && err.contains("db-amd64"), "{err}");
+    assert_eq!(listing(), ["hn-root.img", "hn-root.img.minisig"]);
+    std::fs::remove_file(hp.join("hn-root.img.minisig")).unwrap();
+
     // Accepted: the signature by its default name is found and kept.
     std::fs::copy(&good, format!("{i}.minisig")).unwrap();
     let (code, err) = stage(&[i, "--keys", keys]);

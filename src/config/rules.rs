@@ -140,6 +140,7 @@ pub(crate) fn validate(c: &mut HostConfig) -> Result<(), ConfigError> {
         }
         if let Some(a) = &vm.script_args {
             check_text("vm_conf.script_args", a, 4096, false)?;
+            script_words(a).map_err(|why| err("vm_conf.script_args", why))?;
         }
     }
 
@@ -757,6 +758,61 @@ fn check_text(path: &str, s: &str, max: usize, multiline: bool) -> Result<(), Co
     Ok(())
 }
 
+/// `vm_conf.script_args` as the words `vm_conf.run` gets: split at spaces and
+/// tabs; inside `'…'` every character is kept as it is, inside `"…"` too except
+/// that `\"` and `\\` stand for `"` and `\`; elsewhere a backslash keeps the
+/// next character. An unbalanced quote or a final backslash is refused (in a
+/// unit's `ExecStart=` it broke the unit, and a lone `;` started a second command).
+pub fn script_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("an unbalanced ' quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("an unbalanced \" quote".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("an unbalanced \" quote".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("a backslash at the end".into()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
 /// `^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$`, at most 128 characters.
 pub fn check_timezone(path: &str, s: &str) -> Result<(), ConfigError> {
     if timezone_ok(s) {
@@ -868,6 +924,24 @@ mod tests {
             &["a"; 130].join("."),
         ] {
             assert!(check_hostname("h", bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod script_words_tests {
+    use super::script_words;
+
+    #[test]
+    fn words_as_a_shell_reads_them_and_unbalanced_quotes_refused() {
+        let w = |s: &str| script_words(s).unwrap();
+        assert_eq!(w("--flag 'two words'"), ["--flag", "two words"]);
+        assert_eq!(w("  a\tb  "), ["a", "b"]);
+        assert_eq!(w(r#"x"y z"w 'it''s' "q\"\\\n" \; a\ b ;"#), ["xy zw", "its", "q\"\\\\n", ";", "a b", ";"]);
+        assert_eq!(w("'' \"\""), ["", ""]);
+        assert!(w("").is_empty());
+        for bad in ["'open", "a \"open", "end\\", "\"x\\\""] {
+            assert!(script_words(bad).is_err(), "{bad:?}");
         }
     }
 }

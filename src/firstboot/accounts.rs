@@ -23,6 +23,9 @@
 //!   `/etc/group` and `/etc/gshadow` alike;
 //! * a uid asked for that another user has, or that differs from the existing
 //!   user's, is an error: files already owned by that uid must not change hands.
+//! * a line that names the user (or its group) but is not a well-formed entry
+//!   is an error naming the file and line: adding a second line of that name
+//!   would leave two entries each tool reads its own way.
 
 pub const FIRST_UID: u32 = 1000;
 pub const LAST_UID: u32 = 59999;
@@ -84,6 +87,8 @@ pub enum AccountsError {
     UidMismatch { name: String, have: u32, want: u32 },
     #[error("user {name}: no free uid between {FIRST_UID} and {LAST_UID}")]
     NoFreeUid { name: String },
+    #[error("user {name}: {file} line {line} names {name} but is not a well-formed entry; fix or remove it (a second {name} line would be read differently by each tool)")]
+    Malformed { name: String, file: String, line: usize },
 }
 
 /// A passwd entry.
@@ -186,6 +191,7 @@ pub fn ensure_user(db: &mut Databases, req: &UserRequest, set: &Settings, warnin
             }
         }
         None => {
+            pw.no_malformed(name, &req.name, "/etc/passwd")?;
             let used_uids = pw.numbers(2);
             let used_gids = gr.numbers(2);
             let uid = match req.uid {
@@ -238,11 +244,13 @@ pub fn ensure_user(db: &mut Databases, req: &UserRequest, set: &Settings, warnin
 
     if !account.system {
         if gr.find_group(name).is_none() && gr.find_gid(account.gid).is_none() {
+            gr.no_malformed(name, &req.name, "/etc/group")?;
             gr.push(format!("{}:x:{}:", req.name, account.gid));
         }
         if let Some(gs) = gs.as_mut() {
             let own = gr.find_group(name).and_then(|i| num(gr.fields(i)[2])) == Some(account.gid);
             if own && gs.find_named(name, 4).is_none() {
+                gs.no_malformed(name, &req.name, "/etc/gshadow")?;
                 gs.push(format!("{}:!::", req.name));
             }
         }
@@ -254,12 +262,15 @@ pub fn ensure_user(db: &mut Databases, req: &UserRequest, set: &Settings, warnin
                         sh.set_field(i, 2, set.today.to_string().as_bytes());
                     }
                 }
-                None => sh.push(format!(
-                    "{}:{}:{}:0:99999:7:::",
-                    req.name,
-                    req.password.as_deref().unwrap_or("!"),
-                    set.today
-                )),
+                None => {
+                    sh.no_malformed(name, &req.name, "/etc/shadow")?;
+                    sh.push(format!(
+                        "{}:{}:{}:0:99999:7:::",
+                        req.name,
+                        req.password.as_deref().unwrap_or("!"),
+                        set.today
+                    ))
+                }
             }
         }
     }
@@ -351,6 +362,19 @@ impl Table {
             let f = self.fields(i);
             f.len() >= min && f[0] == name && !name.is_empty()
         })
+    }
+
+    /// Before adding a line named `name`: no line of that name may be there
+    /// already, well-formed or not (a malformed one was not found as the entry).
+    fn no_malformed(&self, name: &[u8], user: &str, file: &str) -> Result<(), AccountsError> {
+        match (0..self.lines.len()).find(|&i| self.fields(i)[0] == name) {
+            Some(i) => Err(AccountsError::Malformed {
+                name: user.to_string(),
+                file: file.to_string(),
+                line: i + 1,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn find_passwd(&self, name: &[u8]) -> Option<usize> {
@@ -716,5 +740,73 @@ nogroup:*::\n";
         assert!(lookup(DEB_PASSWD.as_bytes(), "this line is malformed").is_none());
         assert_eq!(group_gid(DEB_GROUP.as_bytes(), "shadow"), Some(42));
         assert_eq!(group_gid(b"", "shadow"), None);
+    }
+    /// A line of the user's (or its group's) name that is not a well-formed
+    /// entry must not make the editor add a second line of that name: two
+    /// `alice` lines (one with uid 0, say, or an empty password field) are
+    /// read differently by each tool. It is refused, naming the file and line.
+    #[test]
+    fn a_malformed_line_of_the_same_name_is_refused_not_duplicated() {
+        let req = UserRequest {
+            name: "alice".into(),
+            password: Some("$y$j9T$salt$hash".into()),
+            ..Default::default()
+        };
+        let with = |file: &str, line: &str| {
+            let mut db = deb();
+            let add = |t: &mut Vec<u8>| t.extend_from_slice(format!("{line}\n").as_bytes());
+            match file {
+                "passwd" => add(&mut db.passwd),
+                "group" => add(&mut db.group),
+                "shadow" => add(db.shadow.as_mut().unwrap()),
+                _ => add(db.gshadow.as_mut().unwrap()),
+            }
+            db
+        };
+        for (file, line) in [
+            ("passwd", "alice:x:1001:1001:Alice:/home/alice"),
+            ("passwd", "alice:x:10o1:1001::/home/alice:/bin/bash"),
+            ("passwd", "alice"),
+            ("group", "alice:x:"),
+            ("group", "alice:x:1x:"),
+            ("shadow", "alice"),
+            ("gshadow", "alice:!:"),
+        ] {
+            let mut db = with(file, line);
+            let before = db.clone();
+            let e = ensure_user(&mut db, &req, &settings(), &mut Vec::new()).unwrap_err();
+            assert_eq!(
+                e,
+                AccountsError::Malformed {
+                    name: "alice".into(),
+                    file: format!("/etc/{file}"),
+                    line: before_line(&before, file),
+                },
+                "{file}: {line:?}"
+            );
+            assert!(e.to_string().contains(&format!("/etc/{file} line")), "{e}");
+            assert_eq!(db, before, "{file}: {line:?}: nothing is edited");
+        }
+        // Lines that only look alike are other entries: NIS, another name, a comment.
+        for (file, line) in [("passwd", "+alice"), ("passwd", "alicex:x:1"), ("group", "#alice:x:1001:")] {
+            let mut db = with(file, line);
+            ensure_user(&mut db, &req, &settings(), &mut Vec::new()).unwrap();
+            let count = |t: &[u8]| t.split(|&b| b == b'\n').filter(|l| l.starts_with(b"alice:")).count();
+            assert_eq!(count(&db.passwd), 1, "{file}: {line:?}");
+            assert_eq!(count(&db.group), 1, "{file}: {line:?}");
+            assert_eq!(count(db.shadow.as_deref().unwrap()), 1, "{file}: {line:?}");
+            assert_eq!(count(db.gshadow.as_deref().unwrap()), 1, "{file}: {line:?}");
+        }
+    }
+
+    /// The 1-based line number of the last line of `file` in `db`.
+    fn before_line(db: &Databases, file: &str) -> usize {
+        let t = match file {
+            "passwd" => &db.passwd,
+            "group" => &db.group,
+            "shadow" => db.shadow.as_ref().unwrap(),
+            _ => db.gshadow.as_ref().unwrap(),
+        };
+        t.iter().filter(|&&b| b == b'\n').count()
     }
 }

@@ -41,6 +41,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 const RUN_UNIT: &str = "/etc/systemd/system/hninit-run.service";
+/// `vm_conf.run`, and the script giving it `vm_conf.script_args`.
+const RUN: &str = "/etc/hninit/run";
+const RUN_ARGS: &str = "/etc/hninit/run-args";
 
 /// The configuration's digest and the time, stamped into the marker.
 #[derive(Clone, Copy, Debug)]
@@ -50,12 +53,9 @@ pub struct Stamp<'a> {
     pub now: u64,
 }
 
-/// Escapes an argument string for a systemd `ExecStart=` line.
-fn systemd_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "%%")
-        .replace('$', "$$")
-        .replace(['\n', '\r'], " ")
+/// One word for `sh`, single-quoted: every character but `'` stands for itself.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Files a previous marker may name for removal: only hninit's own kinds, so a
@@ -238,15 +238,26 @@ fn plan_users(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
                 continue;
             }
             // A home hninit may make the user's (chown, 0700): one under /home,
-            // or one it creates. An existing directory elsewhere (`/etc` named
-            // as a home in the image's passwd) is left as it is.
+            // or one it creates for a regular user. An existing directory
+            // elsewhere (`/etc` named as a home in the image's passwd) is left
+            // as it is; a system account's keys go only to root's /root or
+            // under /home (never an `.ssh` in `/usr/sbin`, nor `/nonexistent` made).
             let existing = image.existing_homes.contains(&home);
-            let left_alone = !a.system && existing && !home.starts_with("/home/");
+            let under_home = home.starts_with("/home/");
+            let left_alone = if a.system {
+                !(under_home || (a.uid == 0 && home == "/root"))
+            } else {
+                existing && !under_home
+            };
             if left_alone {
-                b.warnings.push(format!(
-                    "user {}: home {home} exists outside /home; left as it is, no ssh keys installed",
-                    a.name
-                ));
+                // A system account asked only for groups: nothing to say.
+                if !a.system || !w.keys.is_empty() {
+                    b.warnings.push(format!(
+                        "user {}: home {home} {} outside /home; left as it is, no ssh keys installed",
+                        a.name,
+                        if existing { "exists" } else { "is" }
+                    ));
+                }
             } else if !a.system || (!w.keys.is_empty() && !existing) {
                 b.mkdir(&home, 0o700, owner, format!("home of {}", a.name));
             }
@@ -340,16 +351,21 @@ fn plan_run(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
         if !script.ends_with('\n') {
             script.push('\n');
         }
-        b.owned_write("/etc/hninit/run", script, 0o700, "vm_conf.run, run once by hninit-run.service");
-        let args = cfg
-            .vm_conf
-            .as_ref()
-            .and_then(|v| v.script_args.as_deref())
-            .map(systemd_escape)
-            .filter(|a| !a.trim().is_empty());
-        let exec = match args {
-            Some(a) => format!("/etc/hninit/run {a}"),
-            None => "/etc/hninit/run".into(),
+        b.owned_write(RUN, script, 0o700, "vm_conf.run, run once by hninit-run.service");
+        // The arguments never reach the unit file (where `;` starts a second
+        // command): a script the unit runs holds them, each word single-quoted.
+        let args = cfg.vm_conf.as_ref().and_then(|v| v.script_args.as_deref()).unwrap_or("");
+        let words = rules::script_words(args).map_err(|_| RenderError::BadValue {
+            what: "vm_conf.script_args",
+            value: args.into(),
+        })?;
+        let exec = if words.is_empty() {
+            RUN
+        } else {
+            let quoted: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+            let wrapper = format!("#!/bin/sh\n{HEADER}exec {RUN} {}\n", quoted.join(" "));
+            b.owned_write(RUN_ARGS, wrapper, 0o700, "vm_conf.script_args, given to vm_conf.run");
+            RUN_ARGS
         };
         let unit = format!(
             "{HEADER}[Unit]\nDescription=hninit: run the host configuration's command once\n\
@@ -773,6 +789,34 @@ mod tests {
         assert!(p.warnings.iter().any(|w| w.contains("alice") && w.contains("/etc")), "{:?}", p.warnings);
     }
 
+    /// A system account named by the config (its keys are installed, e.g.
+    /// Gandi's `user: root`) gets them only in root's `/root` or under `/home`:
+    /// not an `.ssh` made in `/etc` or `/usr/sbin`, nor a `/nonexistent` made.
+    #[test]
+    fn a_system_account_home_outside_home_gets_nothing() {
+        for (line, home, existing) in [
+            ("alice:x:1:1::/etc:/bin/sh", "/etc", true),
+            ("alice:x:1:1::/usr/sbin:/usr/sbin/nologin", "/usr/sbin", true),
+            ("alice:x:65534:65534::/nonexistent:/usr/sbin/nologin", "/nonexistent", false),
+        ] {
+            let mut f = facts(NetworkStack::Networkd);
+            f.passwd = Some(format!("root:x:0:0:root:/root:/bin/bash\n{line}\n").into_bytes());
+            f.existing_homes = if existing { vec![home.into()] } else { vec![] };
+            let p = plan(&config(), &f, &identity(), &STAMP).unwrap();
+            let touched: Vec<&str> = p.steps.iter().map(|s| s.op.path()).filter(|p| *p == home || p.starts_with(&format!("{home}/.ssh"))).collect();
+            assert!(touched.is_empty(), "{home}: {touched:?}");
+            assert!(p.warnings.iter().any(|w| w.contains("alice") && w.contains(home)), "{home}: {:?}", p.warnings);
+        }
+        // root's own home and a system account's home under /home do get the keys.
+        for (line, home) in [("alice:x:0:0::/root:/bin/sh", "/root"), ("alice:x:999:999::/home/alice:/bin/sh", "/home/alice")] {
+            let mut f = facts(NetworkStack::Networkd);
+            f.passwd = Some(format!("{line}\n").into_bytes());
+            f.existing_homes = vec![home.into()];
+            let p = plan(&config(), &f, &identity(), &STAMP).unwrap();
+            assert!(p.find(&format!("{home}/.ssh/authorized_keys")).is_some(), "{home}");
+        }
+    }
+
     #[test]
     fn forged_markers_cannot_remove_system_files() {
         assert!(removable("/etc/systemd/network/60-hninit-eth0.network"));
@@ -817,8 +861,34 @@ mod tests {
         assert!(marker.files.iter().any(|f| f.ends_with("systemd-networkd.service")));
     }
 
+    /// `script_args` never reaches the unit file: a `;` or a quote in it cannot
+    /// add a command to `ExecStart=` or break the unit.
     #[test]
-    fn systemd_escaping() {
-        assert_eq!(systemd_escape("a $HOME 100% \\n\nx"), "a $$HOME 100%% \\\\n x");
+    fn script_args_go_through_a_quoted_wrapper() {
+        let mut c = config();
+        let vm = c.vm_conf.as_mut().unwrap();
+        vm.run = Some("echo hi".into());
+        vm.script_args = Some(r#"--x ; /bin/rm -rf / 'it''s' "$HOME" 100%"#.into());
+        let p = plan(&c, &facts(NetworkStack::Networkd), &identity(), &STAMP).unwrap();
+        let unit = text(&p, "/etc/systemd/system/hninit-run.service");
+        assert!(unit.contains("\nExecStart=/etc/hninit/run-args\n"), "{unit}");
+        let wrapper = text(&p, "/etc/hninit/run-args");
+        assert!(
+            wrapper.ends_with("\nexec /etc/hninit/run '--x' ';' '/bin/rm' '-rf' '/' 'its' '$HOME' '100%'\n"),
+            "{wrapper}"
+        );
+        vm_args(&mut c, "a 'b");
+        assert!(matches!(
+            plan(&c, &facts(NetworkStack::Networkd), &identity(), &STAMP),
+            Err(RenderError::BadValue { what: "vm_conf.script_args", .. })
+        ));
+        vm_args(&mut c, "   ");
+        let p = plan(&c, &facts(NetworkStack::Networkd), &identity(), &STAMP).unwrap();
+        assert!(text(&p, "/etc/systemd/system/hninit-run.service").contains("\nExecStart=/etc/hninit/run\n"));
+        assert!(p.find("/etc/hninit/run-args").is_none());
+    }
+
+    fn vm_args(c: &mut HostConfig, a: &str) {
+        c.vm_conf.as_mut().unwrap().script_args = Some(a.into());
     }
 }

@@ -1,6 +1,7 @@
 //! The copy engine behind [`Dir::create_from`](crate::slots::dir::Dir::create_from):
 //! reflink, `copy_file_range` or read/write, whichever is allowed and works,
-//! with an optional sha256 of the bytes and a progress callback.
+//! with an optional sha256 of the bytes, an optional tap that sees every byte
+//! (`hnctl stage` verifies a signature while it copies) and a progress callback.
 
 use rustix::fs::{self as rfs, FileType, SeekFrom};
 use sha2::{Digest, Sha256};
@@ -9,8 +10,8 @@ use std::io::{self, Read, Write};
 
 
 /// How `Dir::create_from` may copy; the fastest allowed way that works is used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CopyOpts {
+#[derive(Clone, Copy, Default)]
+pub struct CopyOpts<'a> {
     /// Try a reflink (`FICLONE`) first: instant, shares the extents of a regular
     /// source file on the same copy-on-write filesystem.
     pub reflink: bool,
@@ -19,6 +20,30 @@ pub struct CopyOpts {
     /// Compute the sha256 of the bytes copied (forces read/write unless reflinked,
     /// in which case the new file is read back).
     pub sha256: bool,
+    /// Sees every byte of the copy, in order, once (as `sha256`: read/write, or
+    /// the reflinked file read back): the bytes written are the bytes it saw.
+    pub tap: Option<Tap<'a>>,
+}
+
+/// A consumer of every byte a copy writes ([`CopyOpts::tap`]).
+pub type Tap<'a> = &'a dyn Fn(&[u8]);
+
+impl CopyOpts<'_> {
+    /// The bytes must pass through this process (a digest or a tap).
+    fn sees_bytes(&self) -> bool {
+        self.sha256 || self.tap.is_some()
+    }
+}
+
+impl std::fmt::Debug for CopyOpts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOpts")
+            .field("reflink", &self.reflink)
+            .field("copy_range", &self.copy_range)
+            .field("sha256", &self.sha256)
+            .field("tap", &self.tap.is_some())
+            .finish()
+    }
 }
 
 /// How a `Dir::create_from` copy was made.
@@ -60,16 +85,21 @@ pub fn copy_file(
         let bytes = dst.metadata()?.len();
         // The copy was instant; the digest is of what the new file holds, and
         // reading it back is what the progress follows.
-        let sha256 = if opts.sha256 {
-            let mut h = Sha256::new();
+        let sha256 = if opts.sees_bytes() {
+            let mut h = opts.sha256.then(Sha256::new);
             let mut r = dst;
             rfs::seek(dst, SeekFrom::Start(0))?;
             pump(&mut r, &mut |chunk, done| {
-                h.update(chunk);
+                if let Some(h) = h.as_mut() {
+                    h.update(chunk);
+                }
+                if let Some(tap) = opts.tap {
+                    tap(chunk);
+                }
                 progress(done);
                 Ok(())
             })?;
-            Some(h.finalize().into())
+            h.map(|h| h.finalize().into())
         } else {
             progress(bytes);
             None
@@ -80,7 +110,7 @@ pub fn copy_file(
             sha256,
         });
     }
-    if opts.copy_range && !opts.sha256 && regular {
+    if opts.copy_range && !opts.sees_bytes() && regular {
         if let Some(bytes) = copy_range(src, dst, len_hint, progress)? {
             return Ok(CopyInfo {
                 bytes,
@@ -96,6 +126,9 @@ pub fn copy_file(
         w.write_all(chunk)?;
         if let Some(h) = h.as_mut() {
             h.update(chunk);
+        }
+        if let Some(tap) = opts.tap {
+            tap(chunk);
         }
         progress(done);
         Ok(())

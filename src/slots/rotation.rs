@@ -11,6 +11,12 @@
 //! interrupted move (`-new`, `-old` or `-broken` sidecar without its image,
 //! `hn-root.img` without one) is the current image's and is completed at the
 //! next run.
+//!
+//! A stage (`slots::stage`) writes the signature and the digest as
+//! `hn-root-new.img.part.minisig` and `hn-root-new.img.part.sha256` before its
+//! commit (the rename of `.part` to `hn-root-new.img`) and renames them over the
+//! staged image's sidecars after: beside their `.part` they are an uncommitted
+//! stage's and are removed; without it, the stage committed and they are completed.
 
 use crate::slots::dir::{remove_if_exists, write_atomic, Dir, FileId};
 use serde::{Deserialize, Serialize};
@@ -294,8 +300,55 @@ pub fn settle(
     Ok(c.out)
 }
 
+/// The sidecars a stage writes beside its `.part` before the commit, each with
+/// the staged image's sidecar it becomes: (`NEW.part.minisig`, `NEW.minisig`),
+/// (`NEW.part.sha256`, `NEW.sha256`).
+pub fn stage_sidecars(n: &Names) -> [(String, String); 2] {
+    [(Names::sig(&n.part), Names::sig(&n.new)), (format!("{}.sha256", n.part), n.digest.clone())]
+}
+
+/// Settles the sidecars of an interrupted stage (see the module doc): beside
+/// their `.part` (or without a staged image) the stage did not commit and they
+/// are removed; otherwise it committed and they become the staged image's.
+/// Returns each one found with where it went (`None`: removed).
+pub fn finish_stage_sidecars(images: &dyn Dir, n: &Names) -> io::Result<Vec<(String, Option<String>)>> {
+    let mut done = Vec::new();
+    for (pending, sidecar) in stage_sidecars(n) {
+        if !images.exists(&pending)? {
+            continue;
+        }
+        let committed = !images.exists(&n.part)? && images.exists(&n.new)?;
+        if committed {
+            images.rename(&pending, &sidecar)?;
+        } else {
+            images.remove(&pending)?;
+        }
+        images.sync()?;
+        done.push((pending, committed.then_some(sidecar)));
+    }
+    Ok(done)
+}
+
 fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
     let mut removed = Vec::new();
+    // The sidecars of a stage, first: they go by their `.part` (removed below).
+    match finish_stage_sidecars(c.images, c.n) {
+        Ok(done) => {
+            for (from, to) in done {
+                match to {
+                    Some(to) => c.event(format!("completed an interrupted stage: {from} is now {to}")),
+                    None => removed.push(from),
+                }
+            }
+        }
+        Err(source) => {
+            return Err(SlotError::Io {
+                step: format!("settle {}.*", c.n.part),
+                dir: c.images.label(),
+                source,
+            })
+        }
+    }
     // An interrupted download (`hnctl stage URL`) keeps its `.part` while its resume
     // record is there, so that the next `hnctl stage` of the URL resumes it after a
     // power cut too; the record is only ever written after the `.part`'s bytes.
@@ -310,6 +363,8 @@ fn clean_leftovers(c: &mut Ctx) -> Result<(), SlotError> {
         Names::tmp(&Names::sig(&c.n.old)),
         Names::tmp(&Names::sig(&c.n.broken)),
         Names::tmp(&Names::sig(&c.n.new)),
+        Names::tmp(&Names::sig(&c.n.part)),
+        Names::tmp(&format!("{}.sha256", c.n.part)),
     ];
     for name in leftovers {
         if c.remove(&name)? {

@@ -4,16 +4,23 @@
 //! engine behind [`Dir::create_from`] is `slots::copy`.
 //!
 //! Crash safety: the image is written as `hn-root-new.img.part`, fsynced, checked,
-//! and only then renamed to `hn-root-new.img` (its digest, when given, is written
-//! atomically before that rename); so `hn-root-new.img` only ever names a complete
+//! and only then renamed to `hn-root-new.img` (its sidecars: below); so `hn-root-new.img` only ever names a complete
 //! image, and the boot (`slots::settle`) removes a leftover `.part` (one with a download resume record is kept: `remote`). Every mutating
 //! step is one `Dir` operation, which `tests/stage_crash.rs` interrupts in turn.
 //!
 //! Signatures ([`stage_signed`]): the policy is applied to the signature before
-//! the copy (a refusal copies nothing), the copy is verified by one read-back of
-//! `.part` before the rename, and the signature is kept as `hn-root-new.img.minisig`
-//! after it (a stale one is removed before: a crash leaves the staged image
-//! unsigned, which a boot with keys rejects, never with another image's sidecar).
+//! the copy (a refusal copies nothing); the copy engine's tap feeds every byte
+//! it writes to the signature check, so the image is verified in the one pass
+//! that copies it (a reflink is read back once instead); a mismatch removes the
+//! `.part` before any rename. The signature and the digest are written as
+//! `hn-root-new.img.part.minisig` and `.part.sha256` before the rename of `.part`
+//! (the commit) and renamed over `hn-root-new.img.minisig` and `.sha256` after it;
+//! the boot (`slots::settle`) removes them beside a `.part` and completes them
+//! without one. So a power cut at any step leaves either what was staged before,
+//! with its own sidecars, or the new image with its own. (A stage without a
+//! signature or digest removes a stale one before the commit: a crash leaves the
+//! staged image without it — unsigned, which a boot with keys rejects — never
+//! with another image's.)
 
 use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, CopyOpts, Dir};
 use crate::sys::probe::{self, FsType};
@@ -233,13 +240,31 @@ pub fn stage_signed(
         None => Ok(None),
         Some(raw) => Signature::parse(raw).map(Some).map_err(|e| e.to_string()),
     });
+    // The check that the copy feeds: `None` without trust or when its verdict
+    // is known before any byte (no keys: not verified).
+    let mut check = None;
     if let (Some(t), Some(p)) = (trust, &parsed) {
-        let check = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
-        if let Some(Verdict::Reject(r)) = check.decided() {
-            return Err(StageError::Signature(Box::new(Verdict::Reject(r.clone()))));
+        let c = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
+        match c.decided() {
+            Some(Verdict::Reject(r)) => return Err(StageError::Signature(Box::new(Verdict::Reject(r.clone())))),
+            Some(_) => {}
+            None => check = Some(std::cell::RefCell::new(c)),
         }
     }
-    // Leftovers of an interrupted stage; their space comes back.
+    let tap = |chunk: &[u8]| {
+        if let Some(c) = &check {
+            c.borrow_mut().update(chunk);
+        }
+    };
+    // Leftovers of an interrupted stage; their space comes back. The signature
+    // of an interrupted signed stage is settled as the boot would, before its
+    // `.part` goes (without one it would count as committed).
+    crate::slots::rotation::finish_stage_sidecars(images, names)
+        .map_err(io_err(images, format!("settle {}.*", names.part)))?;
+    for (pending, _) in crate::slots::rotation::stage_sidecars(names) {
+        let tmp = format!("{pending}.tmp");
+        remove_if_exists(images, &tmp).map_err(io_err(images, format!("remove stale {tmp}")))?;
+    }
     let mut reclaimed = 0;
     if let Some(id) = images
         .id(&names.part)
@@ -277,6 +302,7 @@ pub fn stage_signed(
         // reflinks refused, every byte is copied by read/write.
         copy_range: opts.reflink && !source.stream,
         sha256: opts.sha256.is_some(),
+        tap: check.is_some().then_some(&tap as &dyn Fn(&[u8])),
     };
     let mut copied = 0;
     let info = images
@@ -298,26 +324,11 @@ pub fn stage_signed(
             return Err(e);
         }
     };
-    if let (Some(t), Some(p)) = (trust, &parsed) {
-        // One read-back of the fsynced `.part`: the bytes that will boot are the
-        // bytes that were signed.
-        let check = stream::Check::start(t.store, p.as_ref().map(Option::as_ref).map_err(Clone::clone), &t.context);
-        let verdict = images
-            .open_read(&names.part)
-            .map_err(io_err(images, format!("open {} to verify it", names.part)))
-            .and_then(|mut f| {
-                stream::check_reader(check, &mut f, None).map_err(io_err(images, format!("read back {} to verify it", names.part)))
-            });
-        match verdict {
-            Ok((Verdict::Reject(r), _)) => {
-                discard(images, names);
-                return Err(StageError::Signature(Box::new(Verdict::Reject(r))));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                discard(images, names);
-                return Err(e);
-            }
+    if let Some(c) = check {
+        // The bytes the copy wrote are the bytes the check saw.
+        if let Verdict::Reject(r) = c.into_inner().finish() {
+            discard(images, names);
+            return Err(StageError::Signature(Box::new(Verdict::Reject(r))));
         }
     }
     let late_space: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
@@ -412,16 +423,23 @@ fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>, sig: Option<&
     let replaced = images
         .exists(&names.new)
         .map_err(io_err(images, format!("stat {}", names.new)))?;
-    // The previous staged image's signature goes first (never beside this one).
     let sig_name = Names::sig(&names.new);
-    if remove_if_exists(images, &sig_name).map_err(io_err(images, format!("remove {sig_name}")))? {
-        images.sync().map_err(io_err(images, "fsync".into()))?;
+    let [(part_sig, _), (part_digest, _)] = crate::slots::rotation::stage_sidecars(names);
+    match sig {
+        // Written beside the `.part`: committed with it by the rename below.
+        Some(sig) => write_atomic(images, &part_sig, sig).map_err(io_err(images, format!("write {part_sig}")))?,
+        // The previous staged image's signature goes first (never beside this one).
+        None => {
+            if remove_if_exists(images, &sig_name).map_err(io_err(images, format!("remove {sig_name}")))? {
+                images.sync().map_err(io_err(images, "fsync".into()))?;
+            }
+        }
     }
     let digest_file = match sha {
         Some(d) => {
+            // Beside the `.part` too: committed with it by the rename below.
             let line = format!("{}  {}\n", hex(d), names.new);
-            write_atomic(images, &names.digest, line.as_bytes())
-                .map_err(io_err(images, format!("write {}", names.digest)))?;
+            write_atomic(images, &part_digest, line.as_bytes()).map_err(io_err(images, format!("write {part_digest}")))?;
             Some(names.digest.clone())
         }
         None => {
@@ -434,14 +452,25 @@ fn finish(images: &dyn Dir, names: &Names, sha: Option<&[u8; 32]>, sig: Option<&
         .rename(&names.part, &names.new)
         .map_err(io_err(images, format!("rename {} -> {}", names.part, names.new)))?;
     images.sync().map_err(io_err(images, "fsync".into()))?;
-    if let Some(sig) = sig {
-        write_atomic(images, &sig_name, sig).map_err(io_err(images, format!("write {sig_name}")))?;
+    for (pending, sidecar, written) in [(&part_sig, &sig_name, sig.is_some()), (&part_digest, &names.digest, sha.is_some())] {
+        if written {
+            images
+                .rename(pending, sidecar)
+                .map_err(io_err(images, format!("rename {pending} -> {sidecar}")))?;
+        }
+    }
+    if sig.is_some() || sha.is_some() {
+        images.sync().map_err(io_err(images, "fsync".into()))?;
     }
     Ok((replaced, digest_file))
 }
 
 /// Best effort after a failure: no `.part` is left (the boot removes it otherwise).
 fn discard(images: &dyn Dir, names: &Names) {
+    // The uncommitted sidecars first (alone, they would count as committed).
+    for (pending, _) in crate::slots::rotation::stage_sidecars(names) {
+        let _ = remove_if_exists(images, &pending);
+    }
     if let Ok(true) = remove_if_exists(images, &names.part) {
         let _ = images.sync();
     }
@@ -459,7 +488,9 @@ pub fn unstage(images: &dyn Dir, names: &Names) -> Result<UnstageReport, StageEr
     let mut removed = Vec::new();
     for name in [
         // The sidecar first: alone, a staged image's sidecar would be taken for
-        // the current image's by the next boot.
+        // the current image's by the next boot; uncommitted ones even before.
+        Names::sig(&names.part),
+        format!("{}.sha256", names.part),
         Names::sig(&names.new),
         names.new.clone(),
         names.digest.clone(),
@@ -536,26 +567,45 @@ mod tests {
         let src_path = t.path().join("src");
         std::fs::write(&src_path, &data).unwrap();
         let want: [u8; 32] = Sha256::digest(&data).into();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let tap = |chunk: &[u8]| seen.borrow_mut().extend_from_slice(chunk);
         for (i, opts) in [
             CopyOpts {
                 reflink: true,
                 copy_range: true,
                 sha256: false,
+                ..Default::default()
             },
             CopyOpts {
                 reflink: true,
                 copy_range: true,
                 sha256: true,
+                ..Default::default()
             },
             CopyOpts {
                 reflink: false,
                 copy_range: true,
                 sha256: false,
+                ..Default::default()
             },
             CopyOpts {
                 reflink: false,
                 copy_range: false,
                 sha256: true,
+                ..Default::default()
+            },
+            // A tap sees every byte once, in order, whatever the method.
+            CopyOpts {
+                reflink: true,
+                copy_range: true,
+                sha256: false,
+                tap: Some(&tap),
+            },
+            CopyOpts {
+                reflink: false,
+                copy_range: true,
+                sha256: true,
+                tap: Some(&tap),
             },
         ]
         .into_iter()
@@ -578,6 +628,11 @@ mod tests {
             assert_eq!(info.sha256, opts.sha256.then_some(want), "{opts:?}");
             if !opts.reflink {
                 assert_ne!(info.method, CopyMethod::Reflink);
+            }
+            if opts.tap.is_some() {
+                assert_ne!(info.method, CopyMethod::CopyFileRange, "{opts:?}");
+                assert!(seen.borrow().as_slice() == data.as_slice(), "{opts:?}: the tap saw other bytes");
+                seen.borrow_mut().clear();
             }
         }
     }

@@ -867,16 +867,22 @@ RemainAfterExit=yes
 WantedBy=multi-user.target
 ";
 
+/// The same key store as the initramfs's, for hnctl in the running system:
+/// `STAGE/etc/hninit/trusted.d/*.pub` and `revoked.d/<id>`.
+pub fn install_keys(spec: &ImageSpec, stage: &Path) -> Result<()> {
+    let (trust, _) = crate::initramfs::trust_files(&spec.trust_keys, &spec.revoke_keys)?;
+    for (rel, data) in trust {
+        put(stage, &format!("etc/hninit/{rel}"), &String::from_utf8_lossy(&data), 0o644)?;
+    }
+    Ok(())
+}
+
 fn configure(spec: &ImageSpec, stage: &Path) -> Result<()> {
     put(stage, "etc/fstab", FSTAB, 0o644)?;
     for d in ["hostpart", "boot", "etc/hninit"] {
         fs::create_dir_all(at(stage, d))?;
     }
-    // The same key store as the initramfs's, for hnctl in the running system.
-    let (trust, _) = crate::initramfs::trust_files(&spec.trust_keys, &spec.revoke_keys)?;
-    for (rel, data) in trust {
-        put(stage, &format!("etc/hninit/{rel}"), &String::from_utf8_lossy(&data), 0o644)?;
-    }
+    install_keys(spec, stage)?;
     link(stage, "data0", "/hostpart/data")?;
 
     // /hostpart backs the loop root: systemd cannot unmount it while the root

@@ -110,4 +110,69 @@ mod tests {
         let nokey = SignSpec { key: d.path().join("none.key"), ..spec };
         assert!(sign_image(&img, &nokey).unwrap_err().to_string().contains("minisign -S"));
     }
+
+    /// The factory's two trust outputs end to end: the keys it installs in the
+    /// image (`/etc/hninit`, what `hnctl` reads) and the signature of its `sign`
+    /// step. The real `minisign -V` accepts the signature and shows the trusted
+    /// comment; `hnctl verify`'s check (`trust::verify_cmd::verify`) with the
+    /// installed keys accepts it with its version and compat; one byte changed
+    /// after signing is refused by both; a revoked key by hnctl's.
+    #[test]
+    fn factory_signing_verifies_with_minisign_and_hnctl_verify() {
+        use hninit::trust::verify_cmd::verify;
+        let d = tempfile::tempdir().unwrap();
+        let st = Command::new("minisign")
+            .args(["-G", "-W", "-p", "k.pub", "-s", "k.key"])
+            .current_dir(d.path())
+            .stdout(Stdio::null())
+            .status()
+            .expect("minisign (Debian package minisign) is needed");
+        assert!(st.success());
+        let stage = d.path().join("root");
+        let spec = crate::ImageSpec { trust_keys: vec![d.path().join("k.pub")], ..Default::default() };
+        crate::factory::install_keys(&spec, &stage).unwrap();
+        let etc = stage.join("etc/hninit");
+        assert!(etc.join("trusted.d/k.pub").is_file());
+
+        let img = d.path().join("hn-root.img");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        std::fs::write(&img, &data).unwrap();
+        let sign = SignSpec { key: d.path().join("k.key"), version: "2026.12.5".into(), compat: Some("web-amd64".into()) };
+        let (sig, comment) = sign_image(&img, &sign).unwrap();
+        assert_eq!(sig, d.path().join("hn-root.img.minisig"));
+
+        let minisign_v = || {
+            Command::new("minisign")
+                .arg("-V")
+                .arg("-p")
+                .arg(d.path().join("k.pub"))
+                .arg("-m")
+                .arg(&img)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let out = minisign_v();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains(&format!("Trusted comment: {comment}")), "{text}");
+
+        let r = verify(&img, None, &etc).unwrap();
+        assert!(!r.is_refused(), "{}", r.render_text());
+        let shown = r.render_text();
+        assert!(shown.contains("2026.12.5") && shown.contains("web-amd64"), "{shown}");
+
+        let mut bad = data.clone();
+        bad[1_500_000] ^= 1;
+        std::fs::write(&img, &bad).unwrap();
+        assert!(!minisign_v().status.success(), "minisign -V accepted an altered image");
+        assert!(verify(&img, None, &etc).unwrap().is_refused());
+
+        std::fs::write(&img, &data).unwrap();
+        let id = PublicKey::parse_file(&std::fs::read(d.path().join("k.pub")).unwrap()).unwrap().id.to_string();
+        let revoking = crate::ImageSpec { revoke_keys: vec![id], ..spec };
+        let stage2 = d.path().join("root2");
+        crate::factory::install_keys(&revoking, &stage2).unwrap();
+        assert!(verify(&img, None, &stage2.join("etc/hninit")).unwrap().is_refused());
+    }
 }

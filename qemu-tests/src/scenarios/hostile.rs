@@ -1,15 +1,15 @@
 //! Issue 10: whatever is on the disks, the boot goes on. Each scenario puts a
 //! hostile or damaged object where hninit reads at boot (a FIFO as the staged
 //! digest, as `hn-state/trial.json`, as a staged image's `/boot/kernel`; a raw
-//! tar archive on a second disk of an instantiated host) and checks that the
-//! current image boots within the timeout and that the console names what was
-//! set aside or ignored.
+//! tar archive on a second disk of an instantiated host; `/etc` as the home of
+//! the configured user) and checks that the current image boots within the
+//! timeout and that the console names what was set aside or ignored.
 
 use super::{boot_direct, expect_clean_poweroff, expect_files, expect_root, files_line, hostpart, shared, simple_disk, BASE, BOOT_TIMEOUT, STEP};
 use qemu_tests::{Ctx, Failure, Scenario};
 use std::path::PathBuf;
 use std::process::Command;
-use xtask::{qemu_command, Boot, DiskIf, Drive, QemuSpec};
+use xtask::{build_root_image, qemu_command, Boot, DiskIf, Drive, QemuSpec, RootImageSpec};
 
 fn sh(cmd: &mut Command) -> Result<(), Failure> {
     let out = cmd.output().map_err(|e| Failure::new(format!("{cmd:?}: {e}")))?;
@@ -128,8 +128,45 @@ fn config_raw_tar_disk(ctx: &mut Ctx) -> Result<(), Failure> {
     expect_clean_poweroff(&mut vm)
 }
 
+/// The image's passwd gives the configured user `alice` the home `/etc`; a hook
+/// reports `/etc`'s mode and owner and whether `/etc/.ssh` exists.
+const HOME_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001:Alice:/etc:/bin/sh\n";
+const HOME_GROUP: &str = "root:x:0:\nalice:x:1001:\n";
+const HOME_HOOK: &str = "say \"etc-home $(stat -c '%a %u' /etc) ssh=$([ -e /etc/.ssh ] && echo yes || echo no)\"\n";
+const HOME_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILk8jHDcGJtDF7OmqdGHA5EeLclOoNJlYg6fX7DMKhRX alice@laptop";
+
+fn home_etc(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let img = ctx.dir().join("image-home-etc.img");
+    build_root_image(
+        &RootImageSpec {
+            kernel: Some((s.kernel.vmlinuz.clone(), s.initramfs.clone())),
+            image_id: "A-home".into(),
+            extra_files: vec![
+                ("/etc/passwd".into(), HOME_PASSWD.as_bytes().to_vec(), 0o644),
+                ("/etc/group".into(), HOME_GROUP.as_bytes().to_vec(), 0o644),
+                ("/etc/hnroot.d/home.sh".into(), HOME_HOOK.as_bytes().to_vec(), 0o644),
+            ],
+            ..Default::default()
+        },
+        &img,
+    )
+    .map_err(|e| Failure::new(format!("building the image: {e:#}")))?;
+    let cfg = ctx.dir().join("config.json");
+    std::fs::write(&cfg, format!(r#"{{"vm_hostname":"home-host","vm_conf":{{"user":"alice","ssh_key":"{HOME_KEY}"}}}}"#))?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &img), ("hn-state/config.json", &cfg)]))?;
+    let mut vm = boot_direct(ctx, &disk, DiskIf::Virtio, "rw")?;
+    vm.forbid("hninit: boot failed");
+    vm.expect("hninit: first boot: instantiated as home-host", STEP)?;
+    vm.expect("first boot: user alice: home /etc exists outside /home; left as it is, no ssh keys installed", STEP)?;
+    expect_root(&vm, "A-home", "rw")?;
+    vm.expect("HNROOT: etc-home 755 0 ssh=no", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
 pub fn all() -> Vec<Scenario> {
     vec![
+        Scenario { name: "hostile-home-etc", about: "the configured user's passwd home is /etc: /etc keeps mode 755 and owner root, no /etc/.ssh, the console names it", run: home_etc },
         Scenario { name: "hostile-digest-fifo", about: "a FIFO as the staged image's .sha256: the staged image is rejected, the current one boots", run: staged_digest_fifo },
         Scenario { name: "hostile-trial-fifo", about: "a FIFO as hn-state/trial.json: set aside as trial.json.bad-1, the current image boots", run: trial_fifo },
         Scenario { name: "hostile-kernel-fifo", about: "a FIFO as a staged image's /boot/kernel: rejected at its trial mount, never loaded by step 7", run: staged_kernel_fifo },
