@@ -126,6 +126,9 @@ pub fn fill_part(
     }
     let plan = bidx::plan(&target, &have, 0);
 
+    // An interrupted stage's sidecars go by their `.part` first: removed
+    // beside it, or completed (see slots::rotation::finish_stage_sidecars).
+    crate::slots::rotation::finish_stage_sidecars(images, names).map_err(io_step(format!("settling the sidecars of {}", names.part)))?;
     remove_if_exists(images, &names.part).map_err(io_step(format!("removing the stale {}", names.part)))?;
     let part = images.open_rw(&names.part).map_err(io_step(format!("creating {}", names.part)))?;
     // Copy-on-write: start from the current image; same-place blocks stay shared.

@@ -389,6 +389,9 @@ pub fn stage_url(
         start = Start::Fresh;
     }
     if start == Start::Fresh {
+        // An interrupted stage's sidecars go by their `.part` first: removed
+        // beside it, or completed (see slots::rotation::finish_stage_sidecars).
+        crate::slots::rotation::finish_stage_sidecars(images, names).map_err(io_step(format!("settling the sidecars of {}", names.part)))?;
         remove_if_exists(images, &names.part).map_err(io_step(format!("removing the stale {}", names.part)))?;
         remove_if_exists(images, &record_name).map_err(io_step(format!("removing the stale {record_name}")))?;
     }
