@@ -172,6 +172,11 @@ to the image, it lets `hnctl stage URL` fetch only the blocks the host does not 
         #[arg(long)]
         dry_run: bool,
     },
+    /// Build an initramfs; keep /boot/kernel + /boot/initramfs on the newest kernel (hooks)
+    Initramfs {
+        #[command(subcommand)]
+        cmd: hninit::image::cli::InitramfsCmd,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -312,6 +317,10 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             o.write_all(&idx.to_bytes())
                 .and_then(|_| o.flush())
                 .map_err(|e| CtlError::failed("writing to standard output", e))
+        }
+        Cmd::Initramfs { cmd } => {
+            let text = hninit::image::cli::run(cmd).map_err(|e| CtlError::failed("hnctl initramfs", format!("{e:#}")))?;
+            out(&text)
         }
         Cmd::Unstage => {
             let host = host()?;
