@@ -177,6 +177,8 @@ to the image, it lets `hnctl stage URL` fetch only the blocks the host does not 
         #[command(subcommand)]
         cmd: hninit::image::cli::InitramfsCmd,
     },
+    /// Put a bootable hninit layout (GPT, ESP with GRUB, hostpart with the image) on a disk
+    Install(hninit::image::cli::InstallArgs),
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -320,6 +322,14 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Cmd::Initramfs { cmd } => {
             let text = hninit::image::cli::run(cmd).map_err(|e| CtlError::failed("hnctl initramfs", format!("{e:#}")))?;
+            out(&text)
+        }
+        Cmd::Install(a) => {
+            let text = hninit::image::cli::install(a).map_err(|e| CtlError {
+                what: format!("installing on {}", a.disk.display()),
+                found: format!("{e:#}"),
+                kind: if e.downcast_ref::<hninit::image::install::Refused>().is_some() { ErrorKind::Refused } else { ErrorKind::Failed },
+            })?;
             out(&text)
         }
         Cmd::Unstage => {

@@ -141,3 +141,57 @@ pub fn run(cmd: &InitramfsCmd) -> Result<String> {
         }
     }
 }
+
+/// `hnctl install`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InstallArgs {
+    /// The whole disk (/dev/sdX) or a disk image file (made if missing): erased
+    #[arg(long, value_name = "DEV|FILE")]
+    pub disk: PathBuf,
+    /// The root filesystem image to boot, staged as hn-root.img
+    #[arg(long, value_name = "FILE")]
+    pub image: PathBuf,
+    /// Filesystem of the host partition
+    #[arg(long, value_enum, default_value_t = super::disk::HostFs::Ext4)]
+    pub hostpart_fs: super::disk::HostFs,
+    /// Size of a disk image file to make, MiB [default: the image plus headroom]
+    #[arg(long, value_name = "MIB")]
+    pub size: Option<u64>,
+    /// Kernel command line of the menu entries (after real_root= and loopdev_hostpart=)
+    #[arg(long, default_value = "console=tty0 console=ttyS0 rw")]
+    pub cmdline: String,
+    /// Erase a disk that holds data
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// Runs `hnctl install`; returns the text to print. A refusal is a
+/// [`super::install::Refused`] in the chain.
+pub fn install(a: &InstallArgs) -> Result<String> {
+    if a.hostpart_fs == super::disk::HostFs::Xfs {
+        return Err(super::install::Refused("--hostpart-fs xfs: the host partition is ext4 or btrfs".into()).into());
+    }
+    let spec = super::install::InstallSpec {
+        disk: a.disk.clone(),
+        image: a.image.clone(),
+        hostpart_fs: a.hostpart_fs,
+        size_mib: a.size,
+        yes: a.yes,
+        cmdline: a.cmdline.clone(),
+    };
+    let layout = super::install::install(&spec)?;
+    let mut s = format!("{}: GPT, {} bytes\n", a.disk.display(), layout.size_bytes);
+    for p in &layout.partitions {
+        s.push_str(&format!(
+            "  partition {}: {} {} MiB, {} label {} UUID {}\n",
+            p.number,
+            p.partlabel,
+            p.size_bytes >> 20,
+            p.fs_type,
+            p.fs_label,
+            p.fs_uuid
+        ));
+    }
+    s.push_str(&format!("  hn-root.img: {}\n", a.image.display()));
+    Ok(s)
+}

@@ -11,6 +11,10 @@
 //! - [`bootpair`]: `/boot/kernel` + `/boot/initramfs` switched atomically to
 //!   the newest kernel (the kernel hooks).
 //! - [`cli`]: `hnctl initramfs build|update`.
+//! - [`disk`], [`grub`]: GPT disks without root (ESP with GRUB and the menu,
+//!   host partition), the GRUB images and menu (`hnctl install`, `cargo xtask disk`).
+//! - [`install`]: `hnctl install`: the refusals, then the disk.
+//! - [`tools`]: running external programs, atomic writes, sparse copies, UUIDs.
 //!
 //! Errors are `anyhow` chains: every step adds what it was doing; the callers
 //! (`hnctl`, `xtask`) print them and exit non-zero.
@@ -18,7 +22,11 @@
 pub mod bootpair;
 pub mod cli;
 pub mod cpio;
+pub mod disk;
+pub mod grub;
 pub mod initramfs;
+pub mod install;
 pub mod keys;
 pub mod kmod;
 pub mod profile;
+pub mod tools;

@@ -801,7 +801,7 @@ Name=en* eth*
 DHCP=yes
 ";
 
-const HOSTPART_MOUNT_DROPIN: &str = "\
+pub(crate) const HOSTPART_MOUNT_DROPIN: &str = "\
 # hninit: the host partition holds the image that is the root filesystem;
 # it is unmounted by hninit's shutdown program after the root, not by systemd.
 [Unit]
@@ -811,7 +811,7 @@ DefaultDependencies=no
 /// Only when hninit did not install the host's key: an ed25519 key, the one
 /// type hninit keeps per host (an RSA key also takes tens of seconds under
 /// emulation).
-const SSH_HOSTKEYS_UNIT: &str = "\
+pub(crate) const SSH_HOSTKEYS_UNIT: &str = "\
 [Unit]
 Description=Generate the SSH host key this image was built without
 Documentation=file:/etc/hninit/image.json
@@ -827,7 +827,7 @@ RemainAfterExit=yes
 WantedBy=multi-user.target
 ";
 
-const MARK_GOOD_UNIT: &str = "\
+pub(crate) const MARK_GOOD_UNIT: &str = "\
 [Unit]
 Description=End the trial of the image hninit booted (hnctl mark-good)
 Requires=boot-complete.target
