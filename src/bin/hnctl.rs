@@ -179,6 +179,11 @@ to the image, it lets `hnctl stage URL` fetch only the blocks the host does not 
     },
     /// Put a bootable hninit layout (GPT, ESP with GRUB, hostpart with the image) on a disk
     Install(hninit::image::cli::InstallArgs),
+    /// Make an image from the system you have (hnctl image create --from / --out FILE)
+    Image {
+        #[command(subcommand)]
+        cmd: hninit::image::cli::ImageCmd,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -330,6 +335,10 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 found: format!("{e:#}"),
                 kind: if e.downcast_ref::<hninit::image::install::Refused>().is_some() { ErrorKind::Refused } else { ErrorKind::Failed },
             })?;
+            out(&text)
+        }
+        Cmd::Image { cmd } => {
+            let text = hninit::image::cli::image(cmd).map_err(|e| CtlError::failed("hnctl image", format!("{e:#}")))?;
             out(&text)
         }
         Cmd::Unstage => {

@@ -195,3 +195,46 @@ pub fn install(a: &InstallArgs) -> Result<String> {
     s.push_str(&format!("  hn-root.img: {}\n", a.image.display()));
     Ok(s)
 }
+
+/// `hnctl image`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ImageCmd {
+    /// Make an hninit image from a root tree (/, a chroot, a mounted backup):
+    /// copied without other filesystems, generalized, /boot/kernel and
+    /// /boot/initramfs set, ext4 sized to the content plus --headroom
+    Create {
+        /// The root tree
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The image file to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Free space in the image, MiB
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        headroom: u64,
+        #[command(flatten)]
+        modules: ModuleArgs,
+    },
+}
+
+/// Runs `hnctl image`; returns the text to print.
+pub fn image(cmd: &ImageCmd) -> Result<String> {
+    match cmd {
+        ImageCmd::Create { from, out, headroom, modules } => {
+            let r = super::create::create(&super::create::CreateSpec {
+                from: from.clone(),
+                out: out.clone(),
+                headroom_mib: *headroom,
+                modules: modules.clone(),
+            })
+            .with_context(|| format!("making an image of {}", from.display()))?;
+            Ok(format!(
+                "{}: ext4 {} MiB ({} MiB of files), kernel {}\n",
+                out.display(),
+                r.size_mib,
+                r.content_mib,
+                r.release
+            ))
+        }
+    }
+}

@@ -13,6 +13,8 @@
 //! - [`cli`]: `hnctl initramfs build|update`.
 //! - [`disk`], [`grub`]: GPT disks without root (ESP with GRUB and the menu,
 //!   host partition), the GRUB images and menu (`hnctl install`, `cargo xtask disk`).
+//! - [`create`]: `hnctl image create --from DIR`: an image from a root tree.
+//! - [`generalize`]: a root tree made host-neutral (factory, `hnctl image create`).
 //! - [`install`]: `hnctl install`: the refusals, then the disk.
 //! - [`tools`]: running external programs, atomic writes, sparse copies, UUIDs.
 //!
@@ -22,7 +24,9 @@
 pub mod bootpair;
 pub mod cli;
 pub mod cpio;
+pub mod create;
 pub mod disk;
+pub mod generalize;
 pub mod grub;
 pub mod initramfs;
 pub mod install;
