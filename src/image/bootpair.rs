@@ -41,8 +41,9 @@ pub const KERNEL_LINK: &str = "hninit/kernel";
 pub const INITRAMFS_LINK: &str = "hninit/initramfs";
 
 /// What `boot/kernel` or `boot/initramfs` is now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Entry {
+    #[default]
     Absent,
     File,
     Link(String),
@@ -62,12 +63,6 @@ pub struct View {
     pub initramfs: Entry,
     /// Names in `boot/hninit.d/`.
     pub pairs: Vec<String>,
-}
-
-impl Default for Entry {
-    fn default() -> Self {
-        Entry::Absent
-    }
 }
 
 /// What to do, decided from a [`View`] alone.

@@ -186,6 +186,11 @@ mod tests {
         ] {
             assert!(list.lines().any(|l| l.ends_with(f)), "{f} missing:\n{list}");
         }
+        // The hooks parse as POSIX sh (dash, Debian's /bin/sh).
+        for h in ["postinst.d/zz-hninit", "prerm.d/hninit", "postrm.d/zz-hninit"] {
+            let p = workspace_root().join("packaging/deb/kernel").join(h);
+            util::run(Command::new("dash").arg("-n").arg(&p)).unwrap();
+        }
         // Reproducible: a second build is the same bytes.
         let again = build_deb(&init, &hnctl, &build_dir().join("deb-test2")).unwrap();
         assert_eq!(fs::read(&deb).unwrap(), fs::read(&again).unwrap());
