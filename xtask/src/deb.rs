@@ -10,6 +10,7 @@
 //! | `/etc/kernel/{postinst,prerm,postrm}.d/` | the kernel hooks (`hnctl initramfs update`) |
 //! | `/lib/systemd/system/hninit-*.service` | the units the factory's images use |
 //! | man page, bash/zsh/fish completions, copyright, changelog, lintian overrides | |
+//! | `DEBIAN/postinst` | in an hninit image, rebuilds `/boot/initramfs` with the new `/init` |
 //!
 //! The package `Provides: linux-initramfs-tool`, the virtual package Debian's
 //! kernel packages ask for. The test runs the real `lintian` on it.
@@ -125,6 +126,7 @@ pub fn build_deb(init: &Path, hnctl: &Path, out_dir: &Path) -> Result<PathBuf> {
     put(&root, "DEBIAN/control", control.as_bytes(), 0o644)?;
     put(&root, "DEBIAN/conffiles", &fs::read(src.join("conffiles"))?, 0o644)?;
     put(&root, "DEBIAN/md5sums", md5sums.as_bytes(), 0o644)?;
+    put(&root, "DEBIAN/postinst", &fs::read(src.join("postinst"))?, 0o755)?;
     fs::set_permissions(root.join("DEBIAN"), fs::Permissions::from_mode(0o755))?;
 
     fs::create_dir_all(out_dir)?;
@@ -171,6 +173,8 @@ mod tests {
         assert!(!report.lines().any(|l| l.starts_with("E:") || l.starts_with("W:")), "{report}");
         let field = |f: &str| util::run_stdout(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg(f)).unwrap();
         assert_eq!(field("Provides").trim(), "linux-initramfs-tool");
+        // The one provider at a time, as initramfs-tools and dracut declare.
+        assert_eq!(field("Conflicts").trim(), "linux-initramfs-tool");
         assert_eq!(field("Package").trim(), "hninit");
         let list = util::run_stdout(Command::new("dpkg-deb").arg("-c").arg(&deb)).unwrap();
         for f in [
@@ -187,8 +191,8 @@ mod tests {
             assert!(list.lines().any(|l| l.ends_with(f)), "{f} missing:\n{list}");
         }
         // The hooks parse as POSIX sh (dash, Debian's /bin/sh).
-        for h in ["postinst.d/zz-hninit", "prerm.d/hninit", "postrm.d/zz-hninit"] {
-            let p = workspace_root().join("packaging/deb/kernel").join(h);
+        for h in ["kernel/postinst.d/zz-hninit", "kernel/prerm.d/hninit", "kernel/postrm.d/zz-hninit", "postinst"] {
+            let p = workspace_root().join("packaging/deb").join(h);
             util::run(Command::new("dash").arg("-n").arg(&p)).unwrap();
         }
         // Reproducible: a second build is the same bytes.
