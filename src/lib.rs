@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | owns |
 //! |---|---|---|
-//! | operator | `ctl`, `runtime/` | `hnctl`'s commands on a host partition; the booted system's platform duties |
+//! | operator | `ctl`, `runtime/`, `image/` | `hnctl`'s commands on a host partition; the booted system's platform duties; building initramfs (host only) |
 //! | boot | `boot/` | the ten steps, failure policy, shutdown |
 //! | | `cmdline` | the kernel command line, parsed once in step 2 |
 //! | first boot | `firstboot/` | config → files in the new root |
@@ -38,3 +38,5 @@ pub mod ctl;
 pub mod runtime;
 #[cfg(feature = "remote")]
 pub mod remote;
+#[cfg(feature = "image")]
+pub mod image;

@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("firstboot", &["firstboot"]),
     ("cmdline", &["cmdline"]),
     ("boot", &["boot"]),
-    ("operator", &["ctl", "runtime", "remote"]),
+    ("operator", &["ctl", "runtime", "remote", "image"]),
 ];
 
 /// Longest a file in src/ may be (the "about 900 lines").

@@ -193,6 +193,18 @@ to the image, it lets `hnctl stage URL` fetch only the blocks the host does not 
         #[arg(long)]
         dry_run: bool,
     },
+    /// Build an initramfs; keep /boot/kernel + /boot/initramfs on the newest kernel (hooks)
+    Initramfs {
+        #[command(subcommand)]
+        cmd: hninit::image::cli::InitramfsCmd,
+    },
+    /// Put a bootable hninit layout (GPT, ESP with GRUB, hostpart with the image) on a disk
+    Install(hninit::image::cli::InstallArgs),
+    /// Make an image from the system you have (hnctl image create --from / --out FILE)
+    Image {
+        #[command(subcommand)]
+        cmd: hninit::image::cli::ImageCmd,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -340,6 +352,22 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             o.write_all(&idx.to_bytes())
                 .and_then(|_| o.flush())
                 .map_err(|e| CtlError::failed("writing to standard output", e))
+        }
+        Cmd::Initramfs { cmd } => {
+            let text = hninit::image::cli::run(cmd).map_err(|e| CtlError::failed("hnctl initramfs", format!("{e:#}")))?;
+            out(&text)
+        }
+        Cmd::Install(a) => {
+            let text = hninit::image::cli::install(a).map_err(|e| CtlError {
+                what: format!("installing on {}", a.disk.display()),
+                found: format!("{e:#}"),
+                kind: if e.downcast_ref::<hninit::image::install::Refused>().is_some() { ErrorKind::Refused } else { ErrorKind::Failed },
+            })?;
+            out(&text)
+        }
+        Cmd::Image { cmd } => {
+            let text = hninit::image::cli::image(cmd).map_err(|e| CtlError::failed("hnctl image", format!("{e:#}")))?;
+            out(&text)
         }
         Cmd::Unstage => {
             let host = host()?;

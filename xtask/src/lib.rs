@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod console;
 pub mod biosboot;
+pub mod deb;
 pub mod demo;
 pub mod deps;
 pub mod disk;

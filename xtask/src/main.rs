@@ -29,6 +29,16 @@ enum Cmd {
     /// Build the static init (release, x86_64-unknown-linux-musl), check it is under
     /// its 1 MiB budget, print its path (stdout) and size (stderr).
     BuildInit,
+    /// Build the Debian package hninit_<version>_amd64.deb (dpkg-deb, packaging/deb/)
+    /// and check it with lintian; print its path.
+    Deb {
+        /// Directory for the .deb [default: target/xtask/]
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Skip the lintian check.
+        #[arg(long)]
+        no_lintian: bool,
+    },
     /// Fetch the Debian kernel into the cache; print its release and paths.
     Kernel {
         /// Ask apt for the current version even if a kernel is cached.
@@ -185,6 +195,16 @@ fn real_main() -> Result<()> {
         Cmd::Deps => {
             ensure_host_packages()?;
             println!("host packages: all present");
+        }
+        Cmd::Deb { out_dir, no_lintian } => {
+            let init = build_init()?;
+            let hnctl = xtask::initbin::build_workspace_bin("hnctl")?;
+            let deb = xtask::deb::build_deb(&init, &hnctl, &out_dir.unwrap_or_else(xtask::build_dir))?;
+            if !no_lintian {
+                eprint!("{}", xtask::deb::lintian(&deb)?);
+                eprintln!("lintian: no errors or warnings");
+            }
+            println!("{}", deb.display());
         }
         Cmd::BuildInit => {
             let init = build_init()?;

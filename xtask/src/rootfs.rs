@@ -3,7 +3,7 @@
 //! image id, and a `/sbin/init` script that reports on the console (lines
 //! starting `HNROOT:`) what hninit handed over, then powers off.
 
-use crate::util::{self, cmd};
+use crate::util;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -256,39 +256,7 @@ fn stage_root(spec: &RootImageSpec, stage: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `mkfs.ext4` of `size_mib` from the directory `stage` into the file `out`
-/// (replaced), every file owned by root (fakeroot when not run as root).
-pub(crate) fn make_ext4(
-    stage: &Path,
-    label: &str,
-    uuid: Option<&str>,
-    size_mib: u64,
-    out: &Path,
-) -> Result<()> {
-    util::remove_any(out)?;
-    if let Some(d) = out.parent() {
-        fs::create_dir_all(d)?;
-    }
-    let mkfs = util::program("mkfs.ext4")?;
-    let mut c = if util::running_as_root() {
-        std::process::Command::new(&mkfs)
-    } else {
-        let mut c = cmd("fakeroot");
-        c.arg(&mkfs);
-        c
-    };
-    c.args(["-q", "-F", "-L", label]);
-    if let Some(u) = uuid {
-        c.args(["-U", u]);
-    }
-    c.arg("-d")
-        .arg(stage)
-        .args(["-E", "root_owner=0:0"])
-        .arg(out)
-        .arg(format!("{size_mib}M"));
-    util::run(&mut c)
-        .with_context(|| format!("making ext4 filesystem {} ({size_mib} MiB)", out.display()))
-}
+pub(crate) use hninit::image::disk::make_ext4;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,88 @@
+//! `hnctl install` and the kernel hooks' boot pair, booted for real through
+//! OVMF and GRUB:
+//! * `hnctl-install`: the shared root image A put on a fresh disk file by
+//!   `hnctl install` (no root, no loop device) boots: GRUB from the ESP's
+//!   removable path, the menu, loopback of `hn-root.img`, hninit, the root.
+//! * `hnctl-install-pair`: image A unpacked, given the cached kernel as
+//!   `/boot/vmlinuz-R` (its modules linked in), `hnctl initramfs update --root`
+//!   adopts its two regular files and switches to a new pair
+//!   (`/boot/kernel -> hninit/kernel`, `/boot/hninit -> hninit.d/R-…`), the
+//!   tree made an ext4 image again and installed: GRUB follows the links inside
+//!   the loop-mounted image and hninit boots it.
+
+use super::{expect_clean_poweroff, expect_root, shared, BASE, STEP};
+use qemu_tests::{Ctx, Failure, OrFail, Scenario};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use xtask::{fresh_ovmf_vars, qemu_command, Boot, Drive, QemuSpec};
+
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario { name: "hnctl-install", about: "hnctl install --disk FILE --image A: the disk boots through OVMF + GRUB", run: install_boots },
+        Scenario { name: "hnctl-install-pair", about: "hnctl initramfs update --root adopts /boot/kernel and switches to a symlinked pair; GRUB boots through the links", run: pair_boots },
+    ]
+}
+
+fn run(cmd: &mut Command) -> Result<String, Failure> {
+    let o = cmd.output().or_fail("starting a command")?;
+    if !o.status.success() {
+        return Err(Failure::new(format!("{cmd:?}: {}\n{}", o.status, String::from_utf8_lossy(&o.stderr))));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn hnctl() -> Result<std::path::PathBuf, Failure> {
+    xtask::build_workspace_bin("hnctl").or_fail("building hnctl")
+}
+
+fn install_and_boot(ctx: &mut Ctx, image: &Path) -> Result<(), Failure> {
+    let disk = ctx.dir().join("disk.img");
+    let out = run(Command::new(hnctl()?)
+        .args(["install", "--disk"])
+        .arg(&disk)
+        .arg("--image")
+        .arg(image)
+        .args(["--cmdline", &format!("{BASE} rw")]))?;
+    if !out.contains("partition 2: hostpart") {
+        return Err(Failure::new(format!("hnctl install printed: {out}")));
+    }
+    let vars = fresh_ovmf_vars(ctx.dir()).or_fail("copying OVMF vars")?;
+    let spec = QemuSpec { drives: vec![Drive::virtio(&disk)], ..QemuSpec::new(Boot::Uefi { vars }) };
+    let mut vm = ctx.spawn(qemu_command(&spec), Duration::from_secs(180))?;
+    vm.forbid("Kernel panic");
+    vm.forbid("hninit: boot failed");
+    vm.expect("Linux version", STEP)?;
+    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn install_boots(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    install_and_boot(ctx, &s.image_a)
+}
+
+fn pair_boots(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let tree = ctx.dir().join("tree");
+    std::fs::create_dir_all(&tree).or_fail("creating the tree")?;
+    run(Command::new("debugfs").args(["-R", &format!("rdump / {}", tree.display())]).arg(&s.image_a))?;
+    let r = &s.kernel.release;
+    std::fs::copy(&s.kernel.vmlinuz, tree.join(format!("boot/vmlinuz-{r}"))).or_fail("copying the kernel")?;
+    std::fs::create_dir_all(tree.join("lib/modules")).or_fail("lib/modules")?;
+    std::os::unix::fs::symlink(&s.kernel.modules_dir, tree.join("lib/modules").join(r)).or_fail("linking the modules")?;
+    let init = xtask::build_init().or_fail("building init")?;
+    let out = run(Command::new(hnctl()?).args(["initramfs", "update", "--root"]).arg(&tree).arg("--init").arg(&init))?;
+    if !out.contains("kept as a pair") || !out.contains(&format!("/boot/kernel, /boot/initramfs: {r} (boot/hninit.d/{r}-")) {
+        return Err(Failure::new(format!("hnctl initramfs update printed: {out}")));
+    }
+    let link = std::fs::read_link(tree.join("boot/kernel")).or_fail("reading /boot/kernel")?;
+    if link != Path::new("hninit/kernel") {
+        return Err(Failure::new(format!("/boot/kernel -> {}", link.display())));
+    }
+    let image = ctx.dir().join("pair.img");
+    run(Command::new("mkfs.ext4").args(["-q", "-L", "hnroot", "-d"]).arg(&tree).arg(&image).arg("128M"))?;
+    install_and_boot(ctx, &image)
+}

@@ -1,0 +1,143 @@
+//! `hnctl install` on disk image files with the real tools: the layout GRUB
+//! needs (read back with sgdisk, mtools and debugfs), and the refusals (exit 3,
+//! nothing written): data without `--yes`, too small, in use (attached to a
+//! loop device, or a disk with a mounted partition).
+#![cfg(feature = "image")]
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn hnctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hnctl")).args(args).output().unwrap()
+}
+
+fn stdout(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn tools() -> bool {
+    ["sgdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "grub-mkstandalone", "debugfs"]
+        .iter()
+        .all(|t| Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success()))
+}
+
+/// A 16 MiB ext4 image with a /boot/kernel.
+fn image(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("boot")).unwrap();
+    fs::write(root.join("boot/kernel"), "KERNEL").unwrap();
+    let img = dir.join("img.ext4");
+    stdout(Command::new("mkfs.ext4").args(["-q", "-L", "root", "-d"]).arg(&root).arg(&img).arg("16M"));
+    img
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn install_on_a_disk_file_then_refusals() {
+    if !tools() {
+        eprintln!("disk tools missing; skipping");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = image(d.path());
+    let disk = d.path().join("vm.img");
+    let o = hnctl(&["install", "--disk", s(&disk), "--image", s(&img)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // GPT: ESP then hostpart.
+    let table = stdout(Command::new("sgdisk").arg("-p").arg(&disk));
+    let rows: Vec<&str> = table.lines().filter(|l| l.trim_start().starts_with(char::is_numeric) && l.contains("MiB")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[0].contains("EF00") && rows[0].ends_with("EFI-BOOT"), "{table}");
+    assert!(rows[1].contains("8300") && rows[1].ends_with("hostpart"), "{table}");
+    // The ESP: GRUB at the removable path, the menu, the grubenv block.
+    let esp = format!("{}@@1M", s(&disk));
+    let ls = stdout(Command::new("mdir").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &esp, "-/", "-b", "::/EFI"]));
+    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/hninit/grub.cfg", "::/EFI/hninit/grubenv"] {
+        assert!(ls.contains(f), "{f} missing:\n{ls}");
+    }
+    let cfg = stdout(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args(["-i", &esp, "::/EFI/hninit/grub.cfg"]));
+    assert!(cfg.contains("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart console=tty0 console=ttyS0 rw"), "{cfg}");
+    // The host partition: hn-root.img is the image, byte for byte.
+    let part = d.path().join("hostpart.img");
+    stdout(Command::new("dd").arg(format!("if={}", s(&disk))).arg(format!("of={}", s(&part))).args(["bs=1M", "skip=65", "status=none"]));
+    let out = d.path().join("back.img");
+    stdout(Command::new("debugfs").args(["-R", &format!("dump /hn-root.img {}", s(&out))]).arg(&part));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&img).unwrap());
+    let ls = stdout(Command::new("debugfs").args(["-R", "ls -l /"]).arg(&part));
+    assert!(ls.contains("hn-state") && ls.contains("data"), "{ls}");
+    let label = stdout(Command::new("blkid").args(["-o", "value", "-s", "LABEL"]).arg(&part));
+    assert_eq!(label.trim(), "hostpart");
+
+    // Refused, exit 3, nothing written: the disk holds data and no --yes.
+    let before = fs::read(&disk).unwrap();
+    let o = hnctl(&["install", "--disk", s(&disk), "--image", s(&img)]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("holds data") && err.contains("--yes"), "{err}");
+    assert!(fs::read(&disk).unwrap() == before);
+    // With --yes it is redone.
+    let o = hnctl(&["install", "--disk", s(&disk), "--image", s(&img), "--yes"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Too small: an existing 50 MiB file.
+    let small = d.path().join("small.img");
+    fs::File::create(&small).unwrap().set_len(50 << 20).unwrap();
+    let o = hnctl(&["install", "--disk", s(&small), "--image", s(&img), "--yes"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("small.img is too small: 50 MiB, the image needs 118 MiB"));
+    assert!(fs::read(&small).unwrap().iter().all(|&b| b == 0));
+}
+
+/// In use: a disk file attached to a loop device; a block device (a loop
+/// device over a filesystem image) that is mounted. Needs root and loop devices.
+#[test]
+fn disk_in_use_is_refused() {
+    if !tools() {
+        eprintln!("disk tools missing; skipping");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = image(d.path());
+    let disk = d.path().join("vm.img");
+    let o = hnctl(&["install", "--disk", s(&disk), "--image", s(&img)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let attach = |f: &Path| -> Option<String> {
+        let o = Command::new("losetup").args(["-f", "--show"]).arg(f).output().ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(dev) = attach(&disk) else {
+        eprintln!("no loop device here (not root?); skipping");
+        return;
+    };
+    let file = hnctl(&["install", "--disk", s(&disk), "--image", s(&img), "--yes"]);
+    Command::new("losetup").args(["-d", &dev]).status().unwrap();
+
+    // A block device with a mounted filesystem (the disk itself, here: no
+    // partition nodes appear for loop devices without udev).
+    let fsimg = d.path().join("fs.img");
+    fs::File::create(&fsimg).unwrap().set_len(300 << 20).unwrap();
+    stdout(Command::new("mkfs.ext4").args(["-q"]).arg(&fsimg));
+    let dev2 = attach(&fsimg).unwrap();
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount").arg(&dev2).arg(&mnt).status().is_ok_and(|s| s.success());
+    let block = hnctl(&["install", "--disk", &dev2, "--image", s(&img), "--yes"]);
+    if mounted {
+        Command::new("umount").arg(&mnt).status().unwrap();
+    }
+    Command::new("losetup").args(["-d", &dev2]).status().unwrap();
+
+    assert_eq!(file.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&file.stderr).contains(&format!("in use: attached to {dev}")), "{}", String::from_utf8_lossy(&file.stderr));
+    assert!(mounted, "could not mount {dev2}");
+    assert_eq!(block.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&block.stderr);
+    assert!(err.contains(&format!("in use: mounted at {}", mnt.display())), "{err}");
+}
