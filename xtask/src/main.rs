@@ -104,7 +104,7 @@ enum Cmd {
         #[command(flatten)]
         demo: DemoArgs,
         /// Boot with -kernel/-initrd/-append instead of OVMF + GRUB.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bios")]
         direct: bool,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
@@ -159,6 +159,10 @@ struct DemoArgs {
     /// Use this init binary instead of building it.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Also install GRUB for BIOS (i386-pc, BIOS boot partition + MBR); with
+    /// `run`, boot the disk under SeaBIOS instead of OVMF.
+    #[arg(long)]
+    bios: bool,
 }
 
 impl DemoArgs {
@@ -169,6 +173,7 @@ impl DemoArgs {
             cmdline_extra: self.cmdline.clone(),
             timeout: self.timeout,
             init: self.init.clone(),
+            bios: self.bios,
         }
     }
 }
@@ -319,6 +324,8 @@ fn real_main() -> Result<()> {
                     initrd: Some(a.initramfs.clone()),
                     append: a.direct_cmdline.clone(),
                 }
+            } else if demo.bios {
+                qemu::Boot::Bios
             } else {
                 qemu::Boot::Uefi {
                     vars: qemu::fresh_ovmf_vars(&build_dir().join("demo"))?,

@@ -132,6 +132,51 @@ fn vm_hostpart_missing(ctx: &mut Ctx) -> Result<(), Failure> {
     )
 }
 
+/// SeaBIOS (QEMU's default firmware) booting `disk` from its MBR.
+fn boot_bios(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
+    let spec = QemuSpec { drives: vec![Drive::virtio(disk)], ..QemuSpec::new(Boot::Bios) };
+    ctx.spawn(qemu_command(&spec), Duration::from_secs(180))
+}
+
+/// GRUB for i386-pc put on a disk `build_disk` made (BIOS boot partition + MBR).
+fn install_bios(disk: &Path) -> Result<(), Failure> {
+    let b = xtask::install_bios_grub(disk).or_fail("installing GRUB for BIOS")?;
+    if b.partition != 3 {
+        return Err(Failure::new(format!("the BIOS boot partition is number {}, expected 3 (after the ESP and hostpart)", b.partition)));
+    }
+    Ok(())
+}
+
+/// SeaBIOS → boot.img in the MBR → core.img in the BIOS boot partition →
+/// the ESP's /EFI/hninit/grub.cfg → the image's kernel → hninit.
+fn bios_grub(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let cfg = GrubVars { timeout: 0, hostpart_label: "hostpart".into(), image_dir: String::new(), cmdline: BASE.to_string() + " rw" }.render();
+    let (disk, layout) = make_disk(
+        ctx,
+        DiskSpec { esp: Some(EspSpec { grub_cfg: cfg, grubenv: None }), hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: Vec::new() },
+    )?;
+    install_bios(&disk)?;
+    let mut vm = boot_bios(ctx, &disk)?;
+    vm.forbid("Kernel panic");
+    vm.forbid("hninit: boot failed");
+    vm.forbid("efi: EFI v"); // SeaBIOS, not OVMF, started GRUB
+    vm.expect("hninit: boot counter: hn_trial= hn_tries=", STEP)?;
+    vm.expect("Command line: BOOT_IMAGE=(loop)/boot/kernel", STEP)?;
+    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    expect_clean_poweroff(&mut vm)?;
+    expect_hostpart_clean(ctx, &disk, &layout)
+}
+
+/// `grub-counter` under SeaBIOS: rotation, GRUB's trial counter in the ESP's
+/// grubenv (save_env writes through the BIOS disk services), and the
+/// automatic revert of an image whose kernel panics.
+fn bios_grub_counter(ctx: &mut Ctx) -> Result<(), Failure> {
+    grub_counter_on(ctx, boot_bios, install_bios)
+}
+
 pub(super) fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "hw-megasas", about: "host partition behind an LSI MegaRAID SAS (megasas: megaraid_sas), default profile", run: megasas },
@@ -145,6 +190,8 @@ pub(super) fn all() -> Vec<Scenario> {
         Scenario { name: "vm-profile-virtio", about: "the vm initramfs profile boots virtio-blk", run: vm_virtio },
         Scenario { name: "vm-profile-ahci", about: "the vm initramfs profile boots AHCI", run: vm_ahci },
         Scenario { name: "vm-profile-nvme", about: "the vm initramfs profile boots NVMe", run: vm_nvme },
+        Scenario { name: "bios-grub", about: "SeaBIOS boots GRUB i386-pc from a BIOS boot partition, the hninit menu, image A", run: bios_grub },
+        Scenario { name: "bios-grub-counter", about: "under SeaBIOS, GRUB's counter rolls back a trial image whose kernel panics (as grub-counter under OVMF)", run: bios_grub_counter },
         Scenario { name: "vm-profile-hostpart-missing", about: "vm profile, no host partition: the diagnosis names ata_piix for the PIIX IDE controller", run: vm_hostpart_missing },
     ]
 }
