@@ -257,6 +257,9 @@ fn real_main() -> Result<()> {
             );
             if let Some(p) = r.profile {
                 println!("profile: {}", p.name());
+                if let Some(b) = p.budget().filter(|b| r.compressed_size > *b && spec.busybox.is_none() && matches!(r.compression, Compression::Zstd)) {
+                    eprintln!("xtask: warning: the {} profile's archive is {} bytes, over its budget of {b} (initramfs/README.md)", p.name(), r.compressed_size);
+                }
             }
             for h in &r.host_drivers {
                 println!(
