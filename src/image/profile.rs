@@ -38,6 +38,13 @@ impl Profile {
         }
     }
 
+    /// The compressed size (zstd, without busybox) the profile must stay under:
+    /// 3.5 MiB for `server` (issue 17; initramfs/README.md shows what each
+    /// family costs). The others have no budget of their own.
+    pub fn budget(self) -> Option<u64> {
+        (self == Profile::Server).then_some(3 * 1024 * 1024 + 512 * 1024)
+    }
+
     /// The names listed by the profile's file, `include`s expanded (for `host`,
     /// without the detected drivers: see [`host_storage_drivers`]).
     pub fn listed(self) -> Vec<String> {

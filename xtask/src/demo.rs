@@ -1,6 +1,7 @@
 //! The demo disk pipeline used by `cargo xtask disk` and `cargo xtask run`:
 //! Debian kernel + hninit initramfs (with busybox) → root image `hn-root.img`
-//! (image id `demo`) → GPT disk with GRUB on the ESP and the host partition.
+//! (image id `demo`) → GPT disk with GRUB on the ESP and the host partition
+//! (and, with `bios`, GRUB for i386-pc in a BIOS boot partition).
 
 use crate::disk::{build_disk, DiskLayout, DiskSpec, EspSpec, HostFs, HostpartSpec};
 use crate::grub::{normalize_image_dir, GrubVars};
@@ -28,6 +29,9 @@ pub struct DemoOptions {
     pub timeout: u32,
     /// The init binary; `None` builds it.
     pub init: Option<PathBuf>,
+    /// Also put GRUB for BIOS (i386-pc) on the disk: a BIOS boot partition
+    /// and the MBR, running the same menu and grubenv as the EFI GRUB.
+    pub bios: bool,
 }
 
 impl Default for DemoOptions {
@@ -38,6 +42,7 @@ impl Default for DemoOptions {
             cmdline_extra: String::new(),
             timeout: 1,
             init: None,
+            bios: false,
         }
     }
 }
@@ -110,6 +115,9 @@ pub fn build_demo_disk(opts: &DemoOptions, out: &Path) -> Result<DemoArtifacts> 
         extra_hostparts: Vec::new(),
     };
     let layout = step("built disk", || build_disk(&spec, out))?;
+    if opts.bios {
+        step("installed GRUB for BIOS", || crate::biosboot::install_bios_grub(out))?;
+    }
     let direct_cmdline =
         format!("real_root={image_dir}/hn-root.img loopdev_hostpart=LABEL=hostpart {cmdline}");
     Ok(DemoArtifacts {

@@ -34,6 +34,7 @@ const REQUIREMENTS: &[(Probe, &str)] = &[
         Probe::File("/usr/lib/grub/x86_64-efi/loopback.mod"),
         "grub-efi-amd64-bin",
     ),
+    (Probe::File("/usr/lib/grub/i386-pc/boot.img"), "grub-pc-bin"),
     (Probe::StaticElf("/bin/busybox"), "busybox-static"),
     (Probe::Program("depmod"), "kmod"),
     (Probe::Program("cpio"), "cpio"),

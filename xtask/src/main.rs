@@ -114,7 +114,7 @@ enum Cmd {
         #[command(flatten)]
         demo: DemoArgs,
         /// Boot with -kernel/-initrd/-append instead of OVMF + GRUB.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bios")]
         direct: bool,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
@@ -169,6 +169,10 @@ struct DemoArgs {
     /// Use this init binary instead of building it.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Also install GRUB for BIOS (i386-pc, BIOS boot partition + MBR); with
+    /// `run`, boot the disk under SeaBIOS instead of OVMF.
+    #[arg(long)]
+    bios: bool,
 }
 
 impl DemoArgs {
@@ -179,6 +183,7 @@ impl DemoArgs {
             cmdline_extra: self.cmdline.clone(),
             timeout: self.timeout,
             init: self.init.clone(),
+            bios: self.bios,
         }
     }
 }
@@ -272,6 +277,9 @@ fn real_main() -> Result<()> {
             );
             if let Some(p) = r.profile {
                 println!("profile: {}", p.name());
+                if let Some(b) = p.budget().filter(|b| r.compressed_size > *b && spec.busybox.is_none() && matches!(r.compression, Compression::Zstd)) {
+                    eprintln!("xtask: warning: the {} profile's archive is {} bytes, over its budget of {b} (initramfs/README.md)", p.name(), r.compressed_size);
+                }
             }
             for h in &r.host_drivers {
                 println!(
@@ -339,6 +347,8 @@ fn real_main() -> Result<()> {
                     initrd: Some(a.initramfs.clone()),
                     append: a.direct_cmdline.clone(),
                 }
+            } else if demo.bios {
+                qemu::Boot::Bios
             } else {
                 qemu::Boot::Uefi {
                     vars: qemu::fresh_ovmf_vars(&build_dir().join("demo"))?,

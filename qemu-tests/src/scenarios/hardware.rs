@@ -78,8 +78,26 @@ fn boot_behind(ctx: &mut Ctx, iface: DiskIf, dev: &str, driver: &str, initramfs:
 fn megasas(ctx: &mut Ctx) -> Result<(), Failure> {
     boot_behind(ctx, DiskIf::Megasas, "/dev/sda1", "megaraid_sas", None)
 }
+/// QEMU 7.2's `mptsas1068` with Linux 6.1's Fusion-MPT `mptsas`: the default
+/// initramfs loads mptsas, which brings the controller up ("LSISAS1068 A0,
+/// FwRev=01329200h, Ports=8"), but the driver's SAS discovery reports no end
+/// device (no "attaching ssp device" line, with scsi-id 0 or 1, after 50 s), so
+/// no disk appears: an emulation gap, not a missing module (mpt3sas does not
+/// claim the 1068's PCI id 1000:0054; mptsas does). What the scenario can check:
+/// the right driver is loaded and bound, and the diagnosis blames no missing
+/// driver. Real SAS1068E HBAs are served by the same mptsas module.
 fn mptsas(ctx: &mut Ctx) -> Result<(), Failure> {
-    boot_behind(ctx, DiskIf::Mptsas1068, "/dev/sda1", "mptsas", None)
+    let s = shared()?;
+    let (disk, _) = simple_disk(ctx, hostpart(&[("hn-root.img", &s.image_a)]))?;
+    let mut vm = boot_direct_with(ctx, &disk, DiskIf::Mptsas1068, "rw hn.timeout=5", &s.initramfs)?;
+    vm.expect(": ioc0: LSISAS1068 A0, FwRev=", STEP)?; // the SCSI host mptsas registered
+    vm.expect("hninit: loaded drivers: ", STEP)?;
+    expect_driver_loaded(&vm, "mptsas")?;
+    expect_failure_then_reboot(
+        &mut vm,
+        "host partition LABEL=hostpart not found after waiting",
+        &["block devices: none at all", "no storage device is missing a driver"],
+    )
 }
 fn lsi53c895a(ctx: &mut Ctx) -> Result<(), Failure> {
     boot_behind(ctx, DiskIf::Lsi53c895a, "/dev/sda1", "sym53c8xx", None)
@@ -132,10 +150,55 @@ fn vm_hostpart_missing(ctx: &mut Ctx) -> Result<(), Failure> {
     )
 }
 
+/// SeaBIOS (QEMU's default firmware) booting `disk` from its MBR.
+fn boot_bios(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
+    let spec = QemuSpec { drives: vec![Drive::virtio(disk)], ..QemuSpec::new(Boot::Bios) };
+    ctx.spawn(qemu_command(&spec), Duration::from_secs(180))
+}
+
+/// GRUB for i386-pc put on a disk `build_disk` made (BIOS boot partition + MBR).
+fn install_bios(disk: &Path) -> Result<(), Failure> {
+    let b = xtask::install_bios_grub(disk).or_fail("installing GRUB for BIOS")?;
+    if b.partition != 3 {
+        return Err(Failure::new(format!("the BIOS boot partition is number {}, expected 3 (after the ESP and hostpart)", b.partition)));
+    }
+    Ok(())
+}
+
+/// SeaBIOS → boot.img in the MBR → core.img in the BIOS boot partition →
+/// the ESP's /EFI/hninit/grub.cfg → the image's kernel → hninit.
+fn bios_grub(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let cfg = GrubVars { timeout: 0, hostpart_label: "hostpart".into(), image_dir: String::new(), cmdline: BASE.to_string() + " rw" }.render();
+    let (disk, layout) = make_disk(
+        ctx,
+        DiskSpec { esp: Some(EspSpec { grub_cfg: cfg, grubenv: None }), hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: Vec::new() },
+    )?;
+    install_bios(&disk)?;
+    let mut vm = boot_bios(ctx, &disk)?;
+    vm.forbid("Kernel panic");
+    vm.forbid("hninit: boot failed");
+    vm.forbid("efi: EFI v"); // SeaBIOS, not OVMF, started GRUB
+    vm.expect("hninit: boot counter: hn_trial= hn_tries=", STEP)?;
+    vm.expect("Command line: BOOT_IMAGE=(loop)/boot/kernel", STEP)?;
+    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    expect_clean_poweroff(&mut vm)?;
+    expect_hostpart_clean(ctx, &disk, &layout)
+}
+
+/// `grub-counter` under SeaBIOS: rotation, GRUB's trial counter in the ESP's
+/// grubenv (save_env writes through the BIOS disk services), and the
+/// automatic revert of an image whose kernel panics.
+fn bios_grub_counter(ctx: &mut Ctx) -> Result<(), Failure> {
+    grub_counter_on(ctx, boot_bios, install_bios)
+}
+
 pub(super) fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "hw-megasas", about: "host partition behind an LSI MegaRAID SAS (megasas: megaraid_sas), default profile", run: megasas },
-        Scenario { name: "hw-mptsas", about: "host partition behind an LSI SAS 1068 (mptsas1068: fusion mptsas), default profile", run: mptsas },
+        Scenario { name: "hw-mptsas", about: "LSI SAS 1068 (mptsas1068): the default profile loads and binds fusion mptsas; QEMU 7.2 reports it no disk (see the fn)", run: mptsas },
         Scenario { name: "hw-lsi53c895a", about: "host partition behind an LSI 53C895A SCSI HBA (sym53c8xx), default profile", run: lsi53c895a },
         Scenario { name: "hw-usb-xhci", about: "host partition on a USB stick (usb-storage) on xHCI, default profile", run: usb_xhci },
         Scenario { name: "hw-usb-ehci", about: "host partition on a USB stick (usb-storage) on EHCI, default profile", run: usb_ehci },
@@ -145,6 +208,8 @@ pub(super) fn all() -> Vec<Scenario> {
         Scenario { name: "vm-profile-virtio", about: "the vm initramfs profile boots virtio-blk", run: vm_virtio },
         Scenario { name: "vm-profile-ahci", about: "the vm initramfs profile boots AHCI", run: vm_ahci },
         Scenario { name: "vm-profile-nvme", about: "the vm initramfs profile boots NVMe", run: vm_nvme },
+        Scenario { name: "bios-grub", about: "SeaBIOS boots GRUB i386-pc from a BIOS boot partition, the hninit menu, image A", run: bios_grub },
+        Scenario { name: "bios-grub-counter", about: "under SeaBIOS, GRUB's counter rolls back a trial image whose kernel panics (as grub-counter under OVMF)", run: bios_grub_counter },
         Scenario { name: "vm-profile-hostpart-missing", about: "vm profile, no host partition: the diagnosis names ata_piix for the PIIX IDE controller", run: vm_hostpart_missing },
     ]
 }
