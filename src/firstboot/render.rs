@@ -416,6 +416,9 @@ fn plan_extras(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
         }
         b.owned_write("/etc/sysctl.d/60-hninit.conf", text, 0o644, "hninit.sysctl");
     }
+    if let Some(text) = crate::config::platform::host_settings(extra) {
+        b.owned_write(crate::config::platform::HOST_SETTINGS, text, 0o644, "hninit.data_disks/swap/hotplug/sshd for the booted system");
+    }
     Ok(())
 }
 
