@@ -329,9 +329,6 @@ fn plan_run(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
     let Ctx { cfg, image, stamp, .. } = *c;
     // The command run once after boot.
     if let Some(run) = cfg.vm_conf.as_ref().and_then(|v| v.run.as_deref()).filter(|r| !r.trim().is_empty()) {
-        if !image.systemd {
-            return Err(RenderError::RunNeedsSystemd);
-        }
         let mut script = if run.starts_with("#!") {
             run.to_string()
         } else {
@@ -340,7 +337,12 @@ fn plan_run(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
         if !script.ends_with('\n') {
             script.push('\n');
         }
-        b.owned_write("/etc/hninit/run", script, 0o700, "vm_conf.run, run once by hninit-run.service");
+        b.owned_write("/etc/hninit/run", script, 0o700, "vm_conf.run, run once after boot");
+        if !image.systemd {
+            let args = cfg.vm_conf.as_ref().and_then(|v| v.script_args.as_deref());
+            super::runonce::plan_without_systemd(b, &image.run_once, stamp.config_digest, args, run);
+            return Ok(());
+        }
         let args = cfg
             .vm_conf
             .as_ref()
@@ -712,7 +714,15 @@ mod tests {
         c.vm_conf.as_mut().unwrap().run = Some("echo hi".into());
         let mut f = facts(NetworkStack::Networkd);
         f.systemd = false;
-        assert!(matches!(plan(&c, &f, &identity(), &STAMP), Err(RenderError::RunNeedsSystemd)));
+        let p = plan(&c, &f, &identity(), &STAMP).unwrap();
+        assert!(p.warnings.iter().any(|w| w.starts_with("vm_conf.run NOT scheduled") && w.contains("\"echo hi\"")), "{:?}", p.warnings);
+        assert!(p.find("/etc/hninit/run").is_some() && p.find(RUN_UNIT).is_none() && p.find("/etc/rc.local").is_none());
+        f.run_once = crate::firstboot::runonce::Mechanism::RcLocal { existing: None };
+        let p = plan(&c, &f, &identity(), &STAMP).unwrap();
+        assert!(p.find("/etc/rc.local").is_some() && p.find("/etc/hninit/run-once").is_some() && p.warnings.is_empty());
+        f.run_once = crate::firstboot::runonce::Mechanism::OpenRc { enable: Some("/etc/init.d/local".into()) };
+        let p = plan(&c, &f, &identity(), &STAMP).unwrap();
+        assert!(p.find("/etc/local.d/hninit-run.start").is_some() && p.find("/etc/runlevels/default/local").is_some());
         let mut c = config();
         c.hninit.as_mut().unwrap().interface_names.insert("0".into(), "../x".into());
         assert!(matches!(
