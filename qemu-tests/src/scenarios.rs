@@ -5,6 +5,7 @@
 
 mod hostile;
 mod hardware;
+mod gandi;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -1115,5 +1116,6 @@ pub fn all() -> Vec<Scenario> {
     ];
     all.extend(hostile::all());
     all.extend(hardware::all());
+    all.extend(gandi::all());
     all
 }
