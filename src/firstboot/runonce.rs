@@ -75,7 +75,9 @@ pub fn run_once_script(digest: &str, args: Option<&str>) -> String {
 /// The line the boot mechanisms call (never failing the caller: `rc.local`
 /// may run under `sh -e`).
 fn call() -> String {
-    format!("[ -x {RUN_ONCE} ] && {RUN_ONCE} >>/var/log/hninit-run.log 2>&1 || true\n")
+    // /var/log may not exist (a minimal image): a failed redirection would
+    // skip the command.
+    format!("[ -x {RUN_ONCE} ] && {{ mkdir -p /var/log; {RUN_ONCE} >>/var/log/hninit-run.log 2>&1; }} || true\n")
 }
 
 /// `/etc/rc.local` with hninit's block right after its first line (the `#!`
@@ -189,7 +191,7 @@ mod tests {
     fn rc_local_gets_the_block_before_its_exit() {
         let debian = b"#!/bin/sh -e\n# rc.local\necho hello\nexit 0\n";
         let out = String::from_utf8(rc_local(Some(debian))).unwrap();
-        assert!(out.starts_with("#!/bin/sh -e\n# BEGIN hninit\n[ -x /etc/hninit/run-once ] && /etc/hninit/run-once"), "{out}");
+        assert!(out.starts_with("#!/bin/sh -e\n# BEGIN hninit\n[ -x /etc/hninit/run-once ] && { mkdir -p /var/log; /etc/hninit/run-once >>/var/log/hninit-run.log 2>&1; } || true\n# END hninit\n"), "{out}");
         assert!(out.ends_with("# END hninit\n# rc.local\necho hello\nexit 0\n"), "{out}");
         // Idempotent: the block is replaced, not added twice.
         assert_eq!(String::from_utf8(rc_local(Some(out.as_bytes()))).unwrap(), out);
