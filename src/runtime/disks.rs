@@ -1,10 +1,11 @@
 //! `hnctl platform disk DEV`, run by `hninit-disk@DEV.service` (which the udev
 //! rule wants for every block device added, at boot and on hot-add): gathers
 //! the block devices ([`to_disks`], pure: sysfs scan + `/proc/self/mountinfo`),
-//! asks `datadisk::plan`, and for a disk to mount runs `fsck -a` (exit 4 or
+//! asks `datadisk::plan`, and for a disk to mount runs `fsck.<type> -a` (exit 4 or
 //! more: not mounted, and the error says so, in the journal) then
 //! `systemd-mount --automount` with the idle timeout (a plain mount when it is
-//! 0). The mount point chosen is recorded in `/run/hninit/datadisk/DEV` so
+//! 0). Without the filesystem's checker installed the disk is mounted
+//! unchecked, and the journal says so. The mount point chosen is recorded in `/run/hninit/datadisk/DEV` so
 //! that another disk's plan sees an idle automount as taken.
 //!
 //! Never touched: the host partition and its disk (found as what is mounted at
@@ -119,6 +120,12 @@ pub fn fsck_verdict(status: Option<i32>) -> Result<&'static str, String> {
     }
 }
 
+/// The filesystem's own checker (`fsck.ext4` …), if installed: the `fsck`
+/// wrapper exits 8 when it is missing, which would look like a broken disk.
+pub fn fsck_helper(fstype: &str) -> Option<String> {
+    ["/usr/sbin", "/sbin"].iter().map(|d| format!("{d}/fsck.{fstype}")).find(|p| Path::new(p).is_file())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("disk {name}: not mounted: {why}")]
@@ -145,15 +152,16 @@ pub fn handle(name: &str, p: &Platform) -> Result<String, DiskError> {
                 log.push_str(&format!("disk {name}: {n}: using {at}\n"));
             }
             let not_mounted = |why: String| DiskError::NotMounted { name: name.into(), why };
-            match Command::new("fsck").args(["-a", &format!("/dev/{name}")]).output() {
-                Ok(out) => {
+            match fsck_helper(&fstype) {
+                None => log.push_str(&format!("disk {name}: not checked: no fsck.{fstype} in /usr/sbin or /sbin (install its tools, e2fsprogs for ext4)\n")),
+                Some(helper) => {
+                    let out = Command::new(&helper).args(["-a", &format!("/dev/{name}")]).output().map_err(|e| not_mounted(format!("{helper}: {e}")))?;
                     let verdict = fsck_verdict(out.status.code()).map_err(|e| {
-                        let said = String::from_utf8_lossy(&out.stdout).trim().replace('\n', "; ");
-                        not_mounted(format!("{e} ({said})"))
+                        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                        not_mounted(format!("{e} ({})", said.trim().replace('\n', "; ")))
                     })?;
-                    log.push_str(&format!("disk {name}: fsck: {verdict}\n"));
+                    log.push_str(&format!("disk {name}: {helper}: {verdict}\n"));
                 }
-                Err(e) => log.push_str(&format!("disk {name}: fsck not run ({e}); mounting anyway\n")),
             }
             let args = mount_args(name, &at, &fstype, &options, pol.idle_timeout);
             let out = Command::new("systemd-mount").args(&args).output().map_err(|e| not_mounted(format!("systemd-mount: {e}")))?;

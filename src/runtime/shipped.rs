@@ -39,10 +39,11 @@ Type=oneshot
 ExecStart=/usr/sbin/hnctl platform hotplug
 ";
 
+// Not ordered before swap.target: with default dependencies (after
+// sysinit.target) that is an ordering cycle, and systemd drops swap.target.
 pub const SWAP_UNIT: &str = "[Unit]
 Description=hninit: the swap/config disk as swap (after its configuration archive is wiped)
-After=local-fs.target systemd-udev-settle.service
-Before=swap.target
+After=local-fs.target
 
 [Service]
 Type=oneshot
@@ -50,7 +51,7 @@ RemainAfterExit=yes
 ExecStart=/usr/sbin/hnctl platform swap
 
 [Install]
-WantedBy=swap.target multi-user.target
+WantedBy=multi-user.target
 ";
 
 pub const SSHD_UNIT: &str = "[Unit]

@@ -103,7 +103,7 @@ fn wait_for(m: &Machine, r: &Running, script: &str, want: &str, within: Duration
         }
         if t.elapsed() > within {
             let journal = m
-                .ssh(r, &m.imgs.root_key, "root", HostKey::Strict, "journalctl --no-pager -o cat -u 'hninit-*' | tail -n 30")
+                .ssh(r, &m.imgs.root_key, "root", HostKey::Strict, "journalctl --no-pager -o cat -u 'hninit-disk@*' -u hninit-hotplug.service | tail -n 30")
                 .unwrap_or_default();
             return Err(vm_failure(
                 &r.vm,
