@@ -174,8 +174,9 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
     ctx.note(format!("sshd -T: {}", t.trim().replace('\n', ", ")));
 
     // The disk attached at boot, through its automount.
-    let (out, _) = wait_for(&m, &r, "cat /srv/www/marker; findmnt -no SOURCE,FSTYPE /srv/www | tail -n 1", "www-marker", Duration::from_secs(30))?;
-    if !out.contains("/dev/vdc ext4") {
+    let (out, _) = wait_for(&m, &r, "cat /srv/www/marker; echo; findmnt -no SOURCE,FSTYPE /srv/www | tail -n 1", "www-marker", Duration::from_secs(30))?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    if !words.ends_with(&["/dev/vdc", "ext4"]) {
         return Err(vm_failure(&r.vm, format!("[disks] /srv/www is not /dev/vdc: {out}")));
     }
     ctx.note("disks: the disk labelled www is at /srv/www");
