@@ -68,7 +68,7 @@ pub fn to_disks(devs: &[BlockDev], mounts: &[MountLine], swap_candidates: &[Path
             if mounted.iter().any(|m| crate::layout::HOSTPART_CANDIDATES.contains(&m.at.as_str()) || m.at == "/") {
                 reserved.names.push(d.name.clone());
             }
-            if swap_candidates.iter().any(|p| *p == d.path) {
+            if swap_candidates.contains(&d.path) {
                 reserved.names.push(d.name.clone());
             }
             Disk {
