@@ -47,6 +47,13 @@ use xtask::{
     qemu_command, Boot, DiskLayout, DiskSpec, Drive, HostpartSpec, ImageSpec, QemuSpec, SwapDisk,
 };
 
+mod platform;
+
+/// Issue 14's scenario (`debian/platform.rs`).
+pub fn platform_scenarios() -> Vec<Scenario> {
+    platform::scenarios()
+}
+
 /// The scenarios of this module.
 pub fn scenarios() -> Vec<Scenario> {
     vec![

@@ -49,6 +49,7 @@ fn main() {
         "power-cut-random",
     ];
     let mut all = debian::scenarios();
+    all.extend(debian::platform_scenarios());
     all.extend(scenarios::all());
     all.sort_by_key(|s| LONG.iter().position(|l| *l == s.name).unwrap_or(LONG.len()));
     let ok = run_all(&all, args);

@@ -6,6 +6,7 @@
 mod hostile;
 mod hardware;
 mod install;
+mod gandi;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -1117,5 +1118,6 @@ pub fn all() -> Vec<Scenario> {
     all.extend(hostile::all());
     all.extend(hardware::all());
     all.extend(install::all());
+    all.extend(gandi::all());
     all
 }

@@ -205,6 +205,12 @@ to the image, it lets `hnctl stage URL` fetch only the blocks the host does not 
         #[command(subcommand)]
         cmd: hninit::image::cli::ImageCmd,
     },
+    /// The booted system's platform duties (data disks, swap disk, hotplug, sshd
+    /// policy), as the shipped units call them; see docs/config.md
+    Platform {
+        #[command(subcommand)]
+        cmd: PlatformCmd,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -219,6 +225,20 @@ enum ProgressMode {
     Auto,
     Json,
     None,
+}
+
+#[derive(Subcommand, Debug)]
+enum PlatformCmd {
+    /// The effective settings (/etc/hninit/runtime.host.json over /etc/hninit/runtime.json over the defaults)
+    Show,
+    /// Check and mount one block device (hninit-disk@DEV.service)
+    Disk { device: String },
+    /// Enable the swap/config disk as swap once its archive is wiped (hninit-swap.service)
+    Swap,
+    /// Bring offline CPUs and memory online (hninit-hotplug.service)
+    Hotplug,
+    /// Write or remove the sshd policy drop-in (hninit-sshd.service)
+    Sshd,
 }
 
 #[derive(Subcommand, Debug)]
@@ -461,6 +481,17 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             out(&String::from_utf8_lossy(&buf))
         }
         Cmd::Man => out(&man_page()?),
+        Cmd::Platform { cmd } => {
+            use hninit::runtime::agent;
+            let done = match cmd {
+                PlatformCmd::Show => agent::load().map(|p| agent::show(&p)),
+                PlatformCmd::Disk { device } => agent::disk(device),
+                PlatformCmd::Swap => agent::swap(),
+                PlatformCmd::Hotplug => agent::hotplug(),
+                PlatformCmd::Sshd => agent::sshd(std::path::Path::new("/")),
+            };
+            out(&done.map_err(|e| CtlError::failed("platform", e))?)
+        }
         Cmd::Config { cmd: ConfigCmd::Validate { file } } => {
             let parsed = ctl::read_config_file(file).map_err(refused)?;
             let mut text = String::new();

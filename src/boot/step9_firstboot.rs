@@ -101,6 +101,15 @@ pub fn first_boot(args: &Args, hostpart: &Path, devs: &[BlockDev], drivers: &Dri
         for w in &report.warnings {
             warn!("first boot: {w}");
         }
+        // What the operator must act on (a command not scheduled) stays in boot.log.
+        let lines: Vec<String> = report.warnings.iter().filter(|w| w.starts_with("vm_conf.run")).map(|w| format!("first boot: {w}")).collect();
+        if !lines.is_empty() {
+            let logged = crate::slots::dir::RealDir::open(&hostpart.join(crate::layout::STATE_DIR), true)
+                .and_then(|d| crate::slots::bootlog::append(&d, &crate::slots::bootlog::now(), &lines, true));
+            if let Err(e) = logged {
+                warn!("cannot append to boot.log: {e}");
+            }
+        }
     }
     if found.source.origin != Origin::LastApplied {
         let hn_state = crate::slots::dir::RealDir::open(&hostpart.join(crate::layout::STATE_DIR), true)

@@ -102,6 +102,17 @@ pub struct Extra {
     /// `key = value` lines for `/etc/sysctl.d/60-hninit.conf`.
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
+    /// The booted system's platform duties (rules in `config::platform`); an
+    /// absent field takes the image's default (`/etc/hninit/runtime.json`),
+    /// then the built-in one.
+    #[serde(default)]
+    pub data_disks: Option<DataDisks>,
+    #[serde(default)]
+    pub swap: Option<Swap>,
+    #[serde(default)]
+    pub hotplug: Option<Hotplug>,
+    #[serde(default)]
+    pub sshd: Option<Sshd>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,4 +150,53 @@ pub struct Route {
     /// CIDR or `default`.
     pub destination: String,
     pub gateway: String,
+}
+
+/// `hninit.data_disks`: attached disks mounted at `<mount_root>/<label>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDisks {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub mount_root: Option<String>,
+    /// Comma-separated mount options (`nosuid,nodev,noatime`).
+    #[serde(default)]
+    pub options: Option<String>,
+    /// Seconds without access before an automounted disk is unmounted; 0: never.
+    #[serde(default)]
+    pub idle_timeout: Option<u32>,
+}
+
+/// `hninit.swap`: the Gandi swap disk enabled as swap once its archive is wiped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Swap {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `hninit.hotplug`: hot-added CPUs and memory brought online.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hotplug {
+    #[serde(default)]
+    pub cpu: Option<bool>,
+    #[serde(default)]
+    pub memory: Option<bool>,
+}
+
+/// `hninit.sshd`: Gandi's sshd policy as a drop-in (`CONFIG_SSHD`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sshd {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `prohibit-password` (the policy's), `no` or `yes`.
+    #[serde(default)]
+    pub permit_root_login: Option<String>,
+    #[serde(default)]
+    pub password_authentication: Option<bool>,
+    #[serde(default)]
+    pub compression: Option<bool>,
 }

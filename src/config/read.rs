@@ -6,7 +6,7 @@
 
 use crate::config::error::{err, key_path, ConfigError};
 use crate::config::json::{kind, JsonPath};
-use crate::config::model::{Address, Extra, HostConfig, Pbn, Pna, Pvn, Route, User, Vif, VmConf};
+use crate::config::model::{Address, DataDisks, Extra, HostConfig, Hotplug, Pbn, Pna, Pvn, Route, Sshd, Swap, User, Vif, VmConf};
 use serde::de::{self, Unexpected};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -262,7 +262,15 @@ fn vm_conf(v: &Value, path: &JsonPath) -> DeResult<VmConf> {
     Ok(c)
 }
 
-const EXTRA_FIELDS: &[&str] = &["users", "addresses", "routes", "interface_names", "timezone", "motd", "identities", "sysctl"];
+const EXTRA_FIELDS: &[&str] = &[
+    "users", "addresses", "routes", "interface_names", "timezone", "motd", "identities", "sysctl", "data_disks", "swap", "hotplug", "sshd",
+];
+/// The members of `hninit` that are also the image-wide defaults file's.
+pub(crate) const PLATFORM_FIELDS: &[&str] = &["data_disks", "swap", "hotplug", "sshd"];
+const DATA_DISKS_FIELDS: &[&str] = &["enabled", "mount_root", "options", "idle_timeout"];
+const SWAP_FIELDS: &[&str] = &["enabled"];
+const HOTPLUG_FIELDS: &[&str] = &["cpu", "memory"];
+const SSHD_FIELDS: &[&str] = &["enabled", "permit_root_login", "password_authentication", "compression"];
 const USER_FIELDS: &[&str] = &["name", "password", "ssh_keys", "groups", "shell", "uid", "sudo"];
 const ADDRESS_FIELDS: &[&str] = &["interface", "address", "gateway"];
 const ROUTE_FIELDS: &[&str] = &["interface", "destination", "gateway"];
@@ -279,11 +287,84 @@ fn extra(v: &Value, path: &JsonPath) -> DeResult<Extra> {
             "motd" => x.motd = optional(v, p, string)?,
             "identities" => x.identities = optional(v, p, |v, p| object(v, p).cloned())?,
             "sysctl" => x.sysctl = string_map(v, p)?,
+            "data_disks" | "swap" | "hotplug" | "sshd" => platform_field(&mut x, k, v, p)?,
             _ => {}
         }
         Ok(())
     })?;
     Ok(x)
+}
+
+/// One of [`PLATFORM_FIELDS`] into `x` (shared with the image-wide defaults file).
+pub(crate) fn platform_field(x: &mut Extra, k: &str, v: &Value, p: &JsonPath) -> DeResult<()> {
+    match k {
+        "data_disks" => x.data_disks = optional(v, p, data_disks)?,
+        "swap" => x.swap = optional(v, p, swap)?,
+        "hotplug" => x.hotplug = optional(v, p, hotplug)?,
+        "sshd" => x.sshd = optional(v, p, sshd)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The image-wide defaults file: an object with only [`PLATFORM_FIELDS`].
+pub(crate) fn platform_defaults(v: &Value) -> DeResult<Extra> {
+    let mut x = Extra::default();
+    members(v, &JsonPath::Root, PLATFORM_FIELDS, true, &mut |k, v, p| platform_field(&mut x, k, v, p))?;
+    Ok(x)
+}
+
+fn data_disks(v: &Value, path: &JsonPath) -> DeResult<DataDisks> {
+    let mut d = DataDisks::default();
+    members(v, path, DATA_DISKS_FIELDS, true, &mut |k, x, p| {
+        match k {
+            "enabled" => d.enabled = optional(x, p, boolean)?,
+            "mount_root" => d.mount_root = optional(x, p, string)?,
+            "options" => d.options = optional(x, p, string)?,
+            "idle_timeout" => d.idle_timeout = optional(x, p, uint)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(d)
+}
+
+fn swap(v: &Value, path: &JsonPath) -> DeResult<Swap> {
+    let mut s = Swap::default();
+    members(v, path, SWAP_FIELDS, true, &mut |_, x, p| {
+        s.enabled = optional(x, p, boolean)?;
+        Ok(())
+    })?;
+    Ok(s)
+}
+
+fn hotplug(v: &Value, path: &JsonPath) -> DeResult<Hotplug> {
+    let mut h = Hotplug::default();
+    members(v, path, HOTPLUG_FIELDS, true, &mut |k, x, p| {
+        let b = optional(x, p, boolean)?;
+        if k == "cpu" {
+            h.cpu = b;
+        } else {
+            h.memory = b;
+        }
+        Ok(())
+    })?;
+    Ok(h)
+}
+
+fn sshd(v: &Value, path: &JsonPath) -> DeResult<Sshd> {
+    let mut s = Sshd::default();
+    members(v, path, SSHD_FIELDS, true, &mut |k, x, p| {
+        match k {
+            "enabled" => s.enabled = optional(x, p, boolean)?,
+            "permit_root_login" => s.permit_root_login = optional(x, p, string)?,
+            "password_authentication" => s.password_authentication = optional(x, p, boolean)?,
+            "compression" => s.compression = optional(x, p, boolean)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(s)
 }
 
 fn user(v: &Value, path: &JsonPath) -> DeResult<User> {
@@ -379,6 +460,20 @@ pub(crate) fn objects_where_expected(top: &Map<String, Value>) -> Result<(), Con
             each(&format!("hninit.{list}"), x.get(list), &mut |p, v| {
                 object(p, Some(v), false)
             })?;
+        }
+        for field in PLATFORM_FIELDS {
+            object(&format!("hninit.{field}"), x.get(*field), true)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`objects_where_expected`] for the image-wide defaults file.
+pub(crate) fn platform_objects(top: &Map<String, Value>) -> Result<(), ConfigError> {
+    for field in PLATFORM_FIELDS {
+        match top.get(*field) {
+            None | Some(Value::Object(_)) | Some(Value::Null) => {}
+            Some(other) => return Err(err(*field, format!("invalid type: {}, expected an object", kind(other)))),
         }
     }
     Ok(())

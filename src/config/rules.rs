@@ -260,6 +260,7 @@ pub(crate) fn validate(c: &mut HostConfig) -> Result<(), ConfigError> {
             let path = key_path("hninit.sysctl", k);
             check_sysctl(&path, k, v)?;
         }
+        crate::config::platform::check(x, "hninit")?;
     }
     Ok(())
 }

@@ -26,6 +26,7 @@
 use crate::config::model::HostConfig;
 use crate::config::rules;
 use crate::firstboot::accounts;
+use crate::firstboot::runonce::Mechanism;
 use crate::firstboot::plan::{valid_path, Marker, RenderError, MARKER_PATH, WANTS};
 use crate::firstboot::rootwriter::{Kind, RootDir};
 use crate::firstboot::users::wanted_users;
@@ -64,6 +65,8 @@ pub struct ImageFacts {
     pub resolver: Option<Resolver>,
     /// systemd is the image's init (needed for the run-once unit).
     pub systemd: bool,
+    /// How `vm_conf.run` is run once after boot (`runonce`).
+    pub run_once: Mechanism,
     pub sudo_group: Option<String>,
     pub shadow_gid: Option<u32>,
     pub default_shell: String,
@@ -86,6 +89,23 @@ pub struct ImageFacts {
     /// `/etc/ssh/ssh_host_*` files other than hninit's ed25519 pair.
     pub other_host_keys: Vec<String>,
     pub previous: Option<Marker>,
+}
+
+/// See `runonce`: systemd, OpenRC's local.d, rc.local, none.
+#[inline(never)]
+fn run_once_mechanism(root: &RootDir, systemd: bool) -> Mechanism {
+    if systemd {
+        return Mechanism::Systemd;
+    }
+    if is_dir(root, "/etc/local.d") && first_existing(root, &["/sbin/openrc", "/usr/sbin/openrc", "/sbin/openrc-run", "/usr/sbin/openrc-run"]).is_some() {
+        let enable = (!lexists(root, "/etc/runlevels/default/local") && lexists(root, "/etc/init.d/local")).then(|| "/etc/init.d/local".to_string());
+        return Mechanism::OpenRc { enable };
+    }
+    if lexists(root, "/etc/rc.local") || lexists(root, "/etc/init.d/rc.local") {
+        let existing = root.read("/etc/rc.local", MAX_FILE).ok().flatten();
+        return Mechanism::RcLocal { existing };
+    }
+    Mechanism::None
 }
 
 #[inline(never)]
@@ -205,6 +225,7 @@ pub fn detect(root: &RootDir, cfg: &HostConfig) -> Result<ImageFacts, RenderErro
         (Some(_), None) => true,
         (None, _) => false,
     };
+    f.run_once = run_once_mechanism(root, f.systemd);
 
     let read_db = |path: &str| read_db(root, path);
     f.passwd = read_db("/etc/passwd")?;

@@ -131,8 +131,6 @@ pub enum RenderError {
     MissingFile { path: String, why: &'static str },
     #[error("timezone {zone}: {path} does not exist in the image")]
     UnknownTimezone { zone: String, path: String },
-    #[error("vm_conf.run needs systemd in the image (for the run-once unit), and its init is not systemd")]
-    RunNeedsSystemd,
     #[error("{what}: {value:?} is not a valid address")]
     BadAddress { what: String, value: String },
     #[error("{what}: {value:?} is not valid here")]

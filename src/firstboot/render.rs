@@ -340,9 +340,6 @@ fn plan_run(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
     let Ctx { cfg, image, stamp, .. } = *c;
     // The command run once after boot.
     if let Some(run) = cfg.vm_conf.as_ref().and_then(|v| v.run.as_deref()).filter(|r| !r.trim().is_empty()) {
-        if !image.systemd {
-            return Err(RenderError::RunNeedsSystemd);
-        }
         let mut script = if run.starts_with("#!") {
             run.to_string()
         } else {
@@ -351,7 +348,15 @@ fn plan_run(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
         if !script.ends_with('\n') {
             script.push('\n');
         }
-        b.owned_write(RUN, script, 0o700, "vm_conf.run, run once by hninit-run.service");
+        b.owned_write(RUN, script, 0o700, "vm_conf.run, run once after boot");
+        if !image.systemd {
+            let args = cfg.vm_conf.as_ref().and_then(|v| v.script_args.as_deref());
+            if let Some(a) = args {
+                rules::script_words(a).map_err(|_| RenderError::BadValue { what: "vm_conf.script_args", value: a.into() })?;
+            }
+            super::runonce::plan_without_systemd(b, &image.run_once, stamp.config_digest, args, run);
+            return Ok(());
+        }
         // The arguments never reach the unit file (where `;` starts a second
         // command): a script the unit runs holds them, each word single-quoted.
         let args = cfg.vm_conf.as_ref().and_then(|v| v.script_args.as_deref()).unwrap_or("");
@@ -431,6 +436,9 @@ fn plan_extras(b: &mut Builder, c: &Ctx) -> Result<(), RenderError> {
             let _ = writeln!(text, "{k} = {v}");
         }
         b.owned_write("/etc/sysctl.d/60-hninit.conf", text, 0o644, "hninit.sysctl");
+    }
+    if let Some(text) = crate::config::platform::host_settings(extra) {
+        b.owned_write(crate::config::platform::HOST_SETTINGS, text, 0o644, "hninit.data_disks/swap/hotplug/sshd for the booted system");
     }
     Ok(())
 }
@@ -725,7 +733,15 @@ mod tests {
         c.vm_conf.as_mut().unwrap().run = Some("echo hi".into());
         let mut f = facts(NetworkStack::Networkd);
         f.systemd = false;
-        assert!(matches!(plan(&c, &f, &identity(), &STAMP), Err(RenderError::RunNeedsSystemd)));
+        let p = plan(&c, &f, &identity(), &STAMP).unwrap();
+        assert!(p.warnings.iter().any(|w| w.starts_with("vm_conf.run NOT scheduled") && w.contains("\"echo hi\"")), "{:?}", p.warnings);
+        assert!(p.find("/etc/hninit/run").is_some() && p.find(RUN_UNIT).is_none() && p.find("/etc/rc.local").is_none());
+        f.run_once = crate::firstboot::runonce::Mechanism::RcLocal { existing: None };
+        let p = plan(&c, &f, &identity(), &STAMP).unwrap();
+        assert!(p.find("/etc/rc.local").is_some() && p.find("/etc/hninit/run-once").is_some() && p.warnings.is_empty());
+        f.run_once = crate::firstboot::runonce::Mechanism::OpenRc { enable: Some("/etc/init.d/local".into()) };
+        let p = plan(&c, &f, &identity(), &STAMP).unwrap();
+        assert!(p.find("/etc/local.d/hninit-run.start").is_some() && p.find("/etc/runlevels/default/local").is_some());
         let mut c = config();
         c.hninit.as_mut().unwrap().interface_names.insert("0".into(), "../x".into());
         assert!(matches!(

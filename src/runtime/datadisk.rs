@@ -63,10 +63,12 @@ pub struct Disk {
     pub mounted_at: Option<String>,
 }
 
-/// Devices the boot owns (kernel names).
+/// Devices the boot owns (kernel names), and mount points in use that no
+/// device in the list accounts for (another disk's idle automount).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reserved {
     pub names: Vec<String>,
+    pub in_use: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +144,9 @@ pub fn plan(disks: &[Disk], reserved: &Reserved, policy: &Policy) -> Vec<Decisio
     // Mount point -> device: what is mounted already counts as taken.
     let mut taken: BTreeMap<String, String> =
         disks.iter().filter_map(|d| Some((d.mounted_at.clone()?, d.name.clone()))).collect();
+    for (at, by) in &reserved.in_use {
+        taken.entry(at.clone()).or_insert_with(|| by.clone());
+    }
     let mut out = Vec::with_capacity(sorted.len());
     for d in sorted {
         let skip = |reason| Decision::Skip { name: d.name.clone(), reason };
@@ -272,7 +277,7 @@ mod tests {
         let mut whole = disk("vda", None, None);
         whole.has_partitions = true;
         let disks = [part, whole, disk("loop0", Some("ext4"), None), disk("xvdz", Some("swap"), None), disk("sr0", Some("iso9660"), None)];
-        let reserved = Reserved { names: vec!["vda1".into(), "loop0".into()] };
+        let reserved = Reserved { names: vec!["vda1".into(), "loop0".into()], ..Default::default() };
         let d = plan(&disks, &reserved, &Policy::default());
         assert!(mounts(&d).is_empty(), "{d:?}");
         let reason = |n: &str| d.iter().find(|x| x.name() == n).map(|x| match x {

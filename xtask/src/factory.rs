@@ -891,6 +891,11 @@ fn configure(spec: &ImageSpec, stage: &Path) -> Result<()> {
             0o644,
         )?;
         enable.push("hninit-mark-good.service");
+        // The platform duties (issue 14): udev tags, units call `hnctl platform`.
+        for (path, text, mode) in hninit::runtime::shipped::FILES {
+            put(stage, path.trim_start_matches('/'), text, *mode)?;
+        }
+        enable.extend(["hninit-swap.service", "hninit-sshd.service"]);
     }
     if !enable.is_empty() {
         // The image's own systemctl, offline (it detects the chroot).
