@@ -32,6 +32,7 @@
 
 mod archive;
 mod boot;
+mod dracut;
 mod machine;
 mod prepare;
 mod report;
@@ -70,6 +71,8 @@ pub struct BenchOptions {
     pub staging_runs: usize,
     /// The command line as typed, for the report.
     pub command: String,
+    /// Only these variants (keys; empty: all). For quick comparisons by hand.
+    pub only: Vec<String>,
 }
 
 /// What a bench run ended with.
@@ -112,16 +115,28 @@ enum Variant {
     Hninit,
     Busybox,
     InitramfsTools,
+    /// dracut's dmsquash-live, its default: a RAM snapshot over the image.
+    DracutLive,
+    /// dracut's dmsquash-live writing through to the image (`rd.live.overlay=none rw`).
+    DracutWrite,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Hninit, Variant::Busybox, Variant::InitramfsTools];
+    const ALL: [Variant; 5] = [
+        Variant::Hninit,
+        Variant::Busybox,
+        Variant::InitramfsTools,
+        Variant::DracutLive,
+        Variant::DracutWrite,
+    ];
 
     fn key(self) -> &'static str {
         match self {
             Variant::Hninit => "hninit",
             Variant::Busybox => "busybox",
             Variant::InitramfsTools => "initramfs-tools",
+            Variant::DracutLive => "dracut",
+            Variant::DracutWrite => "dracut-rw",
         }
     }
 
@@ -130,6 +145,8 @@ impl Variant {
             Variant::Hninit => "hninit",
             Variant::Busybox => "busybox sh (reference)",
             Variant::InitramfsTools => "initramfs-tools",
+            Variant::DracutLive => "dracut live (RAM overlay)",
+            Variant::DracutWrite => "dracut live, write-through",
         }
     }
 
@@ -138,6 +155,8 @@ impl Variant {
             Variant::Hninit => "real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart hn.debug",
             Variant::Busybox => "real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart",
             Variant::InitramfsTools => "root=LABEL=hostpart loop=/hn-root.img loopfstype=ext4 ro",
+            Variant::DracutLive => "root=live:LABEL=hostpart rd.live.dir=live",
+            Variant::DracutWrite => "root=live:LABEL=hostpart rd.live.dir=live rd.live.overlay=none rw",
         };
         format!("{BASE_CMDLINE} {own}")
     }
@@ -146,6 +165,8 @@ impl Variant {
     fn is_start(self, text: &str) -> bool {
         match self {
             Variant::Hninit => text.starts_with("hninit: hninit ") && text.contains("started"),
+            // systemd is dracut's /init: the kernel's line is its first.
+            Variant::DracutLive | Variant::DracutWrite => text.starts_with("Run /init as init process"),
             _ => text.starts_with("bench: initrd start"),
         }
     }
@@ -154,6 +175,7 @@ impl Variant {
     fn is_end(self, text: &str) -> bool {
         match self {
             Variant::Hninit => text.starts_with("hninit: switching root"),
+            Variant::DracutLive | Variant::DracutWrite => text.contains("Switching root."),
             _ => text.starts_with("bench: initrd end"),
         }
     }
@@ -182,6 +204,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     })?;
     let mut prepared = Vec::new();
     for v in Variant::ALL {
+        if !opts.only.is_empty() && !opts.only.iter().any(|k| k == v.key()) {
+            continue;
+        }
         let t = Instant::now();
         let p = prepare(v, &dir, &init, &kernel, &index)
             .with_context(|| format!("building the {} initramfs", v.key()))?;
@@ -198,7 +223,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     let mut boots: Vec<BootRun> = Vec::new();
     for run in 0..runs {
         // Rotate the order so that no variant always follows the same one.
-        for i in 0..Variant::ALL.len() {
+        for i in 0..prepared.len() {
             let p = &prepared[(run + i) % prepared.len()];
             let log = dir
                 .join("logs")
