@@ -3,13 +3,15 @@
 //! One test disk (GPT, an ext4 host partition labelled `hostpart` holding
 //! `hn-root.img`, a busybox root image from [`crate::rootfs`]) is booted with
 //! direct kernel boot (the cached Debian kernel, the same QEMU command, TCG,
-//! `snapshot=on`) alternating between three initramfs for that kernel:
+//! `snapshot=on`) alternating between the initramfs for that kernel:
 //!
 //! * hninit's (the product's builder, default modules);
 //! * Debian's initramfs-tools (`mkinitramfs` with Debian's defaults), given the
 //!   loop-root support it lacks as a `local-bottom` script (`bench/initramfs-tools/`);
 //! * a reference busybox shell init (`bench/busybox-init/`): a baseline doing
-//!   what the genkernel image-root patch does, not part of the product.
+//!   what the genkernel image-root patch does, not part of the product;
+//! * Debian's dracut with its `dmsquash-live` module ([`dracut`]), booted in
+//!   its default mode (a RAM snapshot over the image) and writing through.
 //!
 //! Each init marks its start and end in the kernel log and the root's init
 //! logs `hnroot: booted image=…`, so the kernel timestamps on the console give
@@ -23,7 +25,8 @@
 //! This file holds the options, the variants and [`run_bench`], which runs the
 //! steps in order; each step is a module:
 //!
-//! * [`prepare`]: the bench disk and the three initramfs;
+//! * [`prepare`]: the bench disk and the initramfs;
+//! * [`dracut`]: dracut unpacked from its Debian packages, and its initrd;
 //! * [`archive`]: what each initramfs holds, read back from the file;
 //! * [`boot`]: one QEMU boot and the analysis of its console;
 //! * [`staging`]: `hnctl stage` against `cp` + `sha256sum`;
@@ -109,7 +112,7 @@ const BUSYBOX_APPLETS: &[&str] = &[
     "switch_root",
 ];
 
-/// The three initramfs compared.
+/// The initramfs compared (both dracut variants boot the same one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 enum Variant {
     Hninit,
@@ -192,7 +195,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     util::remove_any(&dir)?;
     fs::create_dir_all(dir.join("logs"))?;
 
-    eprintln!("bench: building the init, the kernel cache, the disk and three initramfs");
+    eprintln!("bench: building the init, the kernel cache, the disk and the initramfs");
     let init = build_init()?;
     let kernel = debian_kernel()?;
     let disk = build_bench_disk(&dir)?;

@@ -1,5 +1,5 @@
 //! The things booted: the bench disk (an ext4 host partition holding a busybox
-//! root image), and the three initramfs compared: hninit's (the product's
+//! root image), and the initramfs compared: hninit's (the product's
 //! builder), the busybox reference (`bench/busybox-init/`) and Debian's
 //! initramfs-tools (`mkinitramfs -d bench/initramfs-tools`, cached by the
 //! versions it copies from).

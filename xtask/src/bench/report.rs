@@ -460,6 +460,14 @@ pub(super) fn render_report(r: &Results) -> String {
         }),
         rb.map(|x| x.median >= 2.0),
     );
+    goal(
+        &mut s,
+        "initrd phase ≤ 1.0× the busybox reference's (median of the per-round ratios)",
+        rb.map_or("n/a".into(), |x| {
+            format!("busybox ÷ hninit = {}", x.show(2))
+        }),
+        rb.map(|x| x.median >= 1.0),
+    );
     let rt = r.ratio(Variant::InitramfsTools, BootRun::phase_ms);
     goal(
         &mut s,
