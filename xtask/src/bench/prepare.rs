@@ -60,6 +60,7 @@ pub(super) fn build_bench_disk(dir: &Path) -> Result<PathBuf> {
 }
 
 /// One initramfs, ready to boot.
+#[derive(Clone)]
 pub(super) struct Prepared {
     pub(super) variant: Variant,
     pub(super) initrd: PathBuf,
