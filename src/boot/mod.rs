@@ -21,6 +21,7 @@
 //! it; nothing below may use it.
 
 pub mod failure;
+pub mod profile;
 pub mod shutdown;
 pub mod shutdown_plan;
 pub mod step10_handoff;
@@ -54,6 +55,7 @@ pub struct Boot {
     root: Option<MountedRoot>,
     rotated: bool,
     saved_printk: Option<(String, String)>,
+    profile: profile::Profile,
 }
 
 /// Runs the boot; only returns by exec'ing the new init, else fails per policy.
@@ -70,14 +72,22 @@ pub fn boot() -> ! {
 impl Boot {
     fn run(&mut self) -> Result<Infallible> {
         self.api_filesystems()?; //                     1
+        self.profile.mark("1 mounts");
         self.command_line()?; //                        2
+        self.profile.mark("2 cmdline");
         self.kernel_modules(); //                       3
+        self.profile.mark("3 modules");
         let hostpart = self.find_host_partition()?; //  4
+        self.profile.mark("4 devices");
         self.mount_host_partition(&hostpart)?; //       5
+        self.profile.mark("5 hostpart");
         let image = self.settle_slots()?; //            6
+        self.profile.mark("6 slots");
         self.kernel_handover(&image)?; //               7
         self.mount_image(&image)?; //                   8
+        self.profile.mark("8 image");
         self.first_boot()?; //                          9
+        self.profile.mark("9 firstboot");
         self.handoff() //                               10
     }
 
@@ -224,6 +234,8 @@ impl Boot {
         handoff::delete_initramfs(newroot)?;
         handoff::enter_root(newroot)?;
         if log::debug_enabled() {
+            self.profile.mark("10 handoff");
+            debug!("{}", self.profile.summary());
             debug!("peak memory {}", read_proc("/proc/self/status").lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?"));
         }
         info!("switching root: exec {} (host partition at {})", self.cmd.init, hostpart_at.display());

@@ -150,6 +150,9 @@ enum Cmd {
         /// Repetitions of each staging method.
         #[arg(long, default_value_t = 3)]
         staging_runs: usize,
+        /// Boot only these variants (comma-separated keys: hninit, busybox, initramfs-tools, …).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -378,6 +381,7 @@ fn real_main() -> Result<()> {
             no_staging,
             staging_mib,
             staging_runs,
+            only,
         } => {
             let out = out.unwrap_or_else(|| {
                 if smoke {
@@ -398,6 +402,7 @@ fn real_main() -> Result<()> {
                 staging_mib: staging_mib.unwrap_or(if smoke { 256 } else { 2048 }),
                 staging_runs,
                 command,
+                only,
             };
             let outcome = xtask::bench::run_bench(&opts)?;
             println!("bench: report written to {}", outcome.report.display());

@@ -234,6 +234,9 @@ pub(super) struct BootRun {
     pub(super) modules_loaded: Vec<String>,
     /// hninit: (module, ms to load it, for what).
     pub(super) module_ms: Vec<(String, f64, String)>,
+    /// hninit: its `profile` debug line, (step, wall ms, own CPU ms,
+    /// finit_module CPU ms), the last row being the total.
+    pub(super) profile: Vec<(String, f64, f64, f64)>,
     /// The host's 1-minute load average when the boot started.
     pub(super) host_load: Option<f64>,
 }
@@ -335,6 +338,7 @@ pub(super) fn analyse(v: Variant, run: usize, con: &Console, log: &Path) -> Boot
         steps: Vec::new(),
         modules_loaded: Vec::new(),
         module_ms: Vec::new(),
+        profile: Vec::new(),
         host_load: None,
     };
     if v == Variant::Hninit {
@@ -352,6 +356,9 @@ pub(super) fn analyse(v: Variant, run: usize, con: &Console, log: &Path) -> Boot
                 prev = Some(t);
                 from += i + 1;
             }
+        }
+        if let Some((_, t)) = kernel.iter().find(|(_, t)| t.starts_with("hninit: profile,")) {
+            r.profile = parse_profile(t);
         }
         // "hninit: loaded virtio_blk (47 ms) for devices"
         for (_, t) in &kernel {
@@ -405,6 +412,34 @@ pub(super) fn analyse(v: Variant, run: usize, con: &Console, log: &Path) -> Boot
         r.error = Some("booted, but a marker is missing from the kernel log".into());
     }
     r
+}
+
+/// `hninit: profile, ms wall/own cpu/finit_module cpu: 2 cmdline 4.1/0.3/0.0; …;
+/// total 800.0/40.2/500.1 (12 finit_module calls)` → rows, the total last.
+pub(super) fn parse_profile(line: &str) -> Vec<(String, f64, f64, f64)> {
+    let Some((_, rest)) = line.split_once("cpu:") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for part in rest.split(';') {
+        let part = part.trim();
+        let Some((label, nums)) = part.rsplit_once(' ') else {
+            continue;
+        };
+        let (label, nums) = match nums.contains('/') {
+            true => (label, nums),
+            // the total: "total 800.0/40.2/500.1 (12 finit_module calls)"
+            false => match part.split_whitespace().collect::<Vec<_>>().as_slice() {
+                [l, n, ..] => (*l, *n),
+                _ => continue,
+            },
+        };
+        let v: Vec<f64> = nums.split('/').filter_map(|x| x.parse().ok()).collect();
+        if let [w, o, k] = v.as_slice() {
+            out.push((label.to_string(), *w, *o, *k));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -472,6 +507,21 @@ mod tests {
         assert_eq!(
             r.module_ms,
             [("virtio_blk".to_string(), 12.0, "devices".to_string())]
+        );
+    }
+
+    #[test]
+    fn profile_line() {
+        let p = parse_profile(
+            "hninit: profile, ms wall/own cpu/finit_module cpu: 1 mounts 3.0/1.0/0.0; 4 devices 300.5/20.0/210.0; total 800.0/40.2/500.1 (12 finit_module calls)",
+        );
+        assert_eq!(
+            p,
+            [
+                ("1 mounts".to_string(), 3.0, 1.0, 0.0),
+                ("4 devices".to_string(), 300.5, 20.0, 210.0),
+                ("total".to_string(), 800.0, 40.2, 500.1)
+            ]
         );
     }
 

@@ -3,13 +3,15 @@
 //! One test disk (GPT, an ext4 host partition labelled `hostpart` holding
 //! `hn-root.img`, a busybox root image from [`crate::rootfs`]) is booted with
 //! direct kernel boot (the cached Debian kernel, the same QEMU command, TCG,
-//! `snapshot=on`) alternating between three initramfs for that kernel:
+//! `snapshot=on`) alternating between the initramfs for that kernel:
 //!
 //! * hninit's (the product's builder, default modules);
 //! * Debian's initramfs-tools (`mkinitramfs` with Debian's defaults), given the
 //!   loop-root support it lacks as a `local-bottom` script (`bench/initramfs-tools/`);
 //! * a reference busybox shell init (`bench/busybox-init/`): a baseline doing
-//!   what the genkernel image-root patch does, not part of the product.
+//!   what the genkernel image-root patch does, not part of the product;
+//! * Debian's dracut with its `dmsquash-live` module ([`dracut`]), booted in
+//!   its default mode (a RAM snapshot over the image) and writing through.
 //!
 //! Each init marks its start and end in the kernel log and the root's init
 //! logs `hnroot: booted image=…`, so the kernel timestamps on the console give
@@ -23,7 +25,8 @@
 //! This file holds the options, the variants and [`run_bench`], which runs the
 //! steps in order; each step is a module:
 //!
-//! * [`prepare`]: the bench disk and the three initramfs;
+//! * [`prepare`]: the bench disk and the initramfs;
+//! * [`dracut`]: dracut unpacked from its Debian packages, and its initrd;
 //! * [`archive`]: what each initramfs holds, read back from the file;
 //! * [`boot`]: one QEMU boot and the analysis of its console;
 //! * [`staging`]: `hnctl stage` against `cp` + `sha256sum`;
@@ -32,6 +35,7 @@
 
 mod archive;
 mod boot;
+mod dracut;
 mod machine;
 mod prepare;
 mod report;
@@ -70,6 +74,8 @@ pub struct BenchOptions {
     pub staging_runs: usize,
     /// The command line as typed, for the report.
     pub command: String,
+    /// Only these variants (keys; empty: all). For quick comparisons by hand.
+    pub only: Vec<String>,
 }
 
 /// What a bench run ended with.
@@ -106,22 +112,34 @@ const BUSYBOX_APPLETS: &[&str] = &[
     "switch_root",
 ];
 
-/// The three initramfs compared.
+/// The initramfs compared (both dracut variants boot the same one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 enum Variant {
     Hninit,
     Busybox,
     InitramfsTools,
+    /// dracut's dmsquash-live, its default: a RAM snapshot over the image.
+    DracutLive,
+    /// dracut's dmsquash-live writing through to the image (`rd.live.overlay=none rw`).
+    DracutWrite,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Hninit, Variant::Busybox, Variant::InitramfsTools];
+    const ALL: [Variant; 5] = [
+        Variant::Hninit,
+        Variant::Busybox,
+        Variant::InitramfsTools,
+        Variant::DracutLive,
+        Variant::DracutWrite,
+    ];
 
     fn key(self) -> &'static str {
         match self {
             Variant::Hninit => "hninit",
             Variant::Busybox => "busybox",
             Variant::InitramfsTools => "initramfs-tools",
+            Variant::DracutLive => "dracut",
+            Variant::DracutWrite => "dracut-rw",
         }
     }
 
@@ -130,6 +148,8 @@ impl Variant {
             Variant::Hninit => "hninit",
             Variant::Busybox => "busybox sh (reference)",
             Variant::InitramfsTools => "initramfs-tools",
+            Variant::DracutLive => "dracut live (RAM overlay)",
+            Variant::DracutWrite => "dracut live, write-through",
         }
     }
 
@@ -138,6 +158,8 @@ impl Variant {
             Variant::Hninit => "real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart hn.debug",
             Variant::Busybox => "real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart",
             Variant::InitramfsTools => "root=LABEL=hostpart loop=/hn-root.img loopfstype=ext4 ro",
+            Variant::DracutLive => "root=live:LABEL=hostpart rd.live.dir=live",
+            Variant::DracutWrite => "root=live:LABEL=hostpart rd.live.dir=live rd.live.overlay=none rw",
         };
         format!("{BASE_CMDLINE} {own}")
     }
@@ -146,6 +168,8 @@ impl Variant {
     fn is_start(self, text: &str) -> bool {
         match self {
             Variant::Hninit => text.starts_with("hninit: hninit ") && text.contains("started"),
+            // systemd is dracut's /init: the kernel's line is its first.
+            Variant::DracutLive | Variant::DracutWrite => text.starts_with("Run /init as init process"),
             _ => text.starts_with("bench: initrd start"),
         }
     }
@@ -154,6 +178,7 @@ impl Variant {
     fn is_end(self, text: &str) -> bool {
         match self {
             Variant::Hninit => text.starts_with("hninit: switching root"),
+            Variant::DracutLive | Variant::DracutWrite => text.contains("Switching root."),
             _ => text.starts_with("bench: initrd end"),
         }
     }
@@ -170,7 +195,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     util::remove_any(&dir)?;
     fs::create_dir_all(dir.join("logs"))?;
 
-    eprintln!("bench: building the init, the kernel cache, the disk and three initramfs");
+    eprintln!("bench: building the init, the kernel cache, the disk and the initramfs");
     let init = build_init()?;
     let kernel = debian_kernel()?;
     let disk = build_bench_disk(&dir)?;
@@ -182,6 +207,20 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     })?;
     let mut prepared = Vec::new();
     for v in Variant::ALL {
+        if !opts.only.is_empty() && !opts.only.iter().any(|k| k == v.key()) {
+            continue;
+        }
+        // Both dracut modes boot one initrd: read it once (the analysis of a
+        // 33 MiB archive takes a while).
+        let same = prepared
+            .iter()
+            .find(|p: &&prepare::Prepared| v == Variant::DracutWrite && p.variant == Variant::DracutLive)
+            .cloned();
+        if let Some(mut p) = same {
+            p.variant = v;
+            prepared.push(p);
+            continue;
+        }
         let t = Instant::now();
         let p = prepare(v, &dir, &init, &kernel, &index)
             .with_context(|| format!("building the {} initramfs", v.key()))?;
@@ -198,7 +237,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     let mut boots: Vec<BootRun> = Vec::new();
     for run in 0..runs {
         // Rotate the order so that no variant always follows the same one.
-        for i in 0..Variant::ALL.len() {
+        for i in 0..prepared.len() {
             let p = &prepared[(run + i) % prepared.len()];
             let log = dir
                 .join("logs")

@@ -1,5 +1,5 @@
 //! The things booted: the bench disk (an ext4 host partition holding a busybox
-//! root image), and the three initramfs compared: hninit's (the product's
+//! root image), and the initramfs compared: hninit's (the product's
 //! builder), the busybox reference (`bench/busybox-init/`) and Debian's
 //! initramfs-tools (`mkinitramfs -d bench/initramfs-tools`, cached by the
 //! versions it copies from).
@@ -28,6 +28,12 @@ pub(super) fn build_bench_disk(dir: &Path) -> Result<PathBuf> {
             kernel: None,
             image_id: IMAGE_ID.into(),
             size_mib: 32,
+            // systemd (dracut's initrd) switches only into an OS tree: one with os-release.
+            extra_files: vec![(
+                "/etc/os-release".into(),
+                b"ID=hnbench\nNAME=\"hninit bench root\"\n".to_vec(),
+                0o644,
+            )],
             ..Default::default()
         },
         &image,
@@ -37,7 +43,11 @@ pub(super) fn build_bench_disk(dir: &Path) -> Result<PathBuf> {
         &DiskSpec {
             esp: None,
             hostpart: HostpartSpec {
-                files: vec![("hn-root.img".into(), image)],
+                // dracut's dmsquash-live reads `rd.live.dir`/rootfs.img (a fixed name).
+                files: vec![
+                    ("hn-root.img".into(), image.clone()),
+                    (format!("{}/rootfs.img", super::dracut::LIVE_DIR), image),
+                ],
                 dirs: vec!["data".into(), "hn-state".into()],
                 size_mib: 128,
                 ..Default::default()
@@ -50,6 +60,7 @@ pub(super) fn build_bench_disk(dir: &Path) -> Result<PathBuf> {
 }
 
 /// One initramfs, ready to boot.
+#[derive(Clone)]
 pub(super) struct Prepared {
     pub(super) variant: Variant,
     pub(super) initrd: PathBuf,
@@ -71,10 +82,15 @@ pub(super) fn prepare(
     let initrd = match v {
         Variant::Hninit => {
             let out = dir.join("hninit.cpio.zst");
-            let spec = InitramfsSpec::new(init, &kernel.release, &kernel.modules_dir);
+            // The profile for virtual machines, as a user booting VMs builds it: the
+            // default `server` profile also drives QEMU's empty PIIX IDE controller
+            // (scsi_mod, libata, ata_piix: ≈ 0.5 s of CPU under TCG) that the
+            // busybox reference, loading only this disk's modules, does not.
+            let mut spec = InitramfsSpec::new(init, &kernel.release, &kernel.modules_dir);
+            spec.profile = Some(crate::profile::Profile::Vm);
             let r = build_initramfs(&spec, &out)?;
             notes.push(format!(
-                "`cargo xtask initramfs` defaults: {} modules (`initramfs/profiles/server` and their dependencies), zstd level {}",
+                "`cargo xtask initramfs --profile vm`: {} modules (`initramfs/profiles/vm` and their dependencies), zstd level {}",
                 r.modules.len(),
                 initramfs::ZSTD_LEVEL
             ));
@@ -96,6 +112,16 @@ pub(super) fn prepare(
             notes.push(format!(
                 "`mkinitramfs -d bench/initramfs-tools` ({}): Debian's defaults (MODULES=most, BUSYBOX=auto, COMPRESS=zstd), udev, fsck.ext4, plus the loop-root script",
                 package_version("initramfs-tools").unwrap_or_else(|| "version unknown".into())
+            ));
+            out
+        }
+        Variant::DracutLive | Variant::DracutWrite => {
+            let out = dir.join("dracut.img");
+            let version = super::dracut::cached_dracut(kernel, dir, &out)?;
+            notes.push(format!(
+                "Debian's dracut {version} (`dracut-core` + `dracut-live`, unpacked in the cache): `{}`; Debian's defaults otherwise (systemd initrd); the image is `/{}/rootfs.img` on the host partition",
+                super::dracut::BUILD_COMMAND,
+                super::dracut::LIVE_DIR
             ));
             out
         }
