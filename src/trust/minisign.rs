@@ -169,18 +169,19 @@ fn base64_line<const N: usize>(
     decode_exact::<N>(l).map_err(|e| err(e.to_string()))
 }
 
+/// A file of more than `max` bytes is not one of ours: refused before parsing.
+fn check_size(file: &'static str, text: &[u8], max: usize) -> Result<(), FormatError> {
+    if text.len() > max {
+        return Err(FormatError { file, line: 1, field: "file", reason: format!("{} bytes, more than {max}", text.len()) });
+    }
+    Ok(())
+}
+
 impl PublicKey {
     /// Parses a public key file as written by `minisign -G`.
     pub fn parse_file(text: &[u8]) -> Result<PublicKey, FormatError> {
         const F: &str = "public key";
-        if text.len() > MAX_PUBLIC_KEY_FILE {
-            return Err(FormatError {
-                file: F,
-                line: 1,
-                field: "file",
-                reason: format!("{} bytes, more than {MAX_PUBLIC_KEY_FILE}", text.len()),
-            });
-        }
+        check_size(F, text, MAX_PUBLIC_KEY_FILE)?;
         let ls = lines(F, text, 2)?;
         let comment = comment_line(F, &ls, 0, UNTRUSTED, "untrusted comment", MAX_UNTRUSTED_COMMENT)?;
         std::str::from_utf8(comment).map_err(|_| FormatError {
@@ -219,14 +220,7 @@ impl Signature {
     /// Parses a `.minisig` as written by `minisign -S`.
     pub fn parse(text: &[u8]) -> Result<Signature, FormatError> {
         const F: &str = "signature";
-        if text.len() > MAX_SIGNATURE_FILE {
-            return Err(FormatError {
-                file: F,
-                line: 1,
-                field: "file",
-                reason: format!("{} bytes, more than {MAX_SIGNATURE_FILE}", text.len()),
-            });
-        }
+        check_size(F, text, MAX_SIGNATURE_FILE)?;
         let ls = lines(F, text, 4)?;
         let untrusted = comment_line(F, &ls, 0, UNTRUSTED, "untrusted comment", MAX_UNTRUSTED_COMMENT)?;
         let untrusted_comment = String::from_utf8_lossy(untrusted).into_owned();
