@@ -76,8 +76,8 @@ mod tests {
     use hninit::trust::policy::{decide, Context as PolicyContext};
     use hninit::trust::{KeyStore, PublicKey};
 
-    #[test]
-    fn signs_what_init_accepts() {
+    /// A temporary directory holding `k.pub`/`k.key`, made by the real `minisign -G`.
+    fn dir_with_key() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         let st = Command::new("minisign")
             .args(["-G", "-W", "-p", "k.pub", "-s", "k.key"])
@@ -86,6 +86,12 @@ mod tests {
             .status()
             .expect("minisign (Debian package minisign) is needed");
         assert!(st.success());
+        d
+    }
+
+    #[test]
+    fn signs_what_init_accepts() {
+        let d = dir_with_key();
         let img = d.path().join("hn-root.img");
         std::fs::write(&img, vec![7u8; 70_000]).unwrap();
         let spec = SignSpec {
@@ -120,14 +126,7 @@ mod tests {
     #[test]
     fn factory_signing_verifies_with_minisign_and_hnctl_verify() {
         use hninit::trust::verify_cmd::verify;
-        let d = tempfile::tempdir().unwrap();
-        let st = Command::new("minisign")
-            .args(["-G", "-W", "-p", "k.pub", "-s", "k.key"])
-            .current_dir(d.path())
-            .stdout(Stdio::null())
-            .status()
-            .expect("minisign (Debian package minisign) is needed");
-        assert!(st.success());
+        let d = dir_with_key();
         let stage = d.path().join("root");
         let spec = crate::ImageSpec { trust_keys: vec![d.path().join("k.pub")], ..Default::default() };
         crate::factory::install_keys(&spec, &stage).unwrap();
