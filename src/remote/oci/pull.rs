@@ -31,12 +31,24 @@ fn err(what: &str, kind: ErrorKind, found: impl Into<String>) -> CtlError {
     CtlError { what: what.to_string(), found: found.into(), kind }
 }
 
-/// The manifest of `r` and its digest.
-pub fn manifest(session: &mut Session, agent: &ureq::Agent, r: &Reference, what: &str) -> Result<(Manifest, String), CtlError> {
-    let url = r.manifest_url(&r.reference);
+/// `GET url` (with `Accept: accept`), a 200 required, and at most `max + 1`
+/// bytes of its body read (the caller judges the size); `shown` names the body
+/// in a read error.
+fn get_capped(
+    session: &mut Session,
+    agent: &ureq::Agent,
+    url: &str,
+    accept: Option<&str>,
+    max: u64,
+    shown: &str,
+    what: &str,
+) -> Result<Vec<u8>, CtlError> {
     let reply = session
         .send(&format!("GET {url}"), &|a| {
-            let mut q = agent.get(&url).header("Accept", MT_MANIFEST);
+            let mut q = agent.get(url);
+            if let Some(t) = accept {
+                q = q.header("Accept", t);
+            }
             if let Some(a) = a {
                 q = q.header("Authorization", a);
             }
@@ -51,9 +63,16 @@ pub fn manifest(session: &mut Session, agent: &ureq::Agent, r: &Reference, what:
     reply
         .into_body()
         .into_reader()
-        .take(MAX_MANIFEST + 1)
+        .take(max + 1)
         .read_to_end(&mut body)
-        .map_err(|e| err(what, ErrorKind::Failed, format!("reading the manifest: {e}")))?;
+        .map_err(|e| err(what, ErrorKind::Failed, format!("reading {shown}: {e}")))?;
+    Ok(body)
+}
+
+/// The manifest of `r` and its digest.
+pub fn manifest(session: &mut Session, agent: &ureq::Agent, r: &Reference, what: &str) -> Result<(Manifest, String), CtlError> {
+    let url = r.manifest_url(&r.reference);
+    let body = get_capped(session, agent, &url, Some(MT_MANIFEST), MAX_MANIFEST, "the manifest", what)?;
     if body.len() as u64 > MAX_MANIFEST {
         return Err(err(what, ErrorKind::Refused, format!("the manifest is larger than {MAX_MANIFEST} bytes")));
     }
@@ -70,26 +89,7 @@ pub fn manifest(session: &mut Session, agent: &ureq::Agent, r: &Reference, what:
 pub fn small_blob(session: &mut Session, agent: &ureq::Agent, r: &Reference, d: &Descriptor, what: &str) -> Result<Vec<u8>, CtlError> {
     let url = r.blob_url(&d.digest);
     let want = parse_digest(&d.digest).map_err(|e| err(what, ErrorKind::Refused, e))?;
-    let reply = session
-        .send(&format!("GET {url}"), &|a| {
-            let mut q = agent.get(&url);
-            if let Some(a) = a {
-                q = q.header("Authorization", a);
-            }
-            q.call()
-        })
-        .map_err(|e| err(what, ErrorKind::Failed, e))?;
-    let status = reply.status().as_u16();
-    if status != 200 {
-        return Err(err(what, ErrorKind::Failed, format!("the registry answered {status} to GET {url}")));
-    }
-    let mut body = Vec::new();
-    reply
-        .into_body()
-        .into_reader()
-        .take(d.size + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| err(what, ErrorKind::Failed, format!("reading {url}: {e}")))?;
+    let body = get_capped(session, agent, &url, None, d.size, &url, what)?;
     let got: [u8; 32] = Sha256::digest(&body).into();
     if body.len() as u64 != d.size || got != want {
         return Err(err(
