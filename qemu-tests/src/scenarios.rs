@@ -258,8 +258,16 @@ fn grub_uefi(ctx: &mut Ctx) -> Result<(), Failure> {
         ctx,
         DiskSpec { esp: Some(EspSpec { grub_cfg: cfg, grubenv: None }), hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: Vec::new() },
     )?;
+    let mut vm = uefi_boot_to_image_a(ctx, &disk)?;
+    vm.expect("HNROOT: root-writable yes", STEP)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+/// Boots `disk` (ESP + hostpart with image A) through OVMF and GRUB's menu and
+/// waits for image A's root, rw, on the host partition /dev/vda2.
+pub(crate) fn uefi_boot_to_image_a(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
     let vars = fresh_ovmf_vars(ctx.dir()).or_fail("copying OVMF vars")?;
-    let spec = QemuSpec { drives: vec![Drive::virtio(&disk)], ..QemuSpec::new(Boot::Uefi { vars }) };
+    let spec = QemuSpec { drives: vec![Drive::virtio(disk)], ..QemuSpec::new(Boot::Uefi { vars }) };
     let mut vm = ctx.spawn(qemu_command(&spec), Duration::from_secs(180))?;
     vm.forbid("Kernel panic");
     vm.forbid("hninit: boot failed");
@@ -267,8 +275,7 @@ fn grub_uefi(ctx: &mut Ctx) -> Result<(), Failure> {
     vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
     expect_root(&vm, "A", "rw")?;
     vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
-    vm.expect("HNROOT: root-writable yes", STEP)?;
-    expect_clean_poweroff(&mut vm)
+    Ok(vm)
 }
 
 fn read_only(ctx: &mut Ctx) -> Result<(), Failure> {

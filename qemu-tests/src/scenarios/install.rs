@@ -10,12 +10,10 @@
 //!   tree made an ext4 image again and installed: GRUB follows the links inside
 //!   the loop-mounted image and hninit boots it.
 
-use super::{expect_clean_poweroff, expect_root, shared, BASE, STEP};
+use super::{expect_clean_poweroff, shared, uefi_boot_to_image_a, BASE};
 use qemu_tests::{Ctx, Failure, OrFail, Scenario};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
-use xtask::{fresh_ovmf_vars, qemu_command, Boot, Drive, QemuSpec};
 
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -47,15 +45,7 @@ fn install_and_boot(ctx: &mut Ctx, image: &Path) -> Result<(), Failure> {
     if !out.contains("partition 2: hostpart") {
         return Err(Failure::new(format!("hnctl install printed: {out}")));
     }
-    let vars = fresh_ovmf_vars(ctx.dir()).or_fail("copying OVMF vars")?;
-    let spec = QemuSpec { drives: vec![Drive::virtio(&disk)], ..QemuSpec::new(Boot::Uefi { vars }) };
-    let mut vm = ctx.spawn(qemu_command(&spec), Duration::from_secs(180))?;
-    vm.forbid("Kernel panic");
-    vm.forbid("hninit: boot failed");
-    vm.expect("Linux version", STEP)?;
-    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
-    expect_root(&vm, "A", "rw")?;
-    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    let mut vm = uefi_boot_to_image_a(ctx, &disk)?;
     expect_clean_poweroff(&mut vm)
 }
 
