@@ -141,3 +141,37 @@ fn disk_in_use_is_refused() {
     let err = String::from_utf8_lossy(&block.stderr);
     assert!(err.contains(&format!("in use: mounted at {}", mnt.display())), "{err}");
 }
+
+/// `--bios`: the same disk plus GRUB for i386-pc: a BIOS boot partition
+/// (EF02) in the gap before the ESP holding core.img, boot.img in the MBR with
+/// the protective partition entry kept; the table still verifies.
+#[test]
+fn install_bios_adds_grub_for_i386_pc() {
+    if !tools() || !Path::new("/usr/lib/grub/i386-pc/boot.img").exists() {
+        eprintln!("disk tools or grub-pc-bin missing; skipping");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = image(d.path());
+    let disk = d.path().join("bios.img");
+    let o = hnctl(&["install", "--disk", s(&disk), "--image", s(&img), "--bios"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("partition 3: BIOS-BOOT (EF02), GRUB i386-pc core.img"), "{out}");
+
+    let table = stdout(Command::new("sgdisk").arg("-p").arg(&disk));
+    let bios = table.lines().find(|l| l.contains("EF02")).unwrap_or_else(|| panic!("no EF02 partition:\n{table}"));
+    let w: Vec<&str> = bios.split_whitespace().collect();
+    assert_eq!((w[0], w[1], w[2]), ("3", "34", "2047"), "{table}");
+    assert!(table.lines().any(|l| l.contains("EF00") && l.ends_with("EFI-BOOT")), "{table}");
+    assert!(stdout(Command::new("sgdisk").arg("-v").arg(&disk)).contains("No problems found"));
+    let bytes = fs::read(&disk).unwrap();
+    let boot = fs::read("/usr/lib/grub/i386-pc/boot.img").unwrap();
+    assert_eq!(&bytes[..3], &boot[..3], "boot.img's jump is in the MBR");
+    assert_eq!(&bytes[0x5c..0x64], &34u64.to_le_bytes(), "boot.img points at core.img");
+    assert_eq!(bytes[0x1c2], 0xee, "the protective MBR entry is kept");
+    assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
+    // core.img (grub-mkimage -O i386-pc) starts with diskboot.img.
+    let diskboot = fs::read("/usr/lib/grub/i386-pc/diskboot.img").unwrap();
+    assert_eq!(&bytes[34 * 512..34 * 512 + 16], &diskboot[..16]);
+}

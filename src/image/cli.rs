@@ -163,6 +163,10 @@ pub struct InstallArgs {
     /// Erase a disk that holds data
     #[arg(long)]
     pub yes: bool,
+    /// Also boot under legacy BIOS (SeaBIOS, older servers): GRUB for i386-pc
+    /// in a BIOS boot partition and the MBR, the same menu and boot counter
+    #[arg(long)]
+    pub bios: bool,
 }
 
 /// Runs `hnctl install`; returns the text to print. A refusal is a
@@ -178,8 +182,10 @@ pub fn install(a: &InstallArgs) -> Result<String> {
         size_mib: a.size,
         yes: a.yes,
         cmdline: a.cmdline.clone(),
+        bios: a.bios,
     };
-    let layout = super::install::install(&spec)?;
+    let done = super::install::install(&spec)?;
+    let layout = &done.layout;
     let mut s = format!("{}: GPT, {} bytes\n", a.disk.display(), layout.size_bytes);
     for p in &layout.partitions {
         s.push_str(&format!(
@@ -191,6 +197,9 @@ pub fn install(a: &InstallArgs) -> Result<String> {
             p.fs_label,
             p.fs_uuid
         ));
+    }
+    if let Some(b) = &done.bios {
+        s.push_str(&format!("  partition {}: BIOS-BOOT (EF02), GRUB i386-pc core.img {} bytes; boot.img in the MBR\n", b.partition, b.core_bytes));
     }
     s.push_str(&format!("  hn-root.img: {}\n", a.image.display()));
     Ok(s)

@@ -2,12 +2,15 @@
 //! whole disk or a disk image file, without root for a file: a GPT with an ESP
 //! (FAT32 `EFI-BOOT`, GRUB at the removable path, the hninit menu, grubenv) and
 //! a host partition (`hostpart`, ext4 or btrfs) holding the image as
-//! `hn-root.img` ([`super::disk::build_disk`], the code `cargo xtask disk` uses).
+//! `hn-root.img` ([`super::disk::build_disk`], the code `cargo xtask disk` uses);
+//! with `--bios` also GRUB for i386-pc in a BIOS boot partition and the MBR
+//! ([`super::biosboot`]): one disk that boots under UEFI and legacy BIOS.
 //!
 //! Before anything is written, [`check`] (pure) refuses: a disk with a mounted
 //! partition (or a file attached to a loop device), a disk too small for the
 //! image, and erasing a disk that holds data without `--yes`.
 
+use super::biosboot::{install_bios_grub, BiosBoot};
 use super::disk::{build_disk, device_size, is_block_device, DiskLayout, DiskSpec, EspSpec, HostFs, HostpartSpec, ESP_MIB};
 use super::grub::GrubVars;
 use anyhow::{Context, Result};
@@ -161,16 +164,35 @@ pub struct InstallSpec {
     pub yes: bool,
     /// The kernel command line of the menu entries.
     pub cmdline: String,
+    /// Also GRUB for BIOS (i386-pc): a BIOS boot partition and the MBR, so
+    /// the disk boots under UEFI and legacy BIOS with one menu and counter.
+    pub bios: bool,
+}
+
+/// What [`install`] made.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub layout: DiskLayout,
+    /// With `--bios`: the BIOS boot partition and core.img.
+    pub bios: Option<BiosBoot>,
 }
 
 /// Checks, then writes the layout. Returns the layout made.
-pub fn install(spec: &InstallSpec) -> Result<DiskLayout> {
+pub fn install(spec: &InstallSpec) -> Result<Installed> {
     let img = fs::metadata(&spec.image).with_context(|| format!("reading the image {}", spec.image.display()))?;
     if !img.is_file() {
         return Err(Refused(format!("{} is not a regular file", spec.image.display())).into());
     }
     let target = inspect(&spec.disk)?;
     let host_mib = check(&target, img.len(), spec.size_mib, spec.yes)?;
+    if spec.bios {
+        // Before anything is erased: GRUB for i386-pc must be at hand.
+        let boot = Path::new(super::grub::I386_PC_DIR).join("boot.img");
+        if !boot.exists() {
+            return Err(Refused(format!("--bios needs GRUB for i386-pc ({} is missing: install grub-pc-bin)", boot.display())).into());
+        }
+        super::grub::cached_grub_bios().context("making GRUB's core.img for --bios")?;
+    }
     let disk = DiskSpec {
         esp: Some(EspSpec {
             grub_cfg: GrubVars { cmdline: spec.cmdline.clone(), ..GrubVars::default() }.render(),
@@ -185,7 +207,9 @@ pub fn install(spec: &InstallSpec) -> Result<DiskLayout> {
         },
         extra_hostparts: Vec::new(),
     };
-    build_disk(&disk, &spec.disk)
+    let layout = build_disk(&disk, &spec.disk)?;
+    let bios = if spec.bios { Some(install_bios_grub(&spec.disk).context("installing GRUB for BIOS")?) } else { None };
+    Ok(Installed { layout, bios })
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //! - [`cli`]: `hnctl initramfs build|update`.
 //! - [`disk`], [`grub`]: GPT disks without root (ESP with GRUB and the menu,
 //!   host partition), the GRUB images and menu (`hnctl install`, `cargo xtask disk`).
+//! - [`biosboot`]: GRUB for BIOS (i386-pc) added to such a disk: a BIOS boot
+//!   partition and the MBR (`hnctl install --bios`, `cargo xtask run --bios`).
 //! - [`create`]: `hnctl image create --from DIR`: an image from a root tree.
 //! - [`generalize`]: a root tree made host-neutral (factory, `hnctl image create`).
 //! - [`install`]: `hnctl install`: the refusals, then the disk.
@@ -21,6 +23,7 @@
 //! Errors are `anyhow` chains: every step adds what it was doing; the callers
 //! (`hnctl`, `xtask`) print them and exit non-zero.
 
+pub mod biosboot;
 pub mod bootpair;
 pub mod cli;
 pub mod cpio;

@@ -116,7 +116,7 @@ pub fn build_demo_disk(opts: &DemoOptions, out: &Path) -> Result<DemoArtifacts> 
     };
     let layout = step("built disk", || build_disk(&spec, out))?;
     if opts.bios {
-        step("installed GRUB for BIOS", || crate::biosboot::install_bios_grub(out))?;
+        step("installed GRUB for BIOS", || hninit::image::biosboot::install_bios_grub(out))?;
     }
     let direct_cmdline =
         format!("real_root={image_dir}/hn-root.img loopdev_hostpart=LABEL=hostpart {cmdline}");

@@ -4,7 +4,6 @@
 
 pub mod bench;
 pub mod console;
-pub mod biosboot;
 pub mod deb;
 pub mod demo;
 pub mod deps;
@@ -22,7 +21,7 @@ pub mod signing;
 pub mod swapdisk;
 pub mod util;
 
-pub use biosboot::{install_bios_grub, BiosBoot};
+pub use hninit::image::biosboot::{install_bios_grub, BiosBoot};
 pub use demo::{build_demo_disk, DemoArtifacts, DemoOptions, DEMO_BASE_CMDLINE};
 pub use deps::ensure_host_packages;
 pub use factory::{build_image, default_mirror, ImageReport, ImageSpec};

@@ -151,7 +151,7 @@ fn vm_hostpart_missing(ctx: &mut Ctx) -> Result<(), Failure> {
 }
 
 /// SeaBIOS (QEMU's default firmware) booting `disk` from its MBR.
-fn boot_bios(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
+pub(super) fn boot_bios(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
     let spec = QemuSpec { drives: vec![Drive::virtio(disk)], ..QemuSpec::new(Boot::Bios) };
     ctx.spawn(qemu_command(&spec), Duration::from_secs(180))
 }

@@ -3,6 +3,9 @@
 //! * `hnctl-install`: the shared root image A put on a fresh disk file by
 //!   `hnctl install` (no root, no loop device) boots: GRUB from the ESP's
 //!   removable path, the menu, loopback of `hn-root.img`, hninit, the root.
+//! * `hnctl-install-bios`: `hnctl install --bios` makes one disk that boots
+//!   image A under SeaBIOS (boot.img in the MBR, core.img in the BIOS boot
+//!   partition, the ESP's menu) and then under OVMF (the removable path).
 //! * `hnctl-install-pair`: image A unpacked, given the cached kernel as
 //!   `/boot/vmlinuz-R` (its modules linked in), `hnctl initramfs update --root`
 //!   adopts its two regular files and switches to a new pair
@@ -10,7 +13,8 @@
 //!   tree made an ext4 image again and installed: GRUB follows the links inside
 //!   the loop-mounted image and hninit boots it.
 
-use super::{expect_clean_poweroff, shared, uefi_boot_to_image_a, BASE};
+use super::hardware::boot_bios;
+use super::{expect_clean_poweroff, expect_root, shared, uefi_boot_to_image_a, BASE, STEP};
 use qemu_tests::{Ctx, Failure, OrFail, Scenario};
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +22,7 @@ use std::process::Command;
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "hnctl-install", about: "hnctl install --disk FILE --image A: the disk boots through OVMF + GRUB", run: install_boots },
+        Scenario { name: "hnctl-install-bios", about: "hnctl install --bios: one disk boots image A under SeaBIOS (GRUB i386-pc) and under OVMF", run: install_bios_boots },
         Scenario { name: "hnctl-install-pair", about: "hnctl initramfs update --root adopts /boot/kernel and switches to a symlinked pair; GRUB boots through the links", run: pair_boots },
     ]
 }
@@ -34,17 +39,45 @@ fn hnctl() -> Result<std::path::PathBuf, Failure> {
     xtask::build_workspace_bin("hnctl").or_fail("building hnctl")
 }
 
-fn install_and_boot(ctx: &mut Ctx, image: &Path) -> Result<(), Failure> {
+/// `hnctl install --disk ctx/disk.img --image IMAGE [extra]`: the disk and
+/// what hnctl printed, checked for the host partition.
+fn install_disk(ctx: &mut Ctx, image: &Path, extra: &[&str]) -> Result<(std::path::PathBuf, String), Failure> {
     let disk = ctx.dir().join("disk.img");
     let out = run(Command::new(hnctl()?)
         .args(["install", "--disk"])
         .arg(&disk)
         .arg("--image")
         .arg(image)
-        .args(["--cmdline", &format!("{BASE} rw")]))?;
+        .args(["--cmdline", &format!("{BASE} rw")])
+        .args(extra))?;
     if !out.contains("partition 2: hostpart") {
         return Err(Failure::new(format!("hnctl install printed: {out}")));
     }
+    Ok((disk, out))
+}
+
+fn install_and_boot(ctx: &mut Ctx, image: &Path) -> Result<(), Failure> {
+    let (disk, _) = install_disk(ctx, image, &[])?;
+    let mut vm = uefi_boot_to_image_a(ctx, &disk)?;
+    expect_clean_poweroff(&mut vm)
+}
+
+fn install_bios_boots(ctx: &mut Ctx) -> Result<(), Failure> {
+    let s = shared()?;
+    let (disk, out) = install_disk(ctx, &s.image_a, &["--bios"])?;
+    if !out.contains("partition 3: BIOS-BOOT (EF02)") {
+        return Err(Failure::new(format!("hnctl install --bios printed: {out}")));
+    }
+    let mut vm = boot_bios(ctx, &disk)?;
+    vm.forbid("Kernel panic");
+    vm.forbid("hninit: boot failed");
+    vm.forbid("efi: EFI v"); // SeaBIOS, not OVMF, started GRUB
+    vm.expect("Command line: BOOT_IMAGE=(loop)/boot/kernel", STEP)?;
+    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    expect_clean_poweroff(&mut vm)?;
+    // The same disk under UEFI.
     let mut vm = uefi_boot_to_image_a(ctx, &disk)?;
     expect_clean_poweroff(&mut vm)
 }

@@ -9,8 +9,8 @@
 //! and `grub-core/boot/i386/pc/diskboot.S` (the blocklist at the end of
 //! core.img's first sector), as written by `util/setup.c`.
 
-use crate::grub::{cached_grub_bios, I386_PC_DIR};
-use crate::util::{self, cmd};
+use super::grub::{cached_grub_bios, I386_PC_DIR};
+use super::tools::{self as util, cmd};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -191,12 +191,12 @@ mod tests {
         patch_core(&mut core, 34).unwrap();
         let d = tempfile::tempdir().unwrap();
         let disk = d.path().join("disk.img");
-        let spec = crate::disk::DiskSpec {
-            esp: Some(crate::disk::EspSpec { grub_cfg: crate::grub::GrubVars::default().render(), grubenv: None }),
-            hostpart: crate::disk::HostpartSpec { size_mib: 16, ..Default::default() },
+        let spec = super::super::disk::DiskSpec {
+            esp: Some(super::super::disk::EspSpec { grub_cfg: super::super::grub::GrubVars::default().render(), grubenv: None }),
+            hostpart: super::super::disk::HostpartSpec { size_mib: 16, ..Default::default() },
             extra_hostparts: vec![],
         };
-        crate::disk::build_disk(&spec, &disk).unwrap();
+        super::super::disk::build_disk(&spec, &disk).unwrap();
         let b = install_bios_grub(&disk).unwrap();
         assert_eq!(b.partition, 3);
         let info = util::run_stdout(cmd("sgdisk").arg("-i3").arg(&disk)).unwrap();
