@@ -34,6 +34,10 @@ pub enum Boot {
 }
 
 /// The controller a disk hangs off.
+/// SAS address of the first `mptsas1068` disk (NAA 5, a made-up OUI); the
+/// next drives count up from it.
+pub const SAS_WWN_BASE: u64 = 0x5000_c500_1e1e_0000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DiskIf {
     /// virtio-blk (`/dev/vdX`).
@@ -47,7 +51,8 @@ pub enum DiskIf {
     VirtioScsi,
     /// LSI MegaRAID SAS 1078 (`megasas`, driver megaraid_sas; `/dev/sdX`).
     Megasas,
-    /// LSI SAS 1068 (`mptsas1068`, driver mptsas; `/dev/sdX`).
+    /// LSI SAS 1068 (`mptsas1068`, driver mptsas; `/dev/sdX`); the disk gets a
+    /// WWN (`SAS_WWN_BASE` + drive index) as real SAS disks have.
     Mptsas1068,
     /// LSI 53C895A parallel SCSI (`lsi53c895a`, driver sym53c8xx; `/dev/sdX`).
     Lsi53c895a,
@@ -235,7 +240,11 @@ pub fn qemu_base_args(spec: &QemuSpec) -> Vec<String> {
                 };
                 push(&["-device", &format!("{hba},id=scsi{i}")]);
                 push(&["-drive", &format!("{opts},if=none,id={id}")]);
-                push(&["-device", &format!("scsi-hd,drive={id},bus=scsi{i}.0")]);
+                // A SAS disk has a WWN, its SAS address: QEMU's mptsas reports
+                // scsi-hd's `wwn` (0 unless set) as the end device's address,
+                // and Linux mptsas attaches no end device at address 0.
+                let wwn = if d.interface == DiskIf::Mptsas1068 { format!(",wwn={:#x}", SAS_WWN_BASE + i as u64) } else { String::new() };
+                push(&["-device", &format!("scsi-hd,drive={id},bus=scsi{i}.0{wwn}")]);
             }
             DiskIf::UsbXhci | DiskIf::UsbEhci => {
                 let hc = if d.interface == DiskIf::UsbXhci { "qemu-xhci" } else { "usb-ehci" };
@@ -309,6 +318,17 @@ mod tests {
         assert!(a.contains("-drive file=/tmp/b.img,format=raw,snapshot=on,if=none,id=hd1 -device nvme,serial=hn1,drive=hd1"));
         assert!(a.contains("-serial stdio -monitor none"));
         assert!(a.contains("-nic none"));
+    }
+
+    #[test]
+    fn sas_disk_has_a_wwn() {
+        let spec = QemuSpec {
+            drives: vec![Drive::on(Path::new("/d"), DiskIf::Mptsas1068), Drive::on(Path::new("/e"), DiskIf::Megasas)],
+            ..QemuSpec::new(Boot::Bios)
+        };
+        let a = qemu_base_args(&spec);
+        assert!(a.contains(&"scsi-hd,drive=hd0,bus=scsi0.0,wwn=0x5000c5001e1e0000".to_string()), "{a:?}");
+        assert!(a.contains(&"scsi-hd,drive=hd1,bus=scsi1.0".to_string()), "{a:?}");
     }
 
     #[test]
