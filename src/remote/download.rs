@@ -7,9 +7,10 @@
 //!    on, a 200 means the file changed on the server (or the server ignores
 //!    ranges) and the download restarts cleanly from the first byte.
 //! 3. Bytes are written at their place in the `.part` (zstd decompressed on the
-//!    fly, detected by its magic number), hashed (sha256 of the raw image), and
-//!    made durable at checkpoints (fsync, then the record) at most a second
-//!    apart. zstd is resumed at a frame boundary: the decoder's state within a
+//!    fly, detected by its magic number) by a writer thread
+//!    ([`super::writer`]) while this thread receives and hashes (sha256 of the
+//!    raw image), and made durable at checkpoints (the writer's fsync, then the
+//!    record) at most a second apart. zstd is resumed at a frame boundary: the decoder's state within a
 //!    frame cannot be saved, so an image published as several frames (`pzstd`,
 //!    or `zstd` of the parts, see docs/publishing.md) loses at most one frame on
 //!    an interruption, and a single-frame image restarts from its first byte.
@@ -540,7 +541,8 @@ pub fn stage_url(
     loop {
         attempts += 1;
         let before = dl.offset;
-        let fail = match attempt(&agent, &mut dl, images, &record_name, &check_space, progress) {
+        let one = |dl: &mut Dl| attempt(&agent, dl, images, &record_name, &check_space, progress);
+        let fail = match with_writer(&mut dl, images, &record_name, one) {
             Ok(()) => break,
             Err(f) => f,
         };
@@ -681,19 +683,17 @@ fn disk_full(images: &dyn Dir, e: RemoteError) -> RemoteError {
     }
 }
 
-/// One request and its body, from `dl.offset` on, the `.part` written by a
-/// writer thread ([`super::writer`]) that has written everything on return.
-fn attempt(
-    agent: &ureq::Agent,
-    dl: &mut Dl,
+/// Runs one attempt with the `.part` written by a writer thread
+/// ([`super::writer`]) that has written everything on return.
+fn with_writer<'a>(
+    dl: &mut Dl<'a>,
     images: &dyn Dir,
     record_name: &str,
-    check_space: &dyn Fn(u64) -> Result<(), StageError>,
-    progress: &mut dyn FnMut(Progress),
+    attempt: impl FnOnce(&mut Dl<'a>) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let sink = Sink::start(&dl.file, dl.written).map_err(|e| Failure::Fatal(io_step("starting the .part's writer thread")(e)))?;
     dl.sink = Some(sink);
-    let res = receive(agent, dl, images, record_name, check_space, progress);
+    let res = attempt(dl);
     let stopped = dl.stop_sink(images, record_name).map_err(|e| Failure::Fatal(io_step("writing the .part")(e)));
     match (res, stopped) {
         (Err(Failure::Fatal(e)), _) => Err(Failure::Fatal(e)),
@@ -702,7 +702,8 @@ fn attempt(
     }
 }
 
-fn receive(
+/// One request and its body, from `dl.offset` on.
+fn attempt(
     agent: &ureq::Agent,
     dl: &mut Dl,
     images: &dyn Dir,
