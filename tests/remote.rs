@@ -7,16 +7,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PART: &str = "hn-root-new.img.part";
-const RECORD: &str = "hn-root-new.img.part.json";
-const NEW: &str = "hn-root-new.img";
+mod common;
+use common::remote_host::*;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Nginx {
     child: Child,
@@ -126,46 +122,6 @@ http {{
     }
 }
 
-struct Host {
-    t: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-fn host() -> Host {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path().join("hostpart");
-    std::fs::create_dir(&dir).unwrap();
-    mkfs(&dir.join("hn-root.img"), 4);
-    Host { t, dir }
-}
-
-fn mkfs(path: &Path, mib: u32) {
-    let st = Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(path)
-        .arg(format!("{mib}M"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("mkfs.ext4 (e2fsprogs) is needed");
-    assert!(st.success());
-}
-
-/// An ext4 image of `mib` MiB whose blocks past the first MiB are incompressible
-/// (so that zstd leaves it large and a rate limit takes seconds).
-fn image(path: &Path, mib: u32, seed: u64) -> Vec<u8> {
-    mkfs(path, mib);
-    let mut data = std::fs::read(path).unwrap();
-    let mut x = seed | 1;
-    for b in data[1 << 20..].iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
 /// `zstd` of the whole file: one frame.
 fn zstd_one_frame(src: &Path, dst: &Path) {
     let st = Command::new("zstd").args(["-q", "-f", "-3", "-o"]).arg(dst).arg(src).status().unwrap();
@@ -186,42 +142,6 @@ fn zstd_frames(src: &Path, dst: &Path) {
         std::fs::remove_file(&z).unwrap();
     }
     std::fs::write(dst, out).unwrap();
-}
-
-fn hnctl_cmd(h: &Host, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hnctl"));
-    cmd.arg("--hostpart").arg(&h.dir).args(["--real-root", "/hn-root.img"]).args(args);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // A proxy from the test's environment must not capture 127.0.0.1.
-    cmd.env("no_proxy", "127.0.0.1").env("NO_PROXY", "127.0.0.1");
-    cmd
-}
-
-fn hnctl(h: &Host, args: &[&str]) -> Output {
-    hnctl_cmd(h, args).output().unwrap()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn staged(h: &Host) -> Option<Vec<u8>> {
-    std::fs::read(h.dir.join(NEW)).ok()
-}
-
-#[track_caller]
-fn assert_nothing_staged(h: &Host) {
-    assert!(!h.dir.join(NEW).exists(), "a staged image was left");
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -582,58 +502,8 @@ fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
     assert_eq!(ngx.log("web.img.bidx").len(), 1, "--whole fetched the index");
 }
 
-/// `minisign` (Debian's) in `dir`.
-fn minisign(args: &[&str], dir: &Path) {
-    let o = Command::new("minisign")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("the minisign tool is needed (Debian package minisign)");
-    assert!(o.status.success(), "minisign {args:?}: {}", show(&o));
-}
-
-/// A key pair from `minisign -G -W`; `sign` writes `X.minisig` next to `X`
-/// (or at `to`) with `comment` as the trusted comment.
-struct SignKey {
-    dir: PathBuf,
-    name: &'static str,
-}
-
-impl SignKey {
-    fn new(dir: &Path, name: &'static str) -> SignKey {
-        minisign(&["-G", "-W", "-p", &format!("{name}.pub"), "-s", &format!("{name}.key")], dir);
-        SignKey { dir: dir.to_path_buf(), name }
-    }
-
-    fn sign(&self, img: &Path, comment: &str, to: &Path) {
-        let key = self.dir.join(format!("{}.key", self.name));
-        minisign(
-            &["-S", "-s", key.to_str().unwrap(), "-m", img.to_str().unwrap(), "-x", to.to_str().unwrap(), "-t", comment],
-            &self.dir,
-        );
-    }
-
-    /// An etc directory trusting this key (`trusted.d/NAME.pub`).
-    fn etc(&self) -> PathBuf {
-        let etc = self.dir.join(format!("etc-{}", self.name));
-        std::fs::create_dir_all(etc.join("trusted.d")).unwrap();
-        std::fs::copy(self.dir.join(format!("{}.pub", self.name)), etc.join(format!("trusted.d/{}.pub", self.name))).unwrap();
-        etc
-    }
-}
-
 fn sig_of(p: &Path) -> PathBuf {
     PathBuf::from(format!("{}.minisig", p.display()))
-}
-
-#[track_caller]
-fn assert_refused(h: &Host, o: &Output, reason: &str) {
-    assert_eq!(o.status.code(), Some(3), "{}", show(o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(reason), "{reason}: {}", show(o));
-    assert_nothing_staged(h);
-    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists(), "a .part or record was left");
-    assert!(!h.dir.join("hn-root-new.img.minisig").exists(), "a signature was left");
 }
 
 /// `URL.minisig` with trusted keys: a good signature is verified in the download's

@@ -5,14 +5,14 @@
 //! is the judge of the requests and bytes sent. One case pushes with plain `curl`
 //! calls per the distribution spec, so `publish` is not the only writer tested.
 
-use sha2::{Digest, Sha256};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const NEW: &str = "hn-root-new.img";
-const PART: &str = "hn-root-new.img.part";
+mod common;
+use common::remote_host::*;
+
 
 struct Registry {
     child: Child,
@@ -102,101 +102,9 @@ http:
     }
 }
 
-struct Host {
-    _t: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-fn host() -> Host {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path().join("hostpart");
-    std::fs::create_dir(&dir).unwrap();
-    mkfs(&dir.join("hn-root.img"), 4);
-    Host { _t: t, dir }
-}
-
-fn mkfs(path: &Path, mib: u32) {
-    let st = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(path).arg(format!("{mib}M")).stdout(Stdio::null()).status().unwrap();
-    assert!(st.success());
-}
-
-/// An ext4 image whose bytes past the first MiB are incompressible.
-fn image(path: &Path, mib: u32, seed: u64) -> Vec<u8> {
-    mkfs(path, mib);
-    let mut data = std::fs::read(path).unwrap();
-    let mut x = seed | 1;
-    for b in data[1 << 20..].iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    std::fs::write(path, &data).unwrap();
-    data
-}
-
-fn hnctl(h: &Host, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hnctl"))
-        .arg("--hostpart")
-        .arg(&h.dir)
-        .args(["--real-root", "/hn-root.img"])
-        .args(args)
-        .env("no_proxy", "127.0.0.1")
-        .env("NO_PROXY", "127.0.0.1")
-        .env("DOCKER_CONFIG", h.dir.join("no-docker-config"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-#[track_caller]
-fn ok(o: Output) -> String {
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-#[track_caller]
-fn refused(h: &Host, o: &Output, reason: &str) {
-    assert_eq!(o.status.code(), Some(3), "{}", show(o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(reason), "{reason}: {}", show(o));
-    assert!(!h.dir.join(NEW).exists(), "a staged image was left");
-    assert!(!h.dir.join(PART).exists(), "a .part was left");
-}
-
-fn staged(h: &Host) -> Option<Vec<u8>> {
-    std::fs::read(h.dir.join(NEW)).ok()
-}
-
+/// `sha256:HEX`, as a registry names a blob.
 fn digest(data: &[u8]) -> String {
-    format!("sha256:{}", Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>())
-}
-
-fn minisign(args: &[&str], dir: &Path) {
-    let o = Command::new("minisign").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("minisign is needed");
-    assert!(o.status.success(), "minisign {args:?}: {}", show(&o));
-}
-
-/// A minisign key pair in `dir` and an etc directory trusting it.
-fn key(dir: &Path) -> PathBuf {
-    minisign(&["-G", "-W", "-p", "k.pub", "-s", "k.key"], dir);
-    let etc = dir.join("etc");
-    std::fs::create_dir_all(etc.join("trusted.d")).unwrap();
-    std::fs::copy(dir.join("k.pub"), etc.join("trusted.d/k.pub")).unwrap();
-    etc
-}
-
-fn sign(dir: &Path, img: &Path, comment: &str, to: &Path) {
-    let k = dir.join("k.key");
-    minisign(&["-S", "-s", k.to_str().unwrap(), "-m", img.to_str().unwrap(), "-x", to.to_str().unwrap(), "-t", comment], dir);
+    format!("sha256:{}", sha256_hex(data))
 }
 
 fn manifest_of(reg: &Registry, repo_tag: &str) -> serde_json::Value {
@@ -217,11 +125,12 @@ fn manifest_of(reg: &Registry, repo_tag: &str) -> serde_json::Value {
 fn publish_then_stage_raw_and_zstd_signed() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("reg"), "");
-    let etc = key(t.path());
+    let key = SignKey::new(t.path(), "k");
+    let etc = key.etc();
     let keys = etc.to_str().unwrap();
     let img = t.path().join("web.img");
     let raw = image(&img, 4, 3);
-    sign(t.path(), &img, &format!("version=7 size={}", raw.len()), &t.path().join("web.img.minisig"));
+    key.sign(&img, &format!("version=7 size={}", raw.len()), &t.path().join("web.img.minisig"));
     let h = host();
     let idx = hnctl(&h, &["index", img.to_str().unwrap()]);
     std::fs::write(t.path().join("web.img.bidx"), &idx.stdout).unwrap();
@@ -334,12 +243,13 @@ fn curl_push_is_pulled_and_bad_blobs_are_refused() {
 
     // Not an hninit artifact (a container image's config type).
     put_manifest("fleet/web:other", &manifest("application/vnd.example.thing", "application/vnd.hninit.image.raw.v1", &d));
-    refused(&h, &hnctl(&h, &["stage", &reg.oci("fleet/web:other")]), "not an hninit image");
+    assert_refused(&h, &hnctl(&h, &["stage", &reg.oci("fleet/web:other")]), "not an hninit image");
 
     // Unsigned, keys trusted: refused from the manifest, no image blob request.
-    let etc = key(t.path());
+    let key = SignKey::new(t.path(), "k");
+    let etc = key.etc();
     let gets = reg.log(&format!("/blobs/{d}")).len();
-    refused(&h, &hnctl(&h, &["stage", &reg.oci("fleet/web:curl"), "--keys", etc.to_str().unwrap()]), "unsigned");
+    assert_refused(&h, &hnctl(&h, &["stage", &reg.oci("fleet/web:curl"), "--keys", etc.to_str().unwrap()]), "unsigned");
     assert_eq!(reg.log(&format!("/blobs/{d}")).len(), gets, "the image blob was requested");
 
     // A byte of the stored blob changes: the registry serves it, hnctl refuses it.
@@ -348,7 +258,7 @@ fn curl_push_is_pulled_and_bad_blobs_are_refused() {
     bytes[(2 << 20) + 5] ^= 1;
     std::fs::write(&f, &bytes).unwrap();
     let o = hnctl(&h, &["stage", &reg.oci("fleet/web:curl")]);
-    refused(&h, &o, "sha256");
+    assert_refused(&h, &o, "sha256");
     eprintln!("{}", show(&o));
     // zstd layer: the compressed blob's digest is checked over the bytes served.
     let zst = t.path().join("web.img.zst");

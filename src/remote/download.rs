@@ -7,9 +7,10 @@
 //!    on, a 200 means the file changed on the server (or the server ignores
 //!    ranges) and the download restarts cleanly from the first byte.
 //! 3. Bytes are written at their place in the `.part` (zstd decompressed on the
-//!    fly, detected by its magic number), hashed (sha256 of the raw image), and
-//!    made durable at checkpoints (fsync, then the record) at most a second
-//!    apart. zstd is resumed at a frame boundary: the decoder's state within a
+//!    fly, detected by its magic number) by a writer thread
+//!    ([`super::writer`]) while this thread receives and hashes (sha256 of the
+//!    raw image), and made durable at checkpoints (the writer's fsync, then the
+//!    record) at most a second apart. zstd is resumed at a frame boundary: the decoder's state within a
 //!    frame cannot be saved, so an image published as several frames (`pzstd`,
 //!    or `zstd` of the parts, see docs/publishing.md) loses at most one frame on
 //!    an interruption, and a single-frame image restarts from its first byte.
@@ -24,6 +25,7 @@
 use super::adaptive::{Delta, Skip};
 use super::http::{self, Reply};
 use super::state::{self, ResumeState, Start};
+use super::writer::Sink;
 use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, Dir};
 use crate::slots::stage::{complete_part, required_space, StageError, StageReport};
 use crate::slots::Names;
@@ -233,12 +235,21 @@ struct Dl<'a> {
     /// Fed every image byte in order, with the hash.
     verifier: &'a mut dyn Verifier,
     auth: Option<&'a str>,
-    /// sha256 of the resource's bytes (only with `blob_sha256`, from byte 0).
+    /// sha256 of the resource's bytes (only with `blob_sha256`, from byte 0;
+    /// zstd only: a raw resource's is `hash`).
     blob_hash: Option<Sha256>,
+    /// The `.part`'s writer thread during an attempt ([`super::writer`]).
+    sink: Option<Sink>,
 }
 
 impl Dl<'_> {
     fn reset(&mut self) -> io::Result<()> {
+        // The writer's queue is written before the cut, then it starts again at 0.
+        if let Some(sink) = self.sink.take() {
+            sink.finish()?;
+            self.file.set_len(0)?;
+            self.sink = Some(Sink::start(&self.file, 0)?);
+        }
         self.file.set_len(0)?;
         self.written = 0;
         self.offset = 0;
@@ -275,11 +286,16 @@ impl Dl<'_> {
     }
 
     /// Makes what can be resumed durable: the `.part`'s data, then the record.
+    /// During an attempt the writer thread fsyncs and [`Dl::settle`] writes
+    /// the record; between attempts both happen here.
     fn checkpoint(&mut self, images: &dyn Dir, record_name: &str) -> io::Result<()> {
         self.last_checkpoint = Instant::now();
         let Some(r) = self.record() else { return Ok(()) };
         if r.written == self.durable {
             return Ok(());
+        }
+        if let Some(sink) = &mut self.sink {
+            return sink.checkpoint(r);
         }
         self.file.sync_data()?;
         write_atomic(images, record_name, &r.to_json())?;
@@ -287,11 +303,53 @@ impl Dl<'_> {
         Ok(())
     }
 
+    /// Writes the newest record whose bytes the writer made durable.
+    fn record_synced(&mut self, synced: Vec<ResumeState>, images: &dyn Dir, record_name: &str) -> io::Result<()> {
+        if let Some(r) = synced.into_iter().last() {
+            if r.written > self.durable {
+                write_atomic(images, record_name, &r.to_json())?;
+                self.durable = r.written;
+            }
+        }
+        Ok(())
+    }
+
+    /// The writer's checkpoints that completed, recorded.
+    fn settle(&mut self, images: &dyn Dir, record_name: &str) -> io::Result<()> {
+        let synced = match &mut self.sink {
+            Some(s) => s.synced()?,
+            None => return Ok(()),
+        };
+        self.record_synced(synced, images, record_name)
+    }
+
+    /// Stops the writer once everything given to it is written.
+    fn stop_sink(&mut self, images: &dyn Dir, record_name: &str) -> io::Result<()> {
+        let Some(sink) = self.sink.take() else { return Ok(()) };
+        let synced = sink.finish()?;
+        self.record_synced(synced, images, record_name)
+    }
+
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, self.written)?;
+        match &mut self.sink {
+            Some(sink) => sink.put(data)?,
+            None => self.file.write_all_at(data, self.written)?,
+        }
         self.hash.update(data);
         self.verifier.update(data);
         self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// `n` raw bytes were received straight into the writer's buffer.
+    fn commit_raw(&mut self, n: usize) -> io::Result<()> {
+        let Some(sink) = self.sink.as_mut() else { return Ok(()) };
+        let data = sink.filled(n);
+        self.hash.update(data);
+        self.verifier.update(data);
+        sink.commit(n)?;
+        self.written += n as u64;
+        self.offset += n as u64;
         Ok(())
     }
 
@@ -299,13 +357,13 @@ impl Dl<'_> {
     fn consume(&mut self, data: &[u8]) -> Result<(), Failure> {
         use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
         let write_err = |e: io::Error| Failure::Fatal(io_step("writing the .part")(e));
-        if let Some(h) = &mut self.blob_hash {
-            h.update(data);
-        }
         if self.zstd != Some(true) {
             self.write(data).map_err(write_err)?;
             self.offset += data.len() as u64;
             return Ok(());
+        }
+        if let Some(h) = &mut self.blob_hash {
+            h.update(data);
         }
         let mut dec = match self.decoder.take() {
             Some(d) => d,
@@ -457,6 +515,7 @@ pub fn stage_url(
         verifier,
         auth: opts.auth.as_deref(),
         blob_hash: opts.blob_sha256.map(|_| Sha256::new()),
+        sink: None,
     };
     dl.verifier.restart();
     match start {
@@ -482,7 +541,8 @@ pub fn stage_url(
     loop {
         attempts += 1;
         let before = dl.offset;
-        let fail = match attempt(&agent, &mut dl, images, &record_name, &check_space, progress) {
+        let one = |dl: &mut Dl| attempt(&agent, dl, images, &record_name, &check_space, progress);
+        let fail = match with_writer(&mut dl, images, &record_name, one) {
             Ok(()) => break,
             Err(f) => f,
         };
@@ -523,7 +583,7 @@ pub fn stage_url(
         dl.file.sync_all().map_err(io_step(format!("fsync {}", names.part)))?;
         let sha: [u8; 32] = dl.hash.clone().finalize().into();
         if let (Some(want), Some(h)) = (opts.blob_sha256, dl.blob_hash.clone()) {
-            let got: [u8; 32] = h.finalize().into();
+            let got: [u8; 32] = if dl.zstd == Some(true) { h.finalize().into() } else { sha };
             if got != want {
                 return Err(RemoteError::Digest(format!(
                     "the blob {url} has sha256:{}, its manifest says sha256:{}",
@@ -623,6 +683,25 @@ fn disk_full(images: &dyn Dir, e: RemoteError) -> RemoteError {
     }
 }
 
+/// Runs one attempt with the `.part` written by a writer thread
+/// ([`super::writer`]) that has written everything on return.
+fn with_writer<'a>(
+    dl: &mut Dl<'a>,
+    images: &dyn Dir,
+    record_name: &str,
+    attempt: impl FnOnce(&mut Dl<'a>) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let sink = Sink::start(&dl.file, dl.written).map_err(|e| Failure::Fatal(io_step("starting the .part's writer thread")(e)))?;
+    dl.sink = Some(sink);
+    let res = attempt(dl);
+    let stopped = dl.stop_sink(images, record_name).map_err(|e| Failure::Fatal(io_step("writing the .part")(e)));
+    match (res, stopped) {
+        (Err(Failure::Fatal(e)), _) => Err(Failure::Fatal(e)),
+        (_, Err(f)) => Err(f),
+        (res, Ok(())) => res,
+    }
+}
+
 /// One request and its body, from `dl.offset` on.
 fn attempt(
     agent: &ureq::Agent,
@@ -708,7 +787,17 @@ fn attempt(
     let mut body = reply.body;
     let mut buf = vec![0u8; READ_BUF];
     loop {
-        let n = match body.read(&mut buf) {
+        // Raw bytes go straight into the writer's buffer (no copy).
+        let direct = match (&mut dl.sink, dl.zstd) {
+            (Some(sink), Some(false)) => Some(sink.space().map_err(fatal_io("writing the .part"))?),
+            _ => None,
+        };
+        let is_direct = direct.is_some();
+        let got = match direct {
+            Some(space) => body.read(space),
+            None => body.read(&mut buf),
+        };
+        let n = match got {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -720,7 +809,9 @@ fn attempt(
                 return Err(bad(format!("the server sent more than the {len} bytes it announced")));
             }
         }
-        if dl.zstd.is_none() {
+        if is_direct {
+            dl.commit_raw(n).map_err(fatal_io("writing the .part"))?;
+        } else if dl.zstd.is_none() {
             dl.head.extend_from_slice(&buf[..n]);
             if dl.head.len() < ZSTD_MAGIC.len() {
                 continue;
@@ -729,6 +820,7 @@ fn attempt(
         } else {
             dl.consume(&buf[..n])?;
         }
+        dl.settle(images, record_name).map_err(fatal_io("recording the progress"))?;
         if dl.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             dl.checkpoint(images, record_name).map_err(fatal_io("recording the progress"))?;
         }

@@ -8,6 +8,8 @@
 //!   whether to resume (`hn-root-new.img.part.json`).
 //! - [`http`]: the HTTP client (ureq, rustls, `--ca`, proxies from the
 //!   environment, the stall timeout) and the parsing of the reply headers.
+//! - [`writer`]: the `.part`'s writer thread (bounded buffers, writeback
+//!   started early, checkpoint fsyncs off the receiving thread).
 //! - [`download`]: the download loop: Range/If-Range requests, retries with
 //!   backoff, zstd frames, durable checkpoints, progress, and the verifier seam
 //!   for signatures ([`download::Verifier`]).
@@ -27,6 +29,7 @@ pub mod index_cache;
 pub mod oci;
 pub mod signed;
 pub mod state;
+pub mod writer;
 
 pub use download::{stage_url, NoVerifier, Phase, Progress, RemoteError, RemoteOptions, RemoteReport, Verifier};
 

@@ -1,0 +1,157 @@
+//! The host side of the remote staging tests (`remote.rs`: a URL from nginx,
+//! `remote_oci.rs`: `oci://` from docker-registry): a temp host partition with a
+//! current image, ext4 images with incompressible blocks, `hnctl` run against
+//! the partition, minisign key pairs, and the checks of what a user sees (exit
+//! code, messages, the staged image, no leftovers).
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const PART: &str = "hn-root-new.img.part";
+pub const RECORD: &str = "hn-root-new.img.part.json";
+pub const NEW: &str = "hn-root-new.img";
+
+/// A port free on 127.0.0.1 for a server the test starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A host partition (`dir`) in a temp dir (`t`) with a 4 MiB current image.
+pub struct Host {
+    pub t: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+pub fn host() -> Host {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("hostpart");
+    std::fs::create_dir(&dir).unwrap();
+    mkfs(&dir.join("hn-root.img"), 4);
+    Host { t, dir }
+}
+
+pub fn mkfs(path: &Path, mib: u32) {
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .arg(format!("{mib}M"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) is needed");
+    assert!(st.success());
+}
+
+/// An ext4 image of `mib` MiB whose blocks past the first MiB are incompressible
+/// (so that zstd leaves it large and a rate limit takes seconds).
+pub fn image(path: &Path, mib: u32, seed: u64) -> Vec<u8> {
+    mkfs(path, mib);
+    let mut data = std::fs::read(path).unwrap();
+    let mut x = seed | 1;
+    for b in data[1 << 20..].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// `hnctl` on the host partition, output captured, with no proxy for
+/// 127.0.0.1 and no docker credentials from the test's environment.
+pub fn hnctl_cmd(h: &Host, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hnctl"));
+    cmd.arg("--hostpart").arg(&h.dir).args(["--real-root", "/hn-root.img"]).args(args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("no_proxy", "127.0.0.1").env("NO_PROXY", "127.0.0.1");
+    cmd.env("DOCKER_CONFIG", h.dir.join("no-docker-config"));
+    cmd
+}
+
+pub fn hnctl(h: &Host, args: &[&str]) -> Output {
+    hnctl_cmd(h, args).output().unwrap()
+}
+
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Exit 0; the stdout.
+#[track_caller]
+pub fn ok(o: Output) -> String {
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn staged(h: &Host) -> Option<Vec<u8>> {
+    std::fs::read(h.dir.join(NEW)).ok()
+}
+
+#[track_caller]
+pub fn assert_nothing_staged(h: &Host) {
+    assert!(!h.dir.join(NEW).exists(), "a staged image was left");
+}
+
+/// Refused (exit 3) naming `reason`, and nothing left: no staged image,
+/// `.part`, resume record or signature.
+#[track_caller]
+pub fn assert_refused(h: &Host, o: &Output, reason: &str) {
+    assert_eq!(o.status.code(), Some(3), "{}", show(o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(reason), "{reason}: {}", show(o));
+    assert_nothing_staged(h);
+    assert!(!h.dir.join(PART).exists() && !h.dir.join(RECORD).exists(), "a .part or record was left");
+    assert!(!h.dir.join("hn-root-new.img.minisig").exists(), "a signature was left");
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `minisign` (Debian's) in `dir`.
+pub fn minisign(args: &[&str], dir: &Path) {
+    let o = Command::new("minisign")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the minisign tool is needed (Debian package minisign)");
+    assert!(o.status.success(), "minisign {args:?}: {}", show(&o));
+}
+
+/// A key pair from `minisign -G -W`; `sign` writes `X.minisig` next to `X`
+/// (or at `to`) with `comment` as the trusted comment.
+pub struct SignKey {
+    pub dir: PathBuf,
+    pub name: &'static str,
+}
+
+impl SignKey {
+    pub fn new(dir: &Path, name: &'static str) -> SignKey {
+        minisign(&["-G", "-W", "-p", &format!("{name}.pub"), "-s", &format!("{name}.key")], dir);
+        SignKey { dir: dir.to_path_buf(), name }
+    }
+
+    pub fn sign(&self, img: &Path, comment: &str, to: &Path) {
+        let key = self.dir.join(format!("{}.key", self.name));
+        minisign(
+            &["-S", "-s", key.to_str().unwrap(), "-m", img.to_str().unwrap(), "-x", to.to_str().unwrap(), "-t", comment],
+            &self.dir,
+        );
+    }
+
+    /// An etc directory trusting this key (`trusted.d/NAME.pub`).
+    pub fn etc(&self) -> PathBuf {
+        let etc = self.dir.join(format!("etc-{}", self.name));
+        std::fs::create_dir_all(etc.join("trusted.d")).unwrap();
+        std::fs::copy(self.dir.join(format!("{}.pub", self.name)), etc.join(format!("trusted.d/{}.pub", self.name))).unwrap();
+        etc
+    }
+}
