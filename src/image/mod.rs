@@ -16,6 +16,7 @@
 //! - [`create`]: `hnctl image create --from DIR`: an image from a root tree.
 //! - [`generalize`]: a root tree made host-neutral (factory, `hnctl image create`).
 //! - [`install`]: `hnctl install`: the refusals, then the disk.
+//! - [`partitions`]: `hnctl install --esp --hostpart-dev`: existing partitions.
 //! - [`tools`]: running external programs, atomic writes, sparse copies, UUIDs.
 //!
 //! Errors are `anyhow` chains: every step adds what it was doing; the callers
@@ -32,5 +33,6 @@ pub mod initramfs;
 pub mod install;
 pub mod keys;
 pub mod kmod;
+pub mod partitions;
 pub mod profile;
 pub mod tools;
