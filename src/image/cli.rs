@@ -248,11 +248,25 @@ pub enum ImageCmd {
         #[command(flatten)]
         modules: ModuleArgs,
     },
+    /// Build pvgrub2 for Xen guests (PV: x86_64-xen, PVH: i386-xen_pvh) with
+    /// grub-xen-bin: it finds /EFI/hninit/grub.cfg and runs the same menu
+    GrubXen {
+        /// Directory for pvgrub2-x86_64-xen.bin and pvgrub2-i386-xen_pvh.bin
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Runs `hnctl image`; returns the text to print.
+fn grub_xen(out: &Path) -> Result<String> {
+    let imgs = super::xen::build_pvgrub2(out)?;
+    Ok(imgs.iter().map(|p| format!("{}\n", p.display())).collect())
 }
 
 /// Runs `hnctl image`; returns the text to print.
 pub fn image(cmd: &ImageCmd) -> Result<String> {
     match cmd {
+        ImageCmd::GrubXen { out } => grub_xen(out).context("hnctl image grub-xen"),
         ImageCmd::Create { from, out, headroom, modules } => {
             let r = super::create::create(&super::create::CreateSpec {
                 from: from.clone(),
