@@ -175,3 +175,83 @@ fn install_bios_adds_grub_for_i386_pc() {
     let diskboot = fs::read("/usr/lib/grub/i386-pc/diskboot.img").unwrap();
     assert_eq!(&bytes[34 * 512..34 * 512 + 16], &diskboot[..16]);
 }
+
+fn mtools(name: &str, img: &Path) -> Command {
+    let mut c = Command::new(name);
+    c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(img);
+    c
+}
+
+/// `--esp FILE --hostpart-dev FILE`: an existing FAT ESP keeps another system's
+/// files; its removable-path loader is replaced only with `--yes` (and kept);
+/// a non-FAT ESP is refused naming what it holds; the host partition is made
+/// anew (label hostpart, hn-root.img byte for byte).
+#[test]
+fn install_on_existing_partitions() {
+    if !tools() {
+        eprintln!("disk tools missing; skipping");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = image(d.path());
+    let esp = d.path().join("esp.img");
+    stdout(Command::new("mkfs.vfat").args(["-C", "-F", "32", "-n", "ESP"]).arg(&esp).arg("65536"));
+    let foreign = d.path().join("foreign.efi");
+    fs::write(&foreign, "ANOTHER OS LOADER").unwrap();
+    stdout(mtools("mmd", &esp).args(["::/EFI", "::/EFI/BOOT", "::/EFI/debian"]));
+    stdout(mtools("mcopy", &esp).arg(&foreign).arg("::/EFI/BOOT/BOOTX64.EFI"));
+    stdout(mtools("mcopy", &esp).arg(&foreign).arg("::/EFI/debian/grubx64.efi"));
+    let host = d.path().join("hostpart.img");
+    fs::File::create(&host).unwrap().set_len(200 << 20).unwrap();
+    stdout(Command::new("mkfs.ext4").args(["-q", "-L", "olddata"]).arg(&host));
+    let args = ["install", "--esp", s(&esp), "--hostpart-dev", s(&host), "--image", s(&img)];
+
+    // Another system's loader at the removable path: refused, nothing written.
+    let (esp0, host0) = (fs::read(&esp).unwrap(), fs::read(&host).unwrap());
+    let o = hnctl(&args);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("EFI/BOOT/BOOTX64.EFI belongs to another system; add --yes"), "{err}");
+    assert!(fs::read(&esp).unwrap() == esp0 && fs::read(&host).unwrap() == host0);
+
+    // An ext4 "ESP" is refused, naming what it holds.
+    let o = hnctl(&["install", "--esp", s(&host), "--hostpart-dev", s(&esp), "--image", s(&img), "--yes"]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hostpart.img is not a FAT EFI system partition: found an ext2/3/4 filesystem"), "{err}");
+
+    // With --yes: done; the other system's files stay.
+    let o = hnctl(&[&args[..], &["--yes"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("kept as EFI/BOOT/BOOTX64.EFI.before-hninit"), "{out}");
+    let cat = |f: &str| stdout(mtools("mtype", &esp).arg(f));
+    assert_eq!(cat("::/EFI/debian/grubx64.efi"), "ANOTHER OS LOADER");
+    assert_eq!(cat("::/EFI/BOOT/BOOTX64.EFI.before-hninit"), "ANOTHER OS LOADER");
+    let ls = stdout(mtools("mdir", &esp).args(["-/", "-b", "::/EFI"]));
+    for f in ["::/EFI/BOOT/BOOTX64.EFI", "::/EFI/hninit/grub.cfg", "::/EFI/hninit/grubenv", "::/EFI/hninit/grubx64.efi"] {
+        assert!(ls.contains(f), "{f} missing:\n{ls}");
+    }
+    let ours = Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args(["-i", s(&esp), "::/EFI/BOOT/BOOTX64.EFI"]).output().unwrap();
+    assert!(ours.stdout.starts_with(b"MZ"), "GRUB is a PE image");
+    assert!(cat("::/EFI/hninit/grub.cfg").contains("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart"));
+    let label = stdout(Command::new("blkid").args(["-o", "value", "-s", "LABEL"]).arg(&host));
+    assert_eq!(label.trim(), "hostpart");
+    let back = d.path().join("back.img");
+    stdout(Command::new("debugfs").args(["-R", &format!("dump /hn-root.img {}", s(&back))]).arg(&host));
+    assert_eq!(fs::read(&back).unwrap(), fs::read(&img).unwrap());
+
+    // Again: our own loader is replaced without --yes, but the host partition
+    // now holds a filesystem: refused.
+    let o = hnctl(&args);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hostpart.img holds an ext2/3/4 filesystem") && err.contains("--yes"), "{err}");
+
+    // Too small a host partition.
+    let small = d.path().join("small.img");
+    fs::File::create(&small).unwrap().set_len(40 << 20).unwrap();
+    let o = hnctl(&["install", "--esp", s(&esp), "--hostpart-dev", s(&small), "--image", s(&img), "--yes"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("small.img is too small: 40 MiB, the image needs 52 MiB"));
+}

@@ -379,7 +379,11 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Cmd::Install(a) => {
             let text = hninit::image::cli::install(a).map_err(|e| CtlError {
-                what: format!("installing on {}", a.disk.display()),
+                what: match (&a.disk, &a.esp, &a.hostpart_dev) {
+                    (Some(d), _, _) => format!("installing on {}", d.display()),
+                    (None, Some(e), Some(h)) => format!("installing on {} and {}", e.display(), h.display()),
+                    _ => "installing".into(),
+                },
                 found: format!("{e:#}"),
                 kind: if e.downcast_ref::<hninit::image::install::Refused>().is_some() { ErrorKind::Refused } else { ErrorKind::Failed },
             })?;

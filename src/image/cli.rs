@@ -146,8 +146,17 @@ pub fn run(cmd: &InitramfsCmd) -> Result<String> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct InstallArgs {
     /// The whole disk (/dev/sdX) or a disk image file (made if missing): erased
-    #[arg(long, value_name = "DEV|FILE")]
-    pub disk: PathBuf,
+    #[arg(long, value_name = "DEV|FILE", required_unless_present = "esp", conflicts_with_all = ["esp", "hostpart_dev"])]
+    pub disk: Option<PathBuf>,
+    /// An existing FAT EFI system partition (or a file standing for one): GRUB
+    /// and the menu added, other files kept (no repartitioning)
+    #[arg(long, value_name = "DEV|FILE", requires = "hostpart_dev")]
+    pub esp: Option<PathBuf>,
+    /// With --esp: the existing partition (or file) made the host partition
+    /// (mkfs, label hostpart). Not --hostpart: that global option names the
+    /// mounted host partition of a running system
+    #[arg(long, value_name = "DEV|FILE", requires = "esp")]
+    pub hostpart_dev: Option<PathBuf>,
     /// The root filesystem image to boot, staged as hn-root.img
     #[arg(long, value_name = "FILE")]
     pub image: PathBuf,
@@ -160,12 +169,13 @@ pub struct InstallArgs {
     /// Kernel command line of the menu entries (after real_root= and loopdev_hostpart=)
     #[arg(long, default_value = "console=tty0 console=ttyS0 rw")]
     pub cmdline: String,
-    /// Erase a disk that holds data
+    /// Erase a disk or host partition that holds data; replace another
+    /// system's EFI/BOOT/BOOTX64.EFI (kept as BOOTX64.EFI.before-hninit)
     #[arg(long)]
     pub yes: bool,
-    /// Also boot under legacy BIOS (SeaBIOS, older servers): GRUB for i386-pc
-    /// in a BIOS boot partition and the MBR, the same menu and boot counter
-    #[arg(long)]
+    /// With --disk: also boot under legacy BIOS (SeaBIOS, older servers): GRUB
+    /// for i386-pc in a BIOS boot partition and the MBR, the same menu and counter
+    #[arg(long, conflicts_with = "esp")]
     pub bios: bool,
 }
 
@@ -175,8 +185,31 @@ pub fn install(a: &InstallArgs) -> Result<String> {
     if a.hostpart_fs == super::disk::HostFs::Xfs {
         return Err(super::install::Refused("--hostpart-fs xfs: the host partition is ext4 or btrfs".into()).into());
     }
+    if let (Some(esp), Some(hostpart)) = (&a.esp, &a.hostpart_dev) {
+        let r = super::partitions::install_parts(&super::partitions::PartsSpec {
+            esp: esp.clone(),
+            hostpart: hostpart.clone(),
+            image: a.image.clone(),
+            hostpart_fs: a.hostpart_fs,
+            yes: a.yes,
+            cmdline: a.cmdline.clone(),
+        })?;
+        let mut s = format!("{}: GRUB at EFI/BOOT/BOOTX64.EFI and EFI/hninit/grubx64.efi, the menu and grubenv in EFI/hninit/\n", esp.display());
+        if r.saved_foreign {
+            s.push_str("  the previous EFI/BOOT/BOOTX64.EFI kept as EFI/BOOT/BOOTX64.EFI.before-hninit\n");
+        }
+        s.push_str(&format!(
+            "{}: {} label hostpart, {} MiB\n  hn-root.img: {}\n",
+            hostpart.display(),
+            a.hostpart_fs.name(),
+            r.hostpart_mib,
+            a.image.display()
+        ));
+        return Ok(s);
+    }
+    let disk = a.disk.clone().context("--disk or --esp with --hostpart-dev")?;
     let spec = super::install::InstallSpec {
-        disk: a.disk.clone(),
+        disk: disk.clone(),
         image: a.image.clone(),
         hostpart_fs: a.hostpart_fs,
         size_mib: a.size,
@@ -186,7 +219,7 @@ pub fn install(a: &InstallArgs) -> Result<String> {
     };
     let done = super::install::install(&spec)?;
     let layout = &done.layout;
-    let mut s = format!("{}: GPT, {} bytes\n", a.disk.display(), layout.size_bytes);
+    let mut s = format!("{}: GPT, {} bytes\n", disk.display(), layout.size_bytes);
     for p in &layout.partitions {
         s.push_str(&format!(
             "  partition {}: {} {} MiB, {} label {} UUID {}\n",
@@ -224,11 +257,25 @@ pub enum ImageCmd {
         #[command(flatten)]
         modules: ModuleArgs,
     },
+    /// Build pvgrub2 for Xen guests (PV: x86_64-xen, PVH: i386-xen_pvh) with
+    /// grub-xen-bin: it finds /EFI/hninit/grub.cfg and runs the same menu
+    GrubXen {
+        /// Directory for pvgrub2-x86_64-xen.bin and pvgrub2-i386-xen_pvh.bin
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Runs `hnctl image`; returns the text to print.
+fn grub_xen(out: &Path) -> Result<String> {
+    let imgs = super::xen::build_pvgrub2(out)?;
+    Ok(imgs.iter().map(|p| format!("{}\n", p.display())).collect())
 }
 
 /// Runs `hnctl image`; returns the text to print.
 pub fn image(cmd: &ImageCmd) -> Result<String> {
     match cmd {
+        ImageCmd::GrubXen { out } => grub_xen(out).context("hnctl image grub-xen"),
         ImageCmd::Create { from, out, headroom, modules } => {
             let r = super::create::create(&super::create::CreateSpec {
                 from: from.clone(),

@@ -21,7 +21,7 @@ search_fs_uuid search_fs_file linux gzio xzio zstd normal echo serial terminal t
 efi_gop all_video loadenv sleep halt reboot ls cat";
 
 /// Config embedded in the standalone GRUB: find the ESP holding our menu.
-const EMBEDDED_CFG: &str = "search --no-floppy --set=hnesp --file /EFI/hninit/grub.cfg
+pub const EMBEDDED_CFG: &str = "search --no-floppy --set=hnesp --file /EFI/hninit/grub.cfg
 if [ -n \"$hnesp\" ]; then
     set root=$hnesp
     configfile ($hnesp)/EFI/hninit/grub.cfg

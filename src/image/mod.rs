@@ -18,6 +18,8 @@
 //! - [`create`]: `hnctl image create --from DIR`: an image from a root tree.
 //! - [`generalize`]: a root tree made host-neutral (factory, `hnctl image create`).
 //! - [`install`]: `hnctl install`: the refusals, then the disk.
+//! - [`partitions`]: `hnctl install --esp --hostpart-dev`: existing partitions.
+//! - [`xen`]: pvgrub2 (Xen PV and PVH GRUB) finding the same menu.
 //! - [`tools`]: running external programs, atomic writes, sparse copies, UUIDs.
 //!
 //! Errors are `anyhow` chains: every step adds what it was doing; the callers
@@ -35,5 +37,7 @@ pub mod initramfs;
 pub mod install;
 pub mod keys;
 pub mod kmod;
+pub mod partitions;
 pub mod profile;
 pub mod tools;
+pub mod xen;
