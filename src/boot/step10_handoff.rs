@@ -38,17 +38,15 @@ pub fn move_hostpart(newroot: &Path) -> Result<PathBuf> {
 pub fn move_api_filesystems(newroot: &Path) -> Result<()> {
     for dir in ["/dev", "/proc", "/sys", "/run"] {
         let dest = newroot.join(&dir[1..]);
-        if !dest.is_dir() {
-            if std::fs::create_dir(&dest).is_err() {
-                // A root without the directory: leave the mount behind and detach it.
-                warn!("the image has no {dir} directory; {dir} is not carried over");
-                crate::log::ignored(
-                    rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH),
-                    &format!("umount -l {dir}"),
-                    "the switch leaves it unreachable anyway",
-                );
-                continue;
-            }
+        if !dest.is_dir() && std::fs::create_dir(&dest).is_err() {
+            // A root without the directory: leave the mount behind and detach it.
+            warn!("the image has no {dir} directory; {dir} is not carried over");
+            crate::log::ignored(
+                rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH),
+                &format!("umount -l {dir}"),
+                "the switch leaves it unreachable anyway",
+            );
+            continue;
         }
         mount_move(dir, &dest).map_err(sys(format!("mount --move {dir} {}", dest.display())))?;
     }

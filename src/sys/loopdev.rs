@@ -131,6 +131,8 @@ impl RawFdU32 for rustix::fd::BorrowedFd<'_> {
 fn direct_io_safe(file: &impl AsFd) -> bool {
     const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
     match rustix::fs::fstatfs(file) {
+        // f_type is i64 on glibc but not on every libc rustix builds for.
+        #[allow(clippy::unnecessary_cast)]
         Ok(st) => st.f_type as i64 != BTRFS_SUPER_MAGIC,
         Err(_) => false,
     }
