@@ -1,3 +1,4 @@
 //! Helpers shared by the integration tests.
 pub mod faulty;
 pub mod kernel_tree;
+pub mod nginx;
