@@ -1,6 +1,6 @@
 //! `hnctl stage URL` against a real nginx (Debian's), started per test on
 //! 127.0.0.1 with a generated config, and stopped on every exit path (Drop;
-//! `tests/common/nginx.rs`, shared with the QEMU scenario `debian-stage-https`).
+//! `tests/common/nginx.rs`, shared with the QEMU scenario `debian-stage-http`).
 //! nginx's access log (`$request $status $body_bytes_sent "$http_range"`) is the
 //! judge of the bytes sent. The misbehaving servers nginx cannot be made to be
 //! (a stall mid-body, a wrong Content-Length) are small std::net servers here.

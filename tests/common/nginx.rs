@@ -3,7 +3,7 @@
 //! free ports, stopped on every exit path (Drop). Its access log
 //! (`$request $status $body_bytes_sent "$http_range"`) is the judge of the
 //! bytes sent. Std only: shared by `tests/remote.rs` (through `common`) and
-//! the qemu-tests scenario `debian-stage-https` (included with `#[path]`).
+//! the qemu-tests scenario `debian-stage-http` (included with `#[path]`).
 #![allow(dead_code)]
 
 use std::io;
