@@ -7,26 +7,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::nginx::Nginx;
 use common::remote_host::*;
-
-
-struct Nginx {
-    child: Child,
-    prefix: PathBuf,
-    port: u16,
-    tls_port: Option<u16>,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The TLS material of a test CA made by `openssl`.
 struct Pki {
@@ -35,91 +21,10 @@ struct Pki {
     key: PathBuf,
 }
 
-impl Nginx {
-    /// Serves `www` (under `prefix`); `/slow/` is the same tree at `rate` bytes/s.
-    fn start(prefix: &Path, rate: &str, pki: Option<&Pki>) -> Nginx {
-        std::fs::create_dir_all(prefix.join("www")).unwrap();
-        std::fs::create_dir_all(prefix.join("tmp")).unwrap();
-        let port = free_port();
-        let tls_port = pki.map(|_| free_port());
-        let p = prefix.display();
-        let tls = match (pki, tls_port) {
-            (Some(k), Some(tp)) => format!(
-                "server {{ listen 127.0.0.1:{tp} ssl; server_name localhost; root {p}/www;
-                   ssl_certificate {}; ssl_certificate_key {}; }}",
-                k.cert.display(),
-                k.key.display()
-            ),
-            _ => String::new(),
-        };
-        let conf = format!(
-            "daemon off;
-master_process off;
-pid {p}/nginx.pid;
-error_log {p}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  log_format ranges '$request $status $body_bytes_sent \"$http_range\"';
-  access_log {p}/access.log ranges;
-  client_body_temp_path {p}/tmp/body;
-  proxy_temp_path {p}/tmp/proxy;
-  fastcgi_temp_path {p}/tmp/fastcgi;
-  uwsgi_temp_path {p}/tmp/uwsgi;
-  scgi_temp_path {p}/tmp/scgi;
-  default_type application/octet-stream;
-  server {{
-    listen 127.0.0.1:{port};
-    root {p}/www;
-    location /slow/ {{ alias {p}/www/; limit_rate {rate}; }}
-  }}
-  {tls}
-}}
-"
-        );
-        std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(prefix.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx (Debian nginx-light) is needed");
-        let mut n = Nginx { child, prefix: prefix.to_path_buf(), port, tls_port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for p in [Some(port), tls_port].into_iter().flatten() {
-            while TcpStream::connect(("127.0.0.1", p)).is_err() {
-                if let Ok(Some(st)) = n.child.try_wait() {
-                    panic!("nginx exited ({st}): {}", std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default());
-                }
-                assert!(Instant::now() < deadline, "nginx did not listen on {p}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        n
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
-    }
-
-    fn www(&self, name: &str) -> PathBuf {
-        self.prefix.join("www").join(name)
-    }
-
-    /// The access log's lines for `path`: (status, bytes sent, Range header).
-    fn log(&self, path: &str) -> Vec<(u16, u64, String)> {
-        let text = std::fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default();
-        text.lines()
-            .filter(|l| l.contains(&format!(" /{path} ")))
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                // GET /path HTTP/1.1 STATUS BYTES "RANGE"
-                (f[3].parse().unwrap(), f[4].parse().unwrap(), f[5..].join(" ").trim_matches('"').to_string())
-            })
-            .collect()
-    }
+/// nginx (tests/common/nginx.rs) serving `prefix/www`, with `pki`'s certificate on a TLS port.
+fn nginx(prefix: &Path, rate: &str, pki: Option<&Pki>) -> Nginx {
+    Nginx::start(prefix, rate, pki.map(|k| (k.cert.as_path(), k.key.as_path())))
+        .expect("nginx (Debian nginx-light) is needed")
 }
 
 /// `zstd` of the whole file: one frame.
@@ -147,7 +52,7 @@ fn zstd_frames(src: &Path, dst: &Path) {
 #[test]
 fn full_download_raw_and_zstd() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let ngx = nginx(&t.path().join("ngx"), "0", None);
     let raw = image(&ngx.www("web.img"), 4, 7);
     zstd_one_frame(&ngx.www("web.img"), &ngx.www("web.img.zst"));
     for (name, sha) in [("web.img", true), ("web.img.zst", false)] {
@@ -182,7 +87,7 @@ fn full_download_raw_and_zstd() {
 #[test]
 fn not_found_and_not_an_image_are_refused_without_leftovers() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let ngx = nginx(&t.path().join("ngx"), "0", None);
     std::fs::write(ngx.www("junk.img"), vec![0u8; 2 << 20]).unwrap();
     let h = host();
     let o = hnctl(&h, &["stage", &ngx.url("missing.img")]);
@@ -244,7 +149,7 @@ fn random_below(n: u64) -> u64 {
 fn resume_after_kill(name: &str, zstd: bool) {
     let t = tempfile::tempdir().unwrap();
     // 1 MiB/s: an 8 MiB image takes seconds, a checkpoint is at most a second behind.
-    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    let ngx = nginx(&t.path().join("ngx"), "1m", None);
     let raw = image(&t.path().join("src.img"), 8, 11);
     if zstd {
         zstd_frames(&t.path().join("src.img"), &ngx.www(name));
@@ -302,7 +207,7 @@ fn resume_after_kill_zstd() {
 #[test]
 fn a_file_changed_on_the_server_restarts_cleanly() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    let ngx = nginx(&t.path().join("ngx"), "1m", None);
     image(&ngx.www("web.img"), 8, 3);
     let url = ngx.url("slow/web.img");
     let h = host();
@@ -419,7 +324,7 @@ fn pki(dir: &Path) -> Pki {
 fn tls_unknown_ca_is_refused_and_accepted_with_ca() {
     let t = tempfile::tempdir().unwrap();
     let k = pki(&t.path().join("pki"));
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", Some(&k));
+    let ngx = nginx(&t.path().join("ngx"), "0", Some(&k));
     let raw = image(&ngx.www("web.img"), 4, 8);
     let url = format!("https://127.0.0.1:{}/web.img", ngx.tls_port.unwrap());
     let h = host();
@@ -438,7 +343,7 @@ fn tls_unknown_ca_is_refused_and_accepted_with_ca() {
 #[test]
 fn a_local_stage_drops_an_interrupted_download() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    let ngx = nginx(&t.path().join("ngx"), "1m", None);
     image(&ngx.www("web.img"), 8, 4);
     let h = host();
     kill_at(&h, &ngx.url("slow/web.img"), 1 << 20);
@@ -456,7 +361,7 @@ fn a_local_stage_drops_an_interrupted_download() {
 #[test]
 fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let ngx = nginx(&t.path().join("ngx"), "0", None);
     let h = host();
     let old = image(&h.dir.join("hn-root.img"), 8, 31);
     let block = 64 * 1024;
@@ -513,7 +418,7 @@ fn sig_of(p: &Path) -> PathBuf {
 #[test]
 fn signed_url_stage_checks_before_and_during_the_download() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let ngx = nginx(&t.path().join("ngx"), "0", None);
     let k1 = SignKey::new(t.path(), "k1");
     let k2 = SignKey::new(t.path(), "k2");
     let etc = k1.etc();
@@ -599,7 +504,7 @@ fn signed_url_stage_checks_before_and_during_the_download() {
 #[test]
 fn a_resumed_signed_download_is_still_verified() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "1m", None);
+    let ngx = nginx(&t.path().join("ngx"), "1m", None);
     let k1 = SignKey::new(t.path(), "k1");
     let etc = k1.etc();
     let keys = etc.to_str().unwrap();
@@ -634,7 +539,7 @@ fn a_resumed_signed_download_is_still_verified() {
 #[test]
 fn adaptive_reuses_the_index_cache_across_a_rotation() {
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let ngx = nginx(&t.path().join("ngx"), "0", None);
     let h = host();
     std::fs::create_dir(h.dir.join("hn-state")).unwrap();
     let old = image(&h.dir.join("hn-root.img"), 4, 41);
@@ -686,7 +591,7 @@ fn bench_remote() {
     let bin = std::env::var("HNCTL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hnctl").to_string());
     let mib: u32 = std::env::var("BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let t = tempfile::tempdir().unwrap();
-    let ngx = Nginx::start(&t.path().join("ngx"), "0", None);
+    let ngx = nginx(&t.path().join("ngx"), "0", None);
     // An ext4 image, its second half incompressible, the first mostly zeros.
     let path = ngx.www("web.img");
     mkfs(&path, mib);

@@ -48,6 +48,7 @@ use xtask::{
 };
 
 mod platform;
+mod stage_http;
 
 /// Issue 14's scenario (`debian/platform.rs`).
 pub fn platform_scenarios() -> Vec<Scenario> {
@@ -72,6 +73,7 @@ pub fn scenarios() -> Vec<Scenario> {
             about: "factory Debian 13 image instantiated from a Gandi swap-disk config; identity kept across an upgrade",
             run: debian_e2e,
         },
+        stage_http::scenario(),
     ]
 }
 
@@ -320,6 +322,8 @@ struct Machine {
     /// The Gandi swap disk (second virtio disk, /dev/vdb) when present.
     swap: Option<(PathBuf, SwapDisk)>,
     known_hosts: PathBuf,
+    /// The longest life of one of its VMs (QEMU is killed after it).
+    life: Duration,
 }
 
 /// How ssh treats the host key.
@@ -380,6 +384,7 @@ impl Machine {
             layout,
             swap,
             known_hosts: ctx.dir().join("known_hosts"),
+            life: VM_TIMEOUT,
         })
     }
 
@@ -403,7 +408,7 @@ impl Machine {
             "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22"
         ));
         let started = Instant::now();
-        let mut vm = ctx.spawn(qemu_command(&spec), VM_TIMEOUT)?;
+        let mut vm = ctx.spawn(qemu_command(&spec), self.life)?;
         vm.forbid("Kernel panic");
         vm.forbid("hninit: boot failed");
         vm.expect("hninit: switching root", BOOT_WAIT)?;
@@ -553,7 +558,13 @@ impl Machine {
     /// find the host partition where this suite's systemd left it, report a
     /// clean unmount without any lazy detach, and the host partition must be
     /// clean (`dumpe2fs -h`).
-    fn poweroff(&self, ctx: &mut Ctx, mut r: Running, what: &str) -> Result<(), Failure> {
+    fn poweroff(&self, ctx: &mut Ctx, r: Running, what: &str) -> Result<(), Failure> {
+        self.shut_down(ctx, r, what, "poweroff")
+    }
+
+    /// `systemctl VERB` (`poweroff` or `reboot`: QEMU runs with `-no-reboot`,
+    /// so both end it) with the checks of [`Machine::poweroff`].
+    fn shut_down(&self, ctx: &mut Ctx, mut r: Running, what: &str, verb: &str) -> Result<(), Failure> {
         let imgs = self.imgs;
         let t = Instant::now();
         r.vm.forbid("detaching it lazily");
@@ -563,7 +574,7 @@ impl Machine {
             &imgs.root_key,
             "root",
             HostKey::Strict,
-            "systemctl poweroff --no-block",
+            &format!("systemctl {verb} --no-block"),
         )?;
         let moved = r.vm.expect(imgs.suite.hostpart_at_shutdown(), POWEROFF_WAIT)?;
         ctx.note(format!("{what}: {}", moved.trim()));
@@ -574,7 +585,7 @@ impl Machine {
         r.vm.wait_exit(POWEROFF_WAIT)?;
         r.vm.check_forbidden()?;
         ctx.note(format!(
-            "{what}: poweroff -> QEMU exit {:.1} s",
+            "{what}: {verb} -> QEMU exit {:.1} s",
             t.elapsed().as_secs_f64()
         ));
         self.expect_hostpart_clean(ctx)

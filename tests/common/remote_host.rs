@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -16,7 +15,7 @@ pub const NEW: &str = "hn-root-new.img";
 
 /// A port free on 127.0.0.1 for a server the test starts.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    super::nginx::free_port().expect("a free port on 127.0.0.1")
 }
 
 /// A host partition (`dir`) in a temp dir (`t`) with a 4 MiB current image.
