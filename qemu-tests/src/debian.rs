@@ -755,12 +755,20 @@ fn debian_boot(ctx: &mut Ctx) -> Result<(), Failure> {
 
     // Upgrade: stage the second image, boot, hninit rotates it in.
     m.stage(ctx, imgs.second()?)?;
+    let r = boot_upgraded(ctx, &m)?;
+    m.poweroff(ctx, r, "boot 2")
+}
+
+/// Boot 2 after an upgrade of an uninstantiated machine: hninit rotated the
+/// second image in (image id `second`), the first is kept as
+/// `hn-root-old.img`, nothing is staged, and the factory's
+/// hninit-mark-good.service ended the trial. Returns the running machine.
+fn boot_upgraded(ctx: &mut Ctx, m: &Machine) -> Result<Running, Failure> {
     // Without instantiation the second image makes its own ssh host keys.
     let _ = std::fs::remove_file(&m.known_hosts);
     let r = m.boot(ctx, "boot 2")?;
     let report = m.root_ssh_ready(ctx, &r, "boot 2", HostKey::AcceptNew)?;
-    check_root_report(ctx, imgs, &r, &report, "second")?;
-    // The factory's hninit-mark-good.service ended the trial of the new image.
+    check_root_report(ctx, m.imgs, &r, &report, "second")?;
     if field(&report, "markgood") != "active" || field(&report, "trial") != "not on trial" {
         return Err(vm_failure(
             &r.vm,
@@ -771,7 +779,7 @@ fn debian_boot(ctx: &mut Ctx) -> Result<(), Failure> {
     if !files.contains("hn-root-old.img") || files.contains("hn-root-new.img") {
         return Err(vm_failure(&r.vm, format!("expected the first image kept as hn-root-old.img and nothing staged, /hostpart has: {files}")));
     }
-    m.poweroff(ctx, r, "boot 2")
+    Ok(r)
 }
 
 // ---------------------------------------------------------------------------

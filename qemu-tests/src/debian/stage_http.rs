@@ -134,19 +134,6 @@ fn debian_stage_http(ctx: &mut Ctx) -> Result<(), Failure> {
     m.shut_down(ctx, r, "boot 1", "reboot")?;
 
     // Boot 2: hninit rotated the staged image in.
-    let _ = std::fs::remove_file(&m.known_hosts);
-    let r = m.boot(ctx, "boot 2")?;
-    let report = m.root_ssh_ready(ctx, &r, "boot 2", HostKey::AcceptNew)?;
-    check_root_report(ctx, imgs, &r, &report, "second")?;
-    if field(&report, "markgood") != "active" || field(&report, "trial") != "not on trial" {
-        return Err(vm_failure(
-            &r.vm,
-            format!("expected hninit-mark-good.service to have ended the trial:\n{report}"),
-        ));
-    }
-    let files = field(&report, "files");
-    if !files.contains("hn-root-old.img") || files.contains("hn-root-new.img") {
-        return Err(vm_failure(&r.vm, format!("expected the first image kept as hn-root-old.img and nothing staged, /hostpart has: {files}")));
-    }
+    let r = boot_upgraded(ctx, &m)?;
     m.poweroff(ctx, r, "boot 2")
 }

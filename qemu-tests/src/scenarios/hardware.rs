@@ -136,9 +136,24 @@ fn vm_hostpart_missing(ctx: &mut Ctx) -> Result<(), Failure> {
 }
 
 /// SeaBIOS (QEMU's default firmware) booting `disk` from its MBR.
-pub(super) fn boot_bios(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
+fn boot_bios(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
     let spec = QemuSpec { drives: vec![Drive::virtio(disk)], ..QemuSpec::new(Boot::Bios) };
     ctx.spawn(qemu_command(&spec), Duration::from_secs(180))
+}
+
+/// SeaBIOS → GRUB i386-pc → the menu → hninit → image A, read-write, from
+/// the host partition /dev/vda2; the VM is left running.
+pub(super) fn bios_boot_to_image_a(ctx: &mut Ctx, disk: &Path) -> Result<Vm, Failure> {
+    let mut vm = boot_bios(ctx, disk)?;
+    vm.forbid("Kernel panic");
+    vm.forbid("hninit: boot failed");
+    vm.forbid("efi: EFI v"); // SeaBIOS, not OVMF, started GRUB
+    vm.expect("hninit: boot counter: hn_trial= hn_tries=", STEP)?;
+    vm.expect("Command line: BOOT_IMAGE=(loop)/boot/kernel", STEP)?;
+    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
+    expect_root(&vm, "A", "rw")?;
+    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    Ok(vm)
 }
 
 /// GRUB for i386-pc put on a disk `build_disk` made (BIOS boot partition + MBR).
@@ -160,15 +175,7 @@ fn bios_grub(ctx: &mut Ctx) -> Result<(), Failure> {
         DiskSpec { esp: Some(EspSpec { grub_cfg: cfg, grubenv: None }), hostpart: hostpart(&[("hn-root.img", &s.image_a)]), extra_hostparts: Vec::new() },
     )?;
     install_bios(&disk)?;
-    let mut vm = boot_bios(ctx, &disk)?;
-    vm.forbid("Kernel panic");
-    vm.forbid("hninit: boot failed");
-    vm.forbid("efi: EFI v"); // SeaBIOS, not OVMF, started GRUB
-    vm.expect("hninit: boot counter: hn_trial= hn_tries=", STEP)?;
-    vm.expect("Command line: BOOT_IMAGE=(loop)/boot/kernel", STEP)?;
-    vm.expect("real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart", STEP)?;
-    expect_root(&vm, "A", "rw")?;
-    vm.expect("HNROOT: hostpart /dev/vda2 ext4 rw", STEP)?;
+    let mut vm = bios_boot_to_image_a(ctx, &disk)?;
     expect_clean_poweroff(&mut vm)?;
     expect_hostpart_clean(ctx, &disk, &layout)
 }
