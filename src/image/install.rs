@@ -55,16 +55,23 @@ pub fn disk_mib(hostpart_mib: u64) -> u64 {
     1 + ESP_MIB + hostpart_mib + 1
 }
 
-/// The pure decision: the host partition size to make (MiB), or why not.
-/// `size_mib` is `--size` for a file that is made; an existing disk is used
-/// whole.
-pub fn check(t: &Target, image_bytes: u64, size_mib: Option<u64>, yes: bool) -> Result<u64, Refused> {
+/// Refuses a target that is mounted (or swap) or attached to a loop device;
+/// `--disk` and `--esp`/`--hostpart-dev` share it.
+pub(super) fn in_use(t: &Target) -> Result<(), Refused> {
     if !t.mounted.is_empty() {
         return Err(Refused(format!("{} is in use: mounted at {}; unmount it first", t.path, t.mounted.join(", "))));
     }
     if !t.loops.is_empty() {
         return Err(Refused(format!("{} is in use: attached to {}; detach it first (losetup -d)", t.path, t.loops.join(", "))));
     }
+    Ok(())
+}
+
+/// The pure decision: the host partition size to make (MiB), or why not.
+/// `size_mib` is `--size` for a file that is made; an existing disk is used
+/// whole.
+pub fn check(t: &Target, image_bytes: u64, size_mib: Option<u64>, yes: bool) -> Result<u64, Refused> {
+    in_use(t)?;
     let need = min_hostpart_mib(image_bytes);
     let total_mib = match (t.exists && (t.is_block || t.size > 0), size_mib) {
         (true, _) if t.is_block => t.size / MIB,

@@ -21,7 +21,7 @@
 
 use super::disk::HostFs;
 use super::grub::{self, GrubVars};
-use super::install::{inspect, min_hostpart_mib, Refused, Target};
+use super::install::{in_use, inspect, min_hostpart_mib, Refused, Target};
 use super::tools::{self as util, cmd};
 use anyhow::{Context, Result};
 use std::fs;
@@ -106,16 +106,6 @@ pub enum LoaderPlan {
     Write,
     /// Another OS's loader: renamed to [`SAVED_LOADER`], then ours written.
     SaveForeign,
-}
-
-fn in_use(t: &Target) -> Result<(), Refused> {
-    if !t.mounted.is_empty() {
-        return Err(Refused(format!("{} is in use: mounted at {}; unmount it first", t.path, t.mounted.join(", "))));
-    }
-    if !t.loops.is_empty() {
-        return Err(Refused(format!("{} is in use: attached to {}; detach it first (losetup -d)", t.path, t.loops.join(", "))));
-    }
-    Ok(())
 }
 
 /// The pure decision for the ESP.
