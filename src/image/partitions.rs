@@ -66,27 +66,28 @@ impl Found {
     }
 }
 
-/// Recognises the filesystem whose first bytes are `head`.
+/// Recognises what the first bytes `head` of a partition hold: the
+/// filesystems through the superblock probe hninit boots with
+/// ([`crate::sys::probe`]), plus the two signatures it has no use for at boot
+/// (NTFS, LUKS), and all-zero bytes.
 pub fn probe(head: &[u8]) -> Found {
+    use crate::sys::probe::FsType;
     let at = |off: usize, sig: &[u8]| head.get(off..off + sig.len()) == Some(sig);
     if at(3, b"NTFS    ") {
-        Found::Ntfs
-    } else if at(510, &[0x55, 0xAA]) && (at(54, b"FAT") || at(82, b"FAT32")) {
-        Found::Fat
-    } else if at(1080, &[0x53, 0xEF]) {
-        Found::Ext
-    } else if at(65536 + 64, b"_BHRfS_M") {
-        Found::Btrfs
-    } else if at(0, b"XFSB") {
-        Found::Xfs
-    } else if at(4086, b"SWAPSPACE2") {
-        Found::Swap
-    } else if at(0, b"LUKS\xba\xbe") {
-        Found::Luks
-    } else if head.iter().all(|&b| b == 0) {
-        Found::Nothing
-    } else {
-        Found::Unknown
+        return Found::Ntfs;
+    }
+    if at(0, b"LUKS\xba\xbe") {
+        return Found::Luks;
+    }
+    match crate::sys::probe::probe(head).map(|sb| sb.fstype) {
+        Some(FsType::Vfat) => Found::Fat,
+        Some(FsType::Ext2 | FsType::Ext3 | FsType::Ext4) => Found::Ext,
+        Some(FsType::Btrfs) => Found::Btrfs,
+        Some(FsType::Xfs) => Found::Xfs,
+        Some(FsType::Swap) => Found::Swap,
+        Some(FsType::Squashfs | FsType::Erofs) => Found::Unknown,
+        None if head.iter().all(|&b| b == 0) => Found::Nothing,
+        None => Found::Unknown,
     }
 }
 
@@ -315,9 +316,18 @@ mod tests {
     fn probes() {
         let mut b = vec![0u8; PROBE_BYTES];
         assert_eq!(probe(&b), Found::Nothing);
+        // A FAT32 boot sector: 512-byte sectors, 1 per cluster, 32 reserved,
+        // 2 FATs, media F8, no FAT16 size, 131072 sectors, a FAT32 size.
+        b[11..13].copy_from_slice(&512u16.to_le_bytes());
+        b[13] = 1;
+        b[14..16].copy_from_slice(&32u16.to_le_bytes());
+        b[16] = 2;
+        b[21] = 0xF8;
+        b[32..36].copy_from_slice(&131072u32.to_le_bytes());
+        b[36..40].copy_from_slice(&1009u32.to_le_bytes());
+        b[82..87].copy_from_slice(b"FAT32");
         b[510] = 0x55;
         b[511] = 0xAA;
-        b[82..87].copy_from_slice(b"FAT32");
         assert_eq!(probe(&b), Found::Fat);
         let mut e = vec![0u8; PROBE_BYTES];
         e[1080] = 0x53;
