@@ -898,7 +898,7 @@ fn configure(spec: &ImageSpec, stage: &Path) -> Result<()> {
         for (path, text, mode) in hninit::runtime::shipped::FILES {
             put(stage, path.trim_start_matches('/'), text, *mode)?;
         }
-        enable.extend(["hninit-swap.service", "hninit-sshd.service"]);
+        enable.extend(hninit::runtime::shipped::ENABLED);
     }
     if !enable.is_empty() {
         // The image's own systemctl, offline (it detects the chroot).
