@@ -196,7 +196,7 @@ pub fn check(x: &Extra, base: &str) -> Result<(), ConfigError> {
     }
     if let Some(s) = &x.sshd {
         if let Some(k) = &s.management_key {
-            crate::config::rules::check_ssh_key(&at("sshd.management_key"), k)?;
+            crate::config::sshkey::check_ssh_key(&at("sshd.management_key"), k)?;
         }
         if s.management == Some(true) && s.management_key.is_none() {
             return Err(err(at("sshd.management"), "true without sshd.management_key (the key to install)"));
