@@ -10,10 +10,12 @@
 //! says fsck refused it, a hot-added disk without a label appears at
 //! `/srv/vde` within 10 s, is unmounted after its idle timeout (read in
 //! `/proc/self/mountinfo`, which does not trigger the automount) and
-//! `device_del` succeeds; root logs in with the management key; a login
+//! `device_del` succeeds; a disk yanked while mounted takes its mount and
+//! automount with it; root logs in with the management key; a login
 //! prompt runs on the serial console; a hot-added `pc-dimm` and NIC are online
 //! (the NIC addressed); with `data_disks` switched off in the host settings, a
-//! disk hot-added afterwards is left alone. Only the corrupt disk's unit
+//! disk hot-added afterwards is left alone; with `sshd` switched off the drop-in
+//! goes and `sshd_config` is unchanged. Only the corrupt disk's unit
 //! failed. vCPU hot-add is checked on Debian 12 (`debian-boot-bookworm`).
 
 use super::qmp::Qmp;
@@ -93,6 +95,7 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
     let config = CONFIG.replace("{MGMT}", &mgmt_pub);
     let m = Machine::new(ctx, imgs, Some(config.as_bytes()))?;
     let late = ext4_disk(ctx, "late", Some("late"), "late-marker")?;
+    let yank = ext4_disk(ctx, "yank", Some("yank"), "yank-marker")?;
     let www = ext4_disk(ctx, "www", Some("www"), "www-marker")?;
     let hot = ext4_disk(ctx, "hot", None, "hot-marker")?;
     // An ext4 whose root inode is cleared, marked as having errors: `fsck.ext4
@@ -129,6 +132,8 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
         format!("file={},if=none,id=hot0,format=raw", hot.display()),
         "-drive".into(),
         format!("file={},if=none,id=late0,format=raw", late.display()),
+        "-drive".into(),
+        format!("file={},if=none,id=yank0,format=raw", yank.display()),
     ] {
         spec.extra_args.push(a);
     }
@@ -195,6 +200,20 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
     q.event("DEVICE_DELETED", Duration::from_secs(90))?;
     wait_for(&m, &r, "test -e /sys/block/vde && echo present || echo gone", "gone", Duration::from_secs(30))?;
     ctx.note("disks: device_del of the idle disk succeeded (DEVICE_DELETED, vde gone in the guest)");
+
+    // A disk yanked while mounted: its mount and automount go with it.
+    q.cmd(r#"{"execute": "device_add", "arguments": {"driver": "virtio-blk-pci", "drive": "yank0", "id": "yankdisk"}}"#)?;
+    wait_for(&m, &r, "cat /srv/yank/marker 2>/dev/null", "yank-marker", Duration::from_secs(30))?;
+    q.cmd(r#"{"execute": "device_del", "arguments": {"id": "yankdisk"}}"#)?;
+    q.event("DEVICE_DELETED", Duration::from_secs(90))?;
+    let (_, gone) = wait_for(
+        &m,
+        &r,
+        "if grep -q ' /srv/yank ' /proc/self/mountinfo; then echo still; else echo gone; fi",
+        "gone",
+        Duration::from_secs(30),
+    )?;
+    ctx.note(format!("disks: a disk yanked while mounted at /srv/yank: mount and automount gone {:.1} s after DEVICE_DELETED", gone.as_secs_f64()));
 
     // The management key (sshd.management): root accepts it beside its own key.
     let who = m.ssh(&r, &mgmt_key, "root", HostKey::Strict, "grep -c ' hninit-management-key$' /root/.ssh/authorized_keys; grep -c . /root/.ssh/authorized_keys")?;
@@ -263,6 +282,18 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
     }
     ctx.note(format!("disks: data_disks off: the hot-added disk labelled late is not mounted ({})", j.trim()));
 
+    // sshd.enabled off: the drop-in goes, sshd_config is left as it was.
+    let before = root("sha256sum /etc/ssh/sshd_config")?;
+    let off = root(
+        "sed -i 's/\"sshd\":{\"enabled\":null/\"sshd\":{\"enabled\":false/' /etc/hninit/runtime.host.json && \
+         systemctl restart hninit-sshd.service && journalctl --no-pager -o cat -u hninit-sshd.service | tail -n 1; \
+         test -e /etc/ssh/sshd_config.d/60-hninit.conf && echo drop-in-present; sha256sum /etc/ssh/sshd_config",
+    )?;
+    if !off.contains("sshd: policy off: removed /etc/ssh/sshd_config.d/60-hninit.conf") || off.contains("drop-in-present") || !off.contains(before.trim()) {
+        return Err(vm_failure(&r.vm, format!("[sshd] switched off: {off} (sshd_config before: {before})")));
+    }
+    ctx.note("sshd: switched off, the drop-in is removed and sshd_config is unchanged (sha256)");
+
     // vCPU hot-add is checked on Debian 12 (debian-boot-bookworm): Linux 6.12
     // under QEMU 7.2 sizes its CPUs to the enabled ones ("Allowing 1 present
     // CPUs plus 0 hotplug CPUs"), so no second CPU can appear here.
@@ -276,7 +307,7 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
 pub(super) fn scenarios() -> Vec<Scenario> {
     vec![Scenario {
         name: "debian-platform",
-        about: "factory Debian 13: swap disk active after the wipe, sshd policy (sshd -T), management key, console prompt, www disk at /srv/www, corrupt disk refused, hot-added disk at /srv/vde then idle-unmounted and device_del, pc-dimm and NIC hot-add, data_disks off",
+        about: "factory Debian 13: swap disk active after the wipe, sshd policy (sshd -T), management key, console prompt, www disk at /srv/www, corrupt disk refused, hot-added disk at /srv/vde then idle-unmounted and device_del, yanked while mounted, pc-dimm and NIC hot-add, data_disks and sshd switched off",
         run: debian_platform,
     }]
 }
