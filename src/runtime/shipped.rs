@@ -6,6 +6,9 @@
 //! cannot mount). Each part is turned off in the configuration
 //! (`hninit.data_disks.enabled`, `swap.enabled`, `hotplug.cpu`/`memory`,
 //! `sshd.enabled`, `sshd.management`, `console.enabled`), or by masking its unit.
+//! Every unit runs only in a system hninit booted (its host partition moved to
+//! `/hostpart`, or `/run/hninit/hostpart`): the Debian package also installs
+//! them on the server an image is made from, where they must do nothing.
 
 /// udev: block devices that may be data disks, offline CPUs and memory blocks.
 pub const UDEV_RULES: &str = r#"# hninit: tag devices for the platform units; nothing is run from udev.
@@ -21,6 +24,8 @@ ACTION=="add", SUBSYSTEM=="memory", ATTR{state}=="offline", TAG+="systemd", ENV{
 
 pub const DISK_UNIT: &str = "[Unit]
 Description=hninit: data disk /dev/%I
+ConditionPathIsMountPoint=|/hostpart
+ConditionPathIsMountPoint=|/run/hninit/hostpart
 Documentation=file:///usr/share/doc/hninit/config.md
 BindsTo=dev-%i.device
 After=dev-%i.device local-fs.target systemd-udev-settle.service
@@ -33,6 +38,8 @@ ExecStart=/usr/sbin/hnctl platform disk %I
 
 pub const HOTPLUG_UNIT: &str = "[Unit]
 Description=hninit: bring hot-added CPUs and memory online (%I)
+ConditionPathIsMountPoint=|/hostpart
+ConditionPathIsMountPoint=|/run/hninit/hostpart
 DefaultDependencies=no
 After=systemd-udevd.service
 
@@ -45,6 +52,8 @@ ExecStart=/usr/sbin/hnctl platform hotplug
 // sysinit.target) that is an ordering cycle, and systemd drops swap.target.
 pub const SWAP_UNIT: &str = "[Unit]
 Description=hninit: the swap/config disk as swap (after its configuration archive is wiped)
+ConditionPathIsMountPoint=|/hostpart
+ConditionPathIsMountPoint=|/run/hninit/hostpart
 After=local-fs.target
 
 [Service]
@@ -58,6 +67,8 @@ WantedBy=multi-user.target
 
 pub const SSHD_UNIT: &str = "[Unit]
 Description=hninit: sshd policy drop-in (hninit.sshd)
+ConditionPathIsMountPoint=|/hostpart
+ConditionPathIsMountPoint=|/run/hninit/hostpart
 Before=ssh.service sshd.service
 After=local-fs.target
 
@@ -67,13 +78,15 @@ RemainAfterExit=yes
 ExecStart=/usr/sbin/hnctl platform sshd
 
 [Install]
-WantedBy=multi-user.target ssh.service
+WantedBy=multi-user.target
 ";
 
 // After getty.target's own prompts; started at each boot (the consoles can
 // change between boots: a Xen PV guest has hvc0, an HVM one ttyS0).
 pub const CONSOLE_UNIT: &str = "[Unit]
 Description=hninit: login prompt on the hosting emergency console (hninit.console)
+ConditionPathIsMountPoint=|/hostpart
+ConditionPathIsMountPoint=|/run/hninit/hostpart
 After=systemd-user-sessions.service getty-pre.target
 Before=getty.target
 
@@ -83,7 +96,7 @@ RemainAfterExit=yes
 ExecStart=/usr/sbin/hnctl platform console
 
 [Install]
-WantedBy=getty.target
+WantedBy=multi-user.target
 ";
 
 /// (path, contents, mode) of every shipped file; `hninit-swap.service`,
@@ -116,6 +129,7 @@ mod tests {
         }
         for (path, text, _) in FILES.iter().filter(|f| f.0.ends_with(".service")) {
             assert!(text.contains("ExecStart=/usr/sbin/hnctl platform "), "{path}");
+            assert!(text.contains("\nConditionPathIsMountPoint=|/hostpart\n"), "{path}: only where hninit booted");
         }
     }
 }
