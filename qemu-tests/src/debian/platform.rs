@@ -286,7 +286,7 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
     let before = root("sha256sum /etc/ssh/sshd_config")?;
     let off = root(
         "sed -i 's/\"sshd\":{\"enabled\":null/\"sshd\":{\"enabled\":false/' /etc/hninit/runtime.host.json && \
-         systemctl restart hninit-sshd.service && journalctl --no-pager -o cat -u hninit-sshd.service | tail -n 1; \
+         systemctl restart hninit-sshd.service && journalctl --no-pager -o cat -u hninit-sshd.service | grep 'sshd: policy' | tail -n 1; \
          test -e /etc/ssh/sshd_config.d/60-hninit.conf && echo drop-in-present; sha256sum /etc/ssh/sshd_config",
     )?;
     if !off.contains("sshd: policy off: removed /etc/ssh/sshd_config.d/60-hninit.conf") || off.contains("drop-in-present") || !off.contains(before.trim()) {
