@@ -285,7 +285,7 @@ fn debian_platform(ctx: &mut Ctx) -> Result<(), Failure> {
     // sshd.enabled off: the drop-in goes, sshd_config is left as it was.
     let before = root("sha256sum /etc/ssh/sshd_config")?;
     let off = root(
-        "sed -i 's/\"sshd\":{\"enabled\":null/\"sshd\":{\"enabled\":false/' /etc/hninit/runtime.host.json && \
+        "sed -i 's/\\(\"sshd\":{[^}]*\"enabled\":\\)null/\\1false/' /etc/hninit/runtime.host.json && hnctl platform show | grep -q '^sshd.enabled = false' && \
          systemctl restart hninit-sshd.service && journalctl --no-pager -o cat -u hninit-sshd.service | grep 'sshd: policy' | tail -n 1; \
          test -e /etc/ssh/sshd_config.d/60-hninit.conf && echo drop-in-present; sha256sum /etc/ssh/sshd_config",
     )?;
