@@ -1,5 +1,5 @@
 //! The platform settings of the host configuration (`hninit.data_disks`,
-//! `swap`, `hotplug`, `sshd`), the image-wide defaults file and which layer
+//! `swap`, `hotplug`, `sshd`, `console`), the image-wide defaults file and which layer
 //! wins (`hninit::config::platform`): named refusals, defaults, resolution.
 
 use hninit::config::model::Extra;
@@ -23,7 +23,36 @@ fn defaults_are_gandis() {
     assert_eq!((p.mount_root.as_str(), p.options.as_str(), p.idle_timeout), ("/srv", "nosuid,nodev", 600));
     assert_eq!(p.permit_root_login, "prohibit-password");
     assert_eq!(p.password_authentication, None);
+    assert!(p.console && p.management && p.management_key.is_none());
     assert_eq!(resolve(Some(&host("{}").unwrap()), None), p);
+}
+
+const MGMT: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBO6DsSv7VxmHa7D2RPsNH9lsiScoL4AEBK0KGZAwVDR ops@provider";
+
+#[test]
+fn management_key_and_console_switches() {
+    // The image carries the provider's key; a host turns it (and the console prompt) off.
+    let image = parse_defaults(format!(r#"{{"sshd": {{"management_key": "{MGMT}"}}}}"#).as_bytes()).unwrap();
+    let p = resolve(None, Some(&image));
+    assert!(p.management && p.management_key.as_deref() == Some(MGMT));
+    let h = host(r#"{"sshd": {"management": false}, "console": {"enabled": false}}"#).unwrap();
+    let p = resolve(Some(&h), Some(&image));
+    assert!(!p.management && !p.console);
+    assert_eq!(p.management_key.as_deref(), Some(MGMT), "the key stays known, unused");
+    assert_eq!(
+        refused(r#"{"sshd": {"management_key": "ssh-ed25519 not-base64!"}}"#),
+        "config: hninit.sshd.management_key: not an ssh public key line: the key is not valid base64"
+    );
+    assert_eq!(
+        refused(r#"{"sshd": {"management": true}}"#),
+        "config: hninit.sshd.management: true without sshd.management_key (the key to install)"
+    );
+    assert_eq!(refused(r#"{"console": {"enabled": "yes"}}"#), "config: hninit.console.enabled: invalid type: string \"yes\", expected a boolean");
+    assert!(refused(r#"{"console": {"tty": "hvc0"}}"#).starts_with("config: hninit.console.tty: unknown field"));
+    // What instantiation writes for the booted system keeps both.
+    let text = host_settings(&only_platform(&h)).unwrap();
+    let back = parse_defaults(&text).unwrap();
+    assert_eq!(resolve(Some(&back), Some(&image)), resolve(Some(&h), Some(&image)));
 }
 
 #[test]
@@ -78,7 +107,7 @@ fn the_image_file_has_only_the_platform_members() {
     assert!(parse_defaults(b"{}").is_ok());
     assert_eq!(
         parse_defaults(br#"{"timezone": "Europe/Paris"}"#).unwrap_err().to_string(),
-        "config: timezone: unknown field `timezone`, expected one of `data_disks`, `swap`, `hotplug`, `sshd`"
+        "config: timezone: unknown field `timezone`, expected one of `data_disks`, `swap`, `hotplug`, `sshd`, `console`"
     );
     assert_eq!(
         parse_defaults(br#"{"data_disks": {"mount_root": "/etc"}}"#).unwrap_err().to_string(),

@@ -48,6 +48,7 @@ use xtask::{
 };
 
 mod platform;
+mod qmp;
 mod stage_http;
 
 /// Issue 14's scenario (`debian/platform.rs`).
@@ -65,7 +66,7 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "debian-boot-bookworm",
-            about: "factory Debian 12 image (systemd 252): hninit -> systemd multi-user, ssh, clean poweroff",
+            about: "factory Debian 12 image (systemd 252): hninit -> systemd multi-user, ssh, vCPU and pc-dimm hot-add onlined by hninit-hotplug, clean poweroff",
             run: debian_boot_bookworm,
         },
         Scenario {
@@ -390,6 +391,11 @@ impl Machine {
 
     /// Boots and waits for multi-user.target (or the login prompt).
     fn boot(&self, ctx: &mut Ctx, what: &str) -> Result<Running, Failure> {
+        self.boot_with(ctx, what, &[])
+    }
+
+    /// [`Machine::boot`] with more QEMU arguments (`-smp`, `-qmp` …).
+    fn boot_with(&self, ctx: &mut Ctx, what: &str, extra: &[String]) -> Result<Running, Failure> {
         let imgs = self.imgs;
         let port = free_port()?;
         let mut spec = QemuSpec::new(Boot::Direct {
@@ -407,6 +413,7 @@ impl Machine {
         spec.nic = Some(format!(
             "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22"
         ));
+        spec.extra_args.extend(extra.iter().cloned());
         let started = Instant::now();
         let mut vm = ctx.spawn(qemu_command(&spec), self.life)?;
         vm.forbid("Kernel panic");
@@ -795,10 +802,61 @@ fn debian_boot_bookworm(ctx: &mut Ctx) -> Result<(), Failure> {
         ctx.note(n);
     }
     let m = Machine::new(ctx, imgs, None)?;
-    let r = m.boot(ctx, "boot 1")?;
+    // One vCPU of two and free memory slots, for the hot-add check below.
+    let qmp_path = ctx.dir().join("qmp.sock");
+    let _ = std::fs::remove_file(&qmp_path);
+    let extra = [
+        "-smp".to_string(),
+        "1,maxcpus=2".into(),
+        "-m".into(),
+        "1024,slots=2,maxmem=2048M".into(),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_path.display()),
+    ];
+    let r = m.boot_with(ctx, "boot 1", &extra)?;
     let report = m.root_ssh_ready(ctx, &r, "boot 1", HostKey::AcceptNew)?;
     check_root_report(ctx, imgs, &r, &report, "first")?;
+    hot_add_cpu_and_memory(ctx, &m, &r, &qmp_path)?;
     m.poweroff(ctx, r, "boot 1")
+}
+
+/// Issue 14 on Debian 12 (Linux 6.1 leaves hot-added CPUs and memory
+/// offline): a vCPU and a 256 MiB `pc-dimm` added through QMP are brought
+/// online by the image's udev rule and `hninit-hotplug@.service`.
+fn hot_add_cpu_and_memory(ctx: &mut Ctx, m: &Machine, r: &Running, qmp_path: &Path) -> Result<(), Failure> {
+    let mut q = qmp::Qmp::connect(qmp_path, Duration::from_secs(10))?;
+    q.add_cpu("cpu1")?;
+    q.add_dimm("dimm1", 256)?;
+    let script = "cat /sys/devices/system/cpu/online; grep -l offline /sys/devices/system/memory/memory*/state | wc -l; \
+                  journalctl --no-pager -o cat -u 'hninit-hotplug@*' | grep -c '^hotplug: memory[0-9]* online'";
+    let t = Instant::now();
+    loop {
+        let out = m.ssh(r, &m.imgs.root_key, "root", HostKey::Strict, script).unwrap_or_default();
+        let w: Vec<&str> = out.split_whitespace().collect();
+        if w.len() == 3 && w[0] == "0-1" && w[1] == "0" && w[2] != "0" {
+            ctx.note(format!(
+                "hotplug: vCPU 1 and a 256 MiB pc-dimm ({} memory blocks) online {:.1} s after device_add, by hninit-hotplug@.service",
+                w[2],
+                t.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let journal = m
+                .ssh(r, &m.imgs.root_key, "root", HostKey::Strict, "journalctl --no-pager -o cat -u 'hninit-hotplug@*' | tail -n 20")
+                .unwrap_or_default();
+            return Err(vm_failure(
+                &r.vm,
+                format!("[hotplug] CPUs online, memory blocks offline, blocks hninit onlined: {out:?}, want 0-1, 0, >0\nhninit-hotplug:\n{journal}"),
+            ));
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let cpu = m.ssh(r, &m.imgs.root_key, "root", HostKey::Strict, "journalctl --no-pager -o cat -u 'hninit-hotplug@*' | grep -c '^hotplug: cpu1 online'")?;
+    if cpu.trim() == "0" {
+        return Err(vm_failure(&r.vm, "[hotplug] cpu1 is online but no hninit-hotplug@ unit said not say it onlined it".to_string()));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

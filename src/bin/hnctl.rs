@@ -235,10 +235,12 @@ enum PlatformCmd {
     Disk { device: String },
     /// Enable the swap/config disk as swap once its archive is wiped (hninit-swap.service)
     Swap,
-    /// Bring offline CPUs and memory online (hninit-hotplug.service)
+    /// Bring offline CPUs and memory online (hninit-hotplug@DEV.service)
     Hotplug,
-    /// Write or remove the sshd policy drop-in (hninit-sshd.service)
+    /// Write or remove the sshd policy drop-in and root's management key (hninit-sshd.service)
     Sshd,
+    /// Start a login prompt on the serial and hypervisor consoles (hninit-console.service)
+    Console,
 }
 
 #[derive(Subcommand, Debug)]
@@ -493,6 +495,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 PlatformCmd::Swap => agent::swap(),
                 PlatformCmd::Hotplug => agent::hotplug(),
                 PlatformCmd::Sshd => agent::sshd(std::path::Path::new("/")),
+                PlatformCmd::Console => agent::console(),
             };
             out(&done.map_err(|e| CtlError::failed("platform", e))?)
         }

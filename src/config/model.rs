@@ -113,6 +113,8 @@ pub struct Extra {
     pub hotplug: Option<Hotplug>,
     #[serde(default)]
     pub sshd: Option<Sshd>,
+    #[serde(default)]
+    pub console: Option<Console>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,4 +201,18 @@ pub struct Sshd {
     pub password_authentication: Option<bool>,
     #[serde(default)]
     pub compression: Option<bool>,
+    /// Whether [`Sshd::management_key`] is installed for root (`CONFIG_SSHMGMT`).
+    #[serde(default)]
+    pub management: Option<bool>,
+    /// The hosting provider's management key: one ssh public key line.
+    #[serde(default)]
+    pub management_key: Option<String>,
+}
+
+/// `hninit.console`: a login prompt on the hosting emergency console.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }

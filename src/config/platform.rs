@@ -1,5 +1,5 @@
-//! The booted system's platform settings: the `data_disks`, `swap`, `hotplug`
-//! and `sshd` members of the host configuration's `hninit` object, the
+//! The booted system's platform settings: the `data_disks`, `swap`, `hotplug`,
+//! `sshd` and `console` members of the host configuration's `hninit` object, the
 //! image-wide defaults file that holds the same members
 //! ([`IMAGE_DEFAULTS`], `/etc/hninit/runtime.json` in the image), their rules
 //! ([`check`]) and how the three layers combine ([`resolve`]: the host
@@ -15,7 +15,9 @@
 //!   none empty, at most 512 bytes (no spaces, quotes or backslashes: the
 //!   string goes into unit files and command lines as is);
 //! * `data_disks.idle_timeout`: seconds, 0 (never unmount) to 604800 (a week);
-//! * `sshd.permit_root_login`: `prohibit-password`, `no` or `yes`.
+//! * `sshd.permit_root_login`: `prohibit-password`, `no` or `yes`;
+//! * `sshd.management_key`: one ssh public key line (the user keys' rule),
+//!   required when `sshd.management` is `true` in the same object.
 
 use crate::config::error::{err, ConfigError};
 use crate::config::json::parse_strict;
@@ -60,6 +62,11 @@ pub struct Platform {
     /// `None`: left as the image has it.
     pub password_authentication: Option<bool>,
     pub compression: bool,
+    /// Install [`Platform::management_key`] for root (`CONFIG_SSHMGMT`).
+    pub management: bool,
+    pub management_key: Option<String>,
+    /// A login prompt on the hosting emergency console(s).
+    pub console: bool,
 }
 
 impl Default for Platform {
@@ -78,6 +85,9 @@ impl Default for Platform {
             permit_root_login: "prohibit-password".into(),
             password_authentication: None,
             compression: true,
+            management: true,
+            management_key: None,
+            console: true,
         }
     }
 }
@@ -108,6 +118,13 @@ pub fn resolve(host: Option<&Extra>, image: Option<&Extra>) -> Platform {
                 p.password_authentication = s.password_authentication;
             }
             set(&mut p.compression, s.compression);
+            set(&mut p.management, s.management);
+            if s.management_key.is_some() {
+                p.management_key = s.management_key.clone();
+            }
+        }
+        if let Some(c) = &x.console {
+            set(&mut p.console, c.enabled);
         }
     }
     p
@@ -126,6 +143,7 @@ pub fn only_platform(x: &Extra) -> Extra {
         swap: x.swap.clone(),
         hotplug: x.hotplug.clone(),
         sshd: x.sshd.clone(),
+        console: x.console.clone(),
         ..Extra::default()
     }
 }
@@ -143,6 +161,7 @@ pub fn host_settings(x: &Extra) -> Option<Vec<u8>> {
     put("swap", x.swap.as_ref().map(serde_json::to_value));
     put("hotplug", x.hotplug.as_ref().map(serde_json::to_value));
     put("sshd", x.sshd.as_ref().map(serde_json::to_value));
+    put("console", x.console.as_ref().map(serde_json::to_value));
     if m.is_empty() {
         return None;
     }
@@ -173,6 +192,14 @@ pub fn check(x: &Extra, base: &str) -> Result<(), ConfigError> {
                     format!("{t} seconds, at most {MAX_IDLE_TIMEOUT} (a week); 0 never unmounts"),
                 ));
             }
+        }
+    }
+    if let Some(s) = &x.sshd {
+        if let Some(k) = &s.management_key {
+            crate::config::sshkey::check_ssh_key(&at("sshd.management_key"), k)?;
+        }
+        if s.management == Some(true) && s.management_key.is_none() {
+            return Err(err(at("sshd.management"), "true without sshd.management_key (the key to install)"));
         }
     }
     if let Some(l) = x.sshd.as_ref().and_then(|s| s.permit_root_login.as_deref()) {

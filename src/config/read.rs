@@ -6,7 +6,7 @@
 
 use crate::config::error::{err, key_path, ConfigError};
 use crate::config::json::{kind, JsonPath};
-use crate::config::model::{Address, DataDisks, Extra, HostConfig, Hotplug, Pbn, Pna, Pvn, Route, Sshd, Swap, User, Vif, VmConf};
+use crate::config::model::{Address, Console, DataDisks, Extra, HostConfig, Hotplug, Pbn, Pna, Pvn, Route, Sshd, Swap, User, Vif, VmConf};
 use serde::de::{self, Unexpected};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -264,13 +264,15 @@ fn vm_conf(v: &Value, path: &JsonPath) -> DeResult<VmConf> {
 
 const EXTRA_FIELDS: &[&str] = &[
     "users", "addresses", "routes", "interface_names", "timezone", "motd", "identities", "sysctl", "data_disks", "swap", "hotplug", "sshd",
+    "console",
 ];
 /// The members of `hninit` that are also the image-wide defaults file's.
-pub(crate) const PLATFORM_FIELDS: &[&str] = &["data_disks", "swap", "hotplug", "sshd"];
+pub(crate) const PLATFORM_FIELDS: &[&str] = &["data_disks", "swap", "hotplug", "sshd", "console"];
 const DATA_DISKS_FIELDS: &[&str] = &["enabled", "mount_root", "options", "idle_timeout"];
 const SWAP_FIELDS: &[&str] = &["enabled"];
 const HOTPLUG_FIELDS: &[&str] = &["cpu", "memory"];
-const SSHD_FIELDS: &[&str] = &["enabled", "permit_root_login", "password_authentication", "compression"];
+const SSHD_FIELDS: &[&str] = &["enabled", "permit_root_login", "password_authentication", "compression", "management", "management_key"];
+const CONSOLE_FIELDS: &[&str] = &["enabled"];
 const USER_FIELDS: &[&str] = &["name", "password", "ssh_keys", "groups", "shell", "uid", "sudo"];
 const ADDRESS_FIELDS: &[&str] = &["interface", "address", "gateway"];
 const ROUTE_FIELDS: &[&str] = &["interface", "destination", "gateway"];
@@ -287,7 +289,7 @@ fn extra(v: &Value, path: &JsonPath) -> DeResult<Extra> {
             "motd" => x.motd = optional(v, p, string)?,
             "identities" => x.identities = optional(v, p, |v, p| object(v, p).cloned())?,
             "sysctl" => x.sysctl = string_map(v, p)?,
-            "data_disks" | "swap" | "hotplug" | "sshd" => platform_field(&mut x, k, v, p)?,
+            "data_disks" | "swap" | "hotplug" | "sshd" | "console" => platform_field(&mut x, k, v, p)?,
             _ => {}
         }
         Ok(())
@@ -302,6 +304,7 @@ pub(crate) fn platform_field(x: &mut Extra, k: &str, v: &Value, p: &JsonPath) ->
         "swap" => x.swap = optional(v, p, swap)?,
         "hotplug" => x.hotplug = optional(v, p, hotplug)?,
         "sshd" => x.sshd = optional(v, p, sshd)?,
+        "console" => x.console = optional(v, p, console)?,
         _ => {}
     }
     Ok(())
@@ -360,11 +363,22 @@ fn sshd(v: &Value, path: &JsonPath) -> DeResult<Sshd> {
             "permit_root_login" => s.permit_root_login = optional(x, p, string)?,
             "password_authentication" => s.password_authentication = optional(x, p, boolean)?,
             "compression" => s.compression = optional(x, p, boolean)?,
+            "management" => s.management = optional(x, p, boolean)?,
+            "management_key" => s.management_key = optional(x, p, string)?,
             _ => {}
         }
         Ok(())
     })?;
     Ok(s)
+}
+
+fn console(v: &Value, path: &JsonPath) -> DeResult<Console> {
+    let mut c = Console::default();
+    members(v, path, CONSOLE_FIELDS, true, &mut |_, x, p| {
+        c.enabled = optional(x, p, boolean)?;
+        Ok(())
+    })?;
+    Ok(c)
 }
 
 fn user(v: &Value, path: &JsonPath) -> DeResult<User> {

@@ -1,8 +1,9 @@
 //! The booted system's platform settings, read from the image's two files
 //! (`/etc/hninit/runtime.json`, the image-wide defaults, and
 //! `/etc/hninit/runtime.host.json`, the host's, written at instantiation) and
-//! combined by `config::platform::resolve` (the host wins field by field); and
-//! the sshd policy drop-in they give.
+//! combined by `config::platform::resolve` (the host wins field by field); the
+//! sshd policy drop-in they give, root's `authorized_keys` with or without the
+//! management key, and which consoles get a login prompt.
 
 use crate::config::platform::{parse_defaults, resolve, Platform, HOST_SETTINGS, IMAGE_DEFAULTS, MAX_DEFAULTS};
 use std::io::Read;
@@ -75,6 +76,44 @@ pub fn includes_dropins(sshd_config: &str) -> bool {
     })
 }
 
+/// The comment that marks the management key's line in root's
+/// `authorized_keys` (the key's own comment is replaced by it, so that the line
+/// can be found and removed again).
+pub const MANAGEMENT_MARK: &str = "hninit-management-key";
+
+/// Root's `authorized_keys` with hninit's management key line set to `key`
+/// (`None`: removed); every other line is kept as it is, in order.
+pub fn with_management_key(current: &str, key: Option<&str>) -> String {
+    let mine = |l: &str| l.split_whitespace().last() == Some(MANAGEMENT_MARK);
+    let mut out: String = current.lines().filter(|l| !mine(l)).map(|l| format!("{l}\n")).collect();
+    if let Some(k) = key {
+        // `type base64` of the key, then the mark (options before the type are kept).
+        let fields: Vec<&str> = k.split_whitespace().collect();
+        let at = fields.iter().position(|f| f.starts_with("ssh-") || f.starts_with("ecdsa-") || f.starts_with("sk-")).unwrap_or(0);
+        let end = (at + 2).min(fields.len());
+        out.push_str(&format!("{} {MANAGEMENT_MARK}\n", fields[..end].join(" ")));
+    }
+    out
+}
+
+/// The consoles of `/proc/consoles` (`proc_consoles`: its text) that get a
+/// serial login prompt: the hypervisor's (`hvc*`, Xen's `xvc*`) and serial
+/// ports (`ttyS*`, `ttyAMA*`); the virtual terminals (`tty0`…) have their own.
+pub fn serial_consoles(proc_consoles: &str) -> Vec<String> {
+    let mut v: Vec<String> = proc_consoles
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|d| {
+            ["hvc", "xvc", "ttyS", "ttyAMA"]
+                .iter()
+                .any(|p| d.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        })
+        .map(str::to_string)
+        .collect();
+    v.dedup();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +144,25 @@ mod tests {
         assert_eq!(sshd_dropin(&Platform { sshd: false, ..p }), None);
         assert!(includes_dropins("# x\nInclude /etc/ssh/sshd_config.d/*.conf\n"));
         assert!(!includes_dropins("#Include /etc/ssh/sshd_config.d/*.conf\nPort 22\n"));
+    }
+
+    #[test]
+    fn the_management_key_line_comes_and_goes() {
+        let user = "ssh-ed25519 AAAAC3user user@laptop\n";
+        let k = "ssh-ed25519 AAAAC3mgmt provider@ops";
+        let with = with_management_key(user, Some(k));
+        assert_eq!(with, format!("{user}ssh-ed25519 AAAAC3mgmt {MANAGEMENT_MARK}\n"));
+        assert_eq!(with_management_key(&with, Some(k)), with, "idempotent");
+        assert_eq!(with_management_key(&with, None), user);
+        assert_eq!(with_management_key("", None), "");
+        let other = with_management_key(&with, Some("ssh-rsa AAAAB3new"));
+        assert_eq!(other, format!("{user}ssh-rsa AAAAB3new {MANAGEMENT_MARK}\n"));
+    }
+
+    #[test]
+    fn serial_and_hypervisor_consoles_get_a_prompt() {
+        let pc = "tty0                 -WU (EC p  )    4:7\nttyS0                -W- (E  p a)    4:64\nhvc0                 -W- (E    )  229:0\nttyS\nnetcon0              -W- (E    )\n";
+        assert_eq!(serial_consoles(pc), ["ttyS0", "hvc0"]);
+        assert!(serial_consoles("").is_empty());
     }
 }

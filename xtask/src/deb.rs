@@ -9,8 +9,9 @@
 //! | `/usr/share/hninit/profiles/`, `modules.force` | the default module lists (for reading; hnctl has them built in) |
 //! | `/etc/kernel/{postinst,prerm,postrm}.d/` | the kernel hooks (`hnctl initramfs update`) |
 //! | `/lib/systemd/system/hninit-*.service` | the units the factory's images use |
+//! | `/usr/lib/udev/rules.d/86-hninit.rules`, `/usr/lib/systemd/system/hninit-*` | the platform duties (`hninit::runtime::shipped`), inert outside a system hninit booted |
 //! | man page, bash/zsh/fish completions, copyright, changelog, lintian overrides | |
-//! | `DEBIAN/postinst` | in an hninit image, rebuilds `/boot/initramfs` with the new `/init` |
+//! | `DEBIAN/postinst` | in an hninit image, rebuilds `/boot/initramfs` with the new `/init`; enables the platform units |
 //!
 //! The package `Provides: linux-initramfs-tool`, the virtual package Debian's
 //! kernel packages ask for. The test runs the real `lintian` on it.
@@ -88,6 +89,10 @@ pub fn build_deb(init: &Path, hnctl: &Path, out_dir: &Path) -> Result<PathBuf> {
     }
     put(&root, "lib/systemd/system/hninit-mark-good.service", crate::factory::MARK_GOOD_UNIT.as_bytes(), 0o644)?;
     put(&root, "lib/systemd/system/hninit-ssh-hostkeys.service", crate::factory::SSH_HOSTKEYS_UNIT.as_bytes(), 0o644)?;
+    // The platform duties (udev rule, units), as the factory's images have them.
+    for (path, text, mode) in hninit::runtime::shipped::FILES {
+        put(&root, path.trim_start_matches('/'), text.as_bytes(), *mode)?;
+    }
 
     put(&root, "usr/share/doc/hninit/copyright", &fs::read(src.join("copyright"))?, 0o644)?;
     let changelog = fs::read_to_string(src.join("changelog"))?.replace("@VERSION@", VERSION);
@@ -126,7 +131,8 @@ pub fn build_deb(init: &Path, hnctl: &Path, out_dir: &Path) -> Result<PathBuf> {
     put(&root, "DEBIAN/control", control.as_bytes(), 0o644)?;
     put(&root, "DEBIAN/conffiles", &fs::read(src.join("conffiles"))?, 0o644)?;
     put(&root, "DEBIAN/md5sums", md5sums.as_bytes(), 0o644)?;
-    put(&root, "DEBIAN/postinst", &fs::read(src.join("postinst"))?, 0o755)?;
+    let postinst = fs::read_to_string(src.join("postinst"))?.replace("@ENABLED@", &hninit::runtime::shipped::ENABLED.join(" "));
+    put(&root, "DEBIAN/postinst", postinst.as_bytes(), 0o755)?;
     fs::set_permissions(root.join("DEBIAN"), fs::Permissions::from_mode(0o755))?;
 
     fs::create_dir_all(out_dir)?;
@@ -187,6 +193,9 @@ mod tests {
             "./etc/kernel/prerm.d/hninit",
             "./etc/kernel/postrm.d/zz-hninit",
             "./lib/systemd/system/hninit-mark-good.service",
+            "./usr/lib/udev/rules.d/86-hninit.rules",
+            "./usr/lib/systemd/system/hninit-disk@.service",
+            "./usr/lib/systemd/system/hninit-console.service",
         ] {
             assert!(list.lines().any(|l| l.ends_with(f)), "{f} missing:\n{list}");
         }

@@ -44,9 +44,12 @@ use std::time::{Duration, Instant, SystemTime};
 /// `dbus` named explicitly: debootstrap does not resolve the virtual
 /// `default-dbus-system-bus` that systemd-resolved depends on), sshd,
 /// iproute2 and sudo. networkd itself is part of `systemd` and has the DHCP
-/// client minbase lacks.
+/// client minbase lacks. `e2fsprogs` (no longer `Priority: required` in
+/// Debian 13, so minbase lacks it there) gives `fsck.ext4`: data disks are
+/// checked before they are mounted (`hnctl platform disk`).
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
+    "e2fsprogs",
     "udev",
     "dbus",
     "systemd-resolved",
@@ -895,7 +898,7 @@ fn configure(spec: &ImageSpec, stage: &Path) -> Result<()> {
         for (path, text, mode) in hninit::runtime::shipped::FILES {
             put(stage, path.trim_start_matches('/'), text, *mode)?;
         }
-        enable.extend(["hninit-swap.service", "hninit-sshd.service"]);
+        enable.extend(hninit::runtime::shipped::ENABLED);
     }
     if !enable.is_empty() {
         // The image's own systemctl, offline (it detects the chroot).
