@@ -8,8 +8,9 @@
 //!    ranges) and the download restarts cleanly from the first byte.
 //! 3. Bytes are written at their place in the `.part` (zstd decompressed on the
 //!    fly, detected by its magic number) by a writer thread
-//!    ([`super::writer`]) while this thread receives and hashes (sha256 of the
-//!    raw image), and made durable at checkpoints (the writer's fsync, then the
+//!    ([`super::writer`], which also keeps the sha256 of the raw image) while
+//!    this thread receives and decodes (zstd output goes straight into the
+//!    writer's buffers), and made durable at checkpoints (the writer's fsync, then the
 //!    record) at most a second apart. zstd is resumed at a frame boundary: the decoder's state within a
 //!    frame cannot be saved, so an image published as several frames (`pzstd`,
 //!    or `zstd` of the parts, see docs/publishing.md) loses at most one frame on
