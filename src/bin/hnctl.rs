@@ -368,8 +368,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             }
             let what = format!("indexing {}", image.display());
             let f = std::fs::File::open(image).map_err(|e| CtlError::failed(what.clone(), e))?;
-            let idx = hninit::remote::bidx::Index::build(&mut std::io::BufReader::with_capacity(1 << 20, f), *block_size)
-                .map_err(|e| CtlError::failed(what.clone(), e))?;
+            // A regular file's holes are not read.
+            let idx = if f.metadata().is_ok_and(|m| m.is_file()) {
+                hninit::remote::bidx::Index::build_file(&f, *block_size, true)
+            } else {
+                hninit::remote::bidx::Index::build(&mut std::io::BufReader::with_capacity(1 << 20, f), *block_size)
+            }
+            .map_err(|e| CtlError::failed(what.clone(), e))?;
             let mut o = std::io::stdout().lock();
             o.write_all(&idx.to_bytes())
                 .and_then(|_| o.flush())

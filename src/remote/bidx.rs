@@ -10,7 +10,9 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 pub const MAGIC: &[u8; 8] = b"HNBIDX1\n";
 /// 64 KiB: 32 bytes of index per 64 KiB (0.05 %: 1 MiB for a 2 GiB image), and a
@@ -59,6 +61,46 @@ impl Index {
             block,
             size,
             sha256: whole.finalize().into(),
+            blocks,
+        })
+    }
+
+    /// The index of the regular file `f`, from its start, without reading its
+    /// holes: a block that lies in a hole (`SEEK_DATA`/`SEEK_HOLE`) is a block
+    /// of zeros, hashed once for all. With `whole` false the image's sha256 is
+    /// not computed (all zeros): a local image's index is only used for its
+    /// blocks, and hashing a sparse image's zeros would cost what was saved.
+    pub fn build_file(f: &File, block: u32, whole: bool) -> io::Result<Index> {
+        let size = f.metadata()?.len();
+        let bs = u64::from(block);
+        let mut all = whole.then(Sha256::new);
+        let zeros = vec![0u8; block as usize];
+        let zero_hash: [u8; 32] = Sha256::digest(&zeros).into();
+        let mut buf = vec![0u8; block as usize];
+        let mut blocks = Vec::with_capacity(size.div_ceil(bs) as usize);
+        let mut holes = Holes::default();
+        let mut at = 0u64;
+        while at < size {
+            let len = (size - at).min(bs);
+            let n = len as usize;
+            if holes.is_hole(f, at, at + len)? {
+                blocks.push(if n == zeros.len() { zero_hash } else { Sha256::digest(&zeros[..n]).into() });
+                if let Some(h) = &mut all {
+                    h.update(&zeros[..n]);
+                }
+            } else {
+                f.read_exact_at(&mut buf[..n], at)?;
+                blocks.push(Sha256::digest(&buf[..n]).into());
+                if let Some(h) = &mut all {
+                    h.update(&buf[..n]);
+                }
+            }
+            at += len;
+        }
+        Ok(Index {
+            block,
+            size,
+            sha256: all.map(|h| h.finalize().into()).unwrap_or([0; 32]),
             blocks,
         })
     }
@@ -150,12 +192,83 @@ impl Plan {
     }
 }
 
+/// What `SEEK_DATA` said last: the file's hole around the last question and
+/// where data goes on, so a file is asked about once per hole, not per block.
+#[derive(Default)]
+struct Holes {
+    /// `[start, end)` known to be a hole.
+    hole: (u64, u64),
+    /// `[start, end)` known to hold data.
+    data: (u64, u64),
+}
+
+impl Holes {
+    /// `[from, to)` lies in a hole. A file system without `SEEK_DATA` says
+    /// there is data everywhere, which is read as before.
+    fn is_hole(&mut self, f: &File, from: u64, to: u64) -> io::Result<bool> {
+        use rustix::fs::{seek, SeekFrom};
+        if self.hole.0 <= from && to <= self.hole.1 {
+            return Ok(true);
+        }
+        if self.data.0 <= from && from < self.data.1 {
+            return Ok(false);
+        }
+        let data = match seek(f, SeekFrom::Data(from)) {
+            Ok(d) => d,
+            // No data from `from` to the end of the file.
+            Err(rustix::io::Errno::NXIO) => u64::MAX,
+            // Not answered here: read, as for a file without holes.
+            Err(_) => {
+                self.data = (from, u64::MAX);
+                return Ok(false);
+            }
+        };
+        if data > from {
+            self.hole = (from, data);
+            if to <= data {
+                return Ok(true);
+            }
+        }
+        let end = seek(f, SeekFrom::Hole(data)).unwrap_or(u64::MAX);
+        self.data = (data, end.max(data + 1));
+        Ok(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn data(n: usize, seed: u8) -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
+    }
+
+    #[test]
+    fn a_sparse_file_indexes_like_the_same_bytes_written() {
+        let t = tempfile::tempdir().unwrap();
+        let (sparse, full) = (t.path().join("sparse.img"), t.path().join("full.img"));
+        // 40 blocks of 64 KiB and a short last one: holes at the start, in the
+        // middle (several blocks, and parts of blocks), and at the end.
+        let size = 40 * 65536 + 1000;
+        let f = File::create(&sparse).unwrap();
+        f.set_len(size).unwrap();
+        for (at, len) in [(3 * 65536, 65536), (10 * 65536 + 4096, 9000), (20 * 65536 - 100, 300), (33 * 65536, 2 * 65536)] {
+            f.write_all_at(&data(len, at as u8), at).unwrap();
+        }
+        drop(f);
+        let bytes = std::fs::read(&sparse).unwrap();
+        std::fs::write(&full, &bytes).unwrap();
+        let written = Index::build(&mut &bytes[..], 65536).unwrap();
+        assert_eq!(Index::build_file(&File::open(&sparse).unwrap(), 65536, true).unwrap(), written);
+        assert_eq!(Index::build_file(&File::open(&full).unwrap(), 65536, true).unwrap(), written);
+        let blocks_only = Index::build_file(&File::open(&sparse).unwrap(), 65536, false).unwrap();
+        assert_eq!((blocks_only.size, &blocks_only.blocks), (written.size, &written.blocks));
+        // All holes, and empty.
+        let f = File::create(&sparse).unwrap();
+        f.set_len(5 * 65536).unwrap();
+        assert_eq!(Index::build_file(&f, 65536, true).unwrap(), Index::build(&mut &vec![0u8; 5 * 65536][..], 65536).unwrap());
+        f.set_len(0).unwrap();
+        assert_eq!(Index::build_file(&f, 65536, true).unwrap(), Index::build(&mut &[][..], 65536).unwrap());
     }
 
     #[test]

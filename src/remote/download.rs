@@ -8,8 +8,9 @@
 //!    ranges) and the download restarts cleanly from the first byte.
 //! 3. Bytes are written at their place in the `.part` (zstd decompressed on the
 //!    fly, detected by its magic number) by a writer thread
-//!    ([`super::writer`]) while this thread receives and hashes (sha256 of the
-//!    raw image), and made durable at checkpoints (the writer's fsync, then the
+//!    ([`super::writer`], which also keeps the sha256 of the raw image) while
+//!    this thread receives and decodes (zstd output goes straight into the
+//!    writer's buffers), and made durable at checkpoints (the writer's fsync, then the
 //!    record) at most a second apart. zstd is resumed at a frame boundary: the decoder's state within a
 //!    frame cannot be saved, so an image published as several frames (`pzstd`,
 //!    or `zstd` of the parts, see docs/publishing.md) loses at most one frame on
@@ -248,7 +249,7 @@ impl Dl<'_> {
         if let Some(sink) = self.sink.take() {
             sink.finish()?;
             self.file.set_len(0)?;
-            self.sink = Some(Sink::start(&self.file, 0)?);
+            self.sink = Some(Sink::start(&self.file, 0, Sha256::new())?);
         }
         self.file.set_len(0)?;
         self.written = 0;
@@ -326,16 +327,20 @@ impl Dl<'_> {
     /// Stops the writer once everything given to it is written.
     fn stop_sink(&mut self, images: &dyn Dir, record_name: &str) -> io::Result<()> {
         let Some(sink) = self.sink.take() else { return Ok(()) };
-        let synced = sink.finish()?;
+        let (synced, hash) = sink.finish()?;
+        self.hash = hash;
         self.record_synced(synced, images, record_name)
     }
 
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.sink {
+            // The writer hashes what it is given.
             Some(sink) => sink.put(data)?,
-            None => self.file.write_all_at(data, self.written)?,
+            None => {
+                self.file.write_all_at(data, self.written)?;
+                self.hash.update(data);
+            }
         }
-        self.hash.update(data);
         self.verifier.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -344,9 +349,7 @@ impl Dl<'_> {
     /// `n` raw bytes were received straight into the writer's buffer.
     fn commit_raw(&mut self, n: usize) -> io::Result<()> {
         let Some(sink) = self.sink.as_mut() else { return Ok(()) };
-        let data = sink.filled(n);
-        self.hash.update(data);
-        self.verifier.update(data);
+        self.verifier.update(sink.filled(n));
         sink.commit(n)?;
         self.written += n as u64;
         self.offset += n as u64;
@@ -369,40 +372,64 @@ impl Dl<'_> {
             Some(d) => d,
             None => Decoder::new().map_err(|e| Failure::Fatal(RemoteError::Zstd(e.to_string())))?,
         };
-        let mut out = std::mem::take(&mut self.out);
-        out.resize(ZSTD_OUT, 0);
         let mut input = InBuffer::around(data);
         let res = loop {
             let before = input.pos();
+            // Decoded straight into the writer's buffer when there is one.
+            let mut out = std::mem::take(&mut self.out);
             let step = {
-                let mut ob = OutBuffer::around(&mut out[..]);
+                let space = match &mut self.sink {
+                    Some(sink) => match sink.space() {
+                        Ok(s) => s,
+                        Err(e) => break Err(write_err(e)),
+                    },
+                    None => {
+                        out.resize(ZSTD_OUT, 0);
+                        &mut out[..]
+                    }
+                };
+                let mut ob = OutBuffer::around(space);
                 dec.run(&mut input, &mut ob).map(|hint| (hint, ob.pos()))
             };
             let (hint, n) = match step {
                 Ok(x) => x,
                 Err(e) => {
+                    self.out = out;
                     break Err(Failure::Fatal(RemoteError::Zstd(format!(
                         "at byte {} of the compressed image: {e}",
                         self.offset + before as u64
-                    ))))
+                    ))));
                 }
             };
             if n > 0 {
-                if let Err(e) = self.write(&out[..n]) {
+                let wrote = match &mut self.sink {
+                    Some(sink) => {
+                        self.verifier.update(sink.filled(n));
+                        self.written += n as u64;
+                        sink.commit(n)
+                    }
+                    None => self.write(&out[..n]),
+                };
+                if let Err(e) = wrote {
+                    self.out = out;
                     break Err(write_err(e));
                 }
             }
+            self.out = out;
             self.frame_open = hint != 0;
             if hint == 0 {
                 // A frame ended and was flushed: a later process can start here.
                 self.boundary = (self.written, self.offset + input.pos() as u64);
             }
-            if input.pos() == data.len() && n < out.len() {
+            // Done when the input is used and the frame ended (another call
+            // would wait for the next frame's header) or a call made no
+            // output: with a buffer that was nearly full, the decoder may hold
+            // decoded bytes that a later call still gives.
+            if input.pos() == data.len() && (hint == 0 || n == 0) {
                 break Ok(());
             }
         };
         self.decoder = Some(dec);
-        self.out = out;
         self.offset += data.len() as u64;
         res
     }
@@ -691,7 +718,7 @@ fn with_writer<'a>(
     record_name: &str,
     attempt: impl FnOnce(&mut Dl<'a>) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
-    let sink = Sink::start(&dl.file, dl.written).map_err(|e| Failure::Fatal(io_step("starting the .part's writer thread")(e)))?;
+    let sink = Sink::start(&dl.file, dl.written, dl.hash.clone()).map_err(|e| Failure::Fatal(io_step("starting the .part's writer thread")(e)))?;
     dl.sink = Some(sink);
     let res = attempt(dl);
     let stopped = dl.stop_sink(images, record_name).map_err(|e| Failure::Fatal(io_step("writing the .part")(e)));

@@ -79,9 +79,9 @@ pub fn local_index(cache: Option<&Cache>, f: &File, block: u32, keep: &[String])
     if let Some(idx) = cache.and_then(|c| c.get(f, block)) {
         return Ok((idx, true));
     }
-    let mut r = f;
-    io::Seek::seek(&mut r, io::SeekFrom::Start(0))?;
-    let idx = Index::build(&mut r, block)?;
+    // Holes are not read (a sparse image is mostly holes); the image's own
+    // sha256 is not needed for reusing its blocks.
+    let idx = Index::build_file(f, block, false)?;
     if let Some(c) = cache {
         // A cache that cannot be written only costs the next stage a re-hash.
         let _ = c.put(f, &idx, keep);
@@ -122,7 +122,8 @@ mod tests {
         let f = File::open(&moved).unwrap();
         let (i3, cached) = local_index(Some(&cache), &f, 65536, &[]).unwrap();
         assert!(!cached);
-        assert_eq!(i3, Index::build(&mut &File::open(&moved).unwrap(), 65536).unwrap());
+        let read = Index::build(&mut &File::open(&moved).unwrap(), 65536).unwrap();
+        assert_eq!((i3.size, &i3.blocks), (read.size, &read.blocks));
         assert_ne!(i3.blocks[1], i1.blocks[1]);
         // Entries of the old identity were pruned (not in `keep`).
         let names: Vec<_> = std::fs::read_dir(state.join(DIR)).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -8,12 +8,19 @@
 //! the kernel's writeback of what it wrote (`sync_file_range`, not waiting), so
 //! a checkpoint's and the final fsync find little left to write.
 //!
+//! The writer also keeps the sha256 of the bytes it is given, in order (the
+//! image's digest): hashing then overlaps with receiving and decompressing
+//! instead of adding a pass on the download's thread. Bytes are given in
+//! order from where the writer started, so the hash the writer hands back in
+//! [`Sink::finish`] covers everything the caller's hash had plus them.
+//!
 //! Checkpoints keep the crash guarantee of [`super::state`]: [`Sink::checkpoint`]
 //! sends the record after every byte it claims; the writer fsyncs the `.part`
 //! once those bytes are written and only then hands the record back
 //! ([`Sink::synced`]) to be written to disk.
 
 use super::state::ResumeState;
+use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -43,7 +50,7 @@ enum Done {
 pub struct Sink {
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Sha256>>,
     pool: Vec<Vec<u8>>,
     /// Buffers allocated so far (at most BUFS).
     made: usize,
@@ -63,14 +70,15 @@ fn gone() -> io::Error {
 }
 
 impl Sink {
-    /// Starts the writer on a clone of `file`; the next byte goes at `at`.
-    pub fn start(file: &File, at: u64) -> io::Result<Sink> {
+    /// Starts the writer on a clone of `file`; the next byte goes at `at`,
+    /// and `hash` (of the bytes before `at`) is continued with every byte given.
+    pub fn start(file: &File, at: u64, hash: Sha256) -> io::Result<Sink> {
         let file = file.try_clone()?;
         let (jobs, rx) = sync_channel(BUFS + 1);
         let (tx, done) = channel();
         let thread = std::thread::Builder::new()
             .name("part-writer".into())
-            .spawn(move || run(file, rx, tx, at))?;
+            .spawn(move || run(file, rx, tx, at, hash))?;
         Ok(Sink {
             jobs: Some(jobs),
             done,
@@ -226,21 +234,22 @@ impl Sink {
     }
 
     /// Writes what is left, stops the writer; the records made durable since
-    /// the last [`Sink::synced`] are returned. The `.part` is not fsynced here.
-    pub fn finish(mut self) -> io::Result<Vec<ResumeState>> {
+    /// the last [`Sink::synced`] are returned, with the hash continued over
+    /// every byte given. The `.part` is not fsynced here.
+    pub fn finish(mut self) -> io::Result<(Vec<ResumeState>, Sha256)> {
         let sent = self.send();
         self.jobs = None;
         while let Ok(d) = self.done.recv() {
             self.take(d);
         }
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                self.failed.get_or_insert_with(gone);
-            }
-        }
+        let hash = match self.thread.take().map(|t| t.join()) {
+            Some(Ok(h)) => Some(h),
+            _ => None,
+        };
         sent?;
         self.check()?;
-        Ok(std::mem::take(&mut self.synced))
+        let Some(hash) = hash else { return Err(gone()) };
+        Ok((std::mem::take(&mut self.synced), hash))
     }
 }
 
@@ -254,25 +263,29 @@ impl Drop for Sink {
     }
 }
 
-/// The writer thread: writes, starts the writeback, fsyncs for checkpoints.
-fn run(file: File, jobs: Receiver<Job>, done: Sender<Done>, start: u64) {
+/// The writer thread: hashes, writes, starts the writeback, fsyncs for
+/// checkpoints; returns the hash when the download's side hangs up.
+fn run(file: File, jobs: Receiver<Job>, done: Sender<Done>, start: u64, mut hash: Sha256) -> Sha256 {
     let mut kicked = start;
     for job in jobs {
         let answer = match job {
-            Job::Write { at, buf } => match file.write_all_at(&buf, at) {
-                Ok(()) => {
-                    let end = at + buf.len() as u64;
-                    if at < kicked {
-                        kicked = at;
+            Job::Write { at, buf } => {
+                hash.update(&buf);
+                match file.write_all_at(&buf, at) {
+                    Ok(()) => {
+                        let end = at + buf.len() as u64;
+                        if at < kicked {
+                            kicked = at;
+                        }
+                        if end - kicked >= KICK {
+                            start_writeback(&file, kicked, end - kicked);
+                            kicked = end;
+                        }
+                        Done::Buf(buf)
                     }
-                    if end - kicked >= KICK {
-                        start_writeback(&file, kicked, end - kicked);
-                        kicked = end;
-                    }
-                    Done::Buf(buf)
+                    Err(e) => Done::Failed(e),
                 }
-                Err(e) => Done::Failed(e),
-            },
+            }
             Job::Sync(r) => match file.sync_data() {
                 Ok(()) => Done::Synced(r),
                 Err(e) => Done::Failed(e),
@@ -280,9 +293,10 @@ fn run(file: File, jobs: Receiver<Job>, done: Sender<Done>, start: u64) {
         };
         let failed = matches!(answer, Done::Failed(_));
         if done.send(answer).is_err() || failed {
-            return;
+            return hash;
         }
     }
+    hash
 }
 
 /// Starts writing back `len` bytes at `from` without waiting for it (a hint:
