@@ -684,7 +684,8 @@ const ROOT_PROBE: &str = "echo id=$(cat /etc/hn-image-id); echo kernel=$(uname -
      echo trial=$(hnctl status | sed -n 's/^trial *//p'); \
      echo multi-user-us=$(systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target); \
      echo hostname=$(hostname); echo machine-id=$(cat /etc/machine-id); \
-     echo os=$(. /etc/os-release; echo $VERSION_ID)";
+     echo os=$(. /etc/os-release; echo $VERSION_ID); \
+     echo packages=$(dpkg-query -W -f='${Package}:${db:Status-Abbrev} ' hninit initramfs-tools 2>/dev/null)";
 
 fn field<'a>(report: &'a str, key: &str) -> &'a str {
     report
@@ -728,6 +729,11 @@ fn check_root_report(
     }
     if !field(report, "hostpart").starts_with("/dev/vda1 ext4") {
         return fail("expected /hostpart on /dev/vda1 ext4".into());
+    }
+    // The factory installs hninit's package in place of initramfs-tools.
+    let packages = field(report, "packages");
+    if !packages.split_whitespace().any(|p| p.starts_with("hninit:ii")) || packages.contains("initramfs-tools:ii") {
+        return fail(format!("expected the hninit package installed and initramfs-tools not: {packages:?}"));
     }
     let mu: f64 = field(report, "multi-user-us").parse().unwrap_or(0.0) / 1e6;
     ctx.note(format!(

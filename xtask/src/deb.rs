@@ -16,7 +16,7 @@
 //! The package `Provides: linux-initramfs-tool`, the virtual package Debian's
 //! kernel packages ask for. The test runs the real `lintian` on it.
 
-use crate::paths::{build_dir, workspace_root};
+use crate::paths::workspace_root;
 use crate::util;
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -59,7 +59,9 @@ pub fn build_deb(init: &Path, hnctl: &Path, out_dir: &Path) -> Result<PathBuf> {
     }
     let src = workspace_root().join("packaging/deb");
     let name = format!("hninit_{VERSION}_amd64");
-    let root = build_dir().join("deb").join(&name);
+    // The tree beside the package: two builds into different directories
+    // (the factory's images, built in parallel) never share it.
+    let root = out_dir.join(format!(".{name}.tree"));
     util::remove_any(&root)?;
     fs::create_dir_all(&root)?;
 
@@ -144,6 +146,7 @@ pub fn build_deb(init: &Path, hnctl: &Path, out_dir: &Path) -> Result<PathBuf> {
             .arg(&root)
             .arg(&deb),
     )?;
+    util::remove_any(&root)?;
     Ok(deb)
 }
 
@@ -172,7 +175,7 @@ mod tests {
     fn package_is_lintian_clean_with_its_contents() {
         let init = crate::initbin::build_init().unwrap();
         let hnctl = crate::initbin::build_workspace_bin("hnctl").unwrap();
-        let out = build_dir().join("deb-test");
+        let out = crate::paths::build_dir().join("deb-test");
         let deb = build_deb(&init, &hnctl, &out).unwrap();
         assert_eq!(deb.file_name().unwrap().to_string_lossy(), format!("hninit_{VERSION}_amd64.deb"));
         let report = lintian(&deb).unwrap();
@@ -205,7 +208,7 @@ mod tests {
             util::run(Command::new("dash").arg("-n").arg(&p)).unwrap();
         }
         // Reproducible: a second build is the same bytes.
-        let again = build_deb(&init, &hnctl, &build_dir().join("deb-test2")).unwrap();
+        let again = build_deb(&init, &hnctl, &crate::paths::build_dir().join("deb-test2")).unwrap();
         assert_eq!(fs::read(&deb).unwrap(), fs::read(&again).unwrap());
     }
 }

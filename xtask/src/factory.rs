@@ -95,7 +95,8 @@ pub struct ImageSpec {
     pub init: Option<PathBuf>,
     /// `hnctl` for `/usr/sbin/hnctl`; `None`: build it. See `with_hnctl`.
     pub hnctl: Option<PathBuf>,
-    /// Install `hnctl` and the `hninit-mark-good.service` unit.
+    /// Install the `hninit` package (`hnctl`, `hninit-mark-good.service`,
+    /// kernel hooks, platform units) in place of initramfs-tools.
     pub with_hnctl: bool,
     /// Install [`DHCP_FALLBACK`].
     pub dhcp_fallback: bool,
@@ -879,25 +880,8 @@ fn configure(spec: &ImageSpec, stage: &Path) -> Result<()> {
         enable.push("hninit-ssh-hostkeys.service");
     }
     if spec.with_hnctl {
-        let hnctl = match &spec.hnctl {
-            Some(p) => p.clone(),
-            None => crate::initbin::build_workspace_bin("hnctl")?,
-        };
-        fs::create_dir_all(at(stage, "usr/sbin"))?;
-        let dst = at(stage, "usr/sbin/hnctl");
-        fs::copy(&hnctl, &dst).with_context(|| format!("copying {}", hnctl.display()))?;
-        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
-        put(
-            stage,
-            "etc/systemd/system/hninit-mark-good.service",
-            MARK_GOOD_UNIT,
-            0o644,
-        )?;
+        install_package(spec, stage)?;
         enable.push("hninit-mark-good.service");
-        // The platform duties (issue 14): udev tags, units call `hnctl platform`.
-        for (path, text, mode) in hninit::runtime::shipped::FILES {
-            put(stage, path.trim_start_matches('/'), text, *mode)?;
-        }
         enable.extend(hninit::runtime::shipped::ENABLED);
     }
     if !enable.is_empty() {
@@ -911,6 +895,54 @@ fn configure(spec: &ImageSpec, stage: &Path) -> Result<()> {
         )
         .with_context(|| format!("enabling {}", enable.join(" ")))?;
     }
+    Ok(())
+}
+
+/// Installs hninit's Debian package (`cargo xtask deb`, built from this
+/// tree's `/init` and `hnctl`) in the image with the image's own dpkg, as a
+/// user's `apt install ./hninit_*.deb` would: hnctl, the kernel hooks, the
+/// units and the udev rule come from the package, and dpkg knows them (an
+/// upgrade of the package replaces them). initramfs-tools, which the kernel
+/// package pulled in, is purged first: both provide `linux-initramfs-tool`
+/// and conflict; hninit's package satisfies the kernel's dependency again.
+/// The package's postinst rebuilds nothing here (no `/boot/kernel` yet: the
+/// kernel step builds `/boot/initramfs` with the image's own options).
+fn install_package(spec: &ImageSpec, stage: &Path) -> Result<()> {
+    let hnctl = match &spec.hnctl {
+        Some(p) => p.clone(),
+        None => crate::initbin::build_workspace_bin("hnctl")?,
+    };
+    let init = match &spec.init {
+        Some(p) => p.clone(),
+        None => crate::initbin::build_init()?,
+    };
+    let out = stage.join("tmp/hninit-factory");
+    util::remove_any(&out)?;
+    fs::create_dir_all(&out)?;
+    let deb = crate::deb::build_deb(&init, &hnctl, &out)?;
+    let inside = Path::new("/").join(deb.strip_prefix(stage).context("the package is in the image")?);
+    let chroot_dpkg = |args: &[&str]| -> Result<()> {
+        util::run(
+            Command::new("chroot")
+                .arg(stage)
+                .arg("dpkg")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .env("SYSTEMD_OFFLINE", "1"),
+        )
+        .with_context(|| format!("dpkg {} in the image", args.join(" ")))
+    };
+    let installed: Vec<&str> = ["initramfs-tools", "initramfs-tools-core"]
+        .into_iter()
+        .filter(|p| stage.join(format!("var/lib/dpkg/info/{p}.list")).is_file())
+        .collect();
+    if !installed.is_empty() {
+        let mut args = vec!["--purge", "--force-depends"];
+        args.extend(&installed);
+        chroot_dpkg(&args)?;
+    }
+    chroot_dpkg(&["--install", &inside.to_string_lossy()])?;
+    util::remove_any(&out)?;
     Ok(())
 }
 

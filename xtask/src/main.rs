@@ -499,7 +499,7 @@ enum ImageCmd {
         /// Rebuild the cached debootstrap tarball when older than this.
         #[arg(long, default_value_t = xtask::factory::DEFAULT_MAX_AGE_DAYS)]
         max_age_days: u64,
-        /// Leave out /usr/sbin/hnctl and its mark-good unit.
+        /// Leave out the hninit package (hnctl, mark-good unit, kernel hooks, platform units).
         #[arg(long)]
         no_hnctl: bool,
         /// Leave out the DHCP-on-every-interface networkd fallback.
