@@ -1,4 +1,5 @@
-//! Strict standard base64 (RFC 4648, `+/`, padded) into a buffer of a known size:
+//! Strict standard base64 (RFC 4648, `+/`, padded) into a buffer of a known size
+//! ([`decode_exact`]; [`decode`] for any length, as ssh key blobs are):
 //! minisign's keys and signatures have fixed lengths, so any other length, a
 //! character outside the alphabet, misplaced padding or non-zero unused bits is an
 //! error (one encoding per value, nothing smuggled in the spare bits).
@@ -74,9 +75,44 @@ pub fn decode_exact<const N: usize>(text: &[u8]) -> Result<[u8; N], Base64Error>
     Ok(out)
 }
 
+/// Decodes padded standard base64 of any length (ssh public key blobs): `None`
+/// when empty, not a multiple of four, outside the alphabet or misplaced `=`.
+pub fn decode(text: &[u8]) -> Option<Vec<u8>> {
+    if text.is_empty() || !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = text.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in &text[..text.len() - pad] {
+        acc = (acc << 6) | value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_length() {
+        assert_eq!(decode(b"aGk="), Some(b"hi".to_vec()));
+        assert_eq!(decode(b"aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(decode(b"aGVsbA=="), Some(b"hell".to_vec()));
+        assert_eq!(decode(b"aG=k"), None);
+        assert_eq!(decode(b"aGk"), None);
+        assert_eq!(decode(b"a==="), None);
+        assert_eq!(decode(b""), None);
+    }
 
     #[test]
     fn decodes_exact_lengths() {
