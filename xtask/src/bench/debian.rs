@@ -241,15 +241,17 @@ fn debugfs(image: &Path, request: &str) -> Result<()> {
 }
 
 /// The image's kernel as the bench's other initramfs builders need it:
-/// `boot/vmlinuz-R` + `boot/config-R` and `modules/R` in `dir`.
+/// `boot/vmlinuz-R` + `boot/config-R` and `lib/modules/R` in `dir` (dracut
+/// refuses a `--kmoddir` whose parent is not `…/lib/modules/`).
 fn image_kernel(image: &Path, release: &str, dir: &Path) -> Result<(Kernel, PathBuf)> {
     util::remove_any(dir)?;
     fs::create_dir_all(dir.join("boot"))?;
-    fs::create_dir_all(dir.join("modules"))?;
+    let modules = dir.join("lib/modules");
+    fs::create_dir_all(&modules)?;
     let vmlinuz = dir.join(format!("boot/vmlinuz-{release}"));
     debugfs(image, &format!("dump /boot/kernel {}", vmlinuz.display()))?;
     debugfs(image, &format!("dump /boot/config-{release} {}", dir.join(format!("boot/config-{release}")).display()))?;
-    debugfs(image, &format!("rdump /usr/lib/modules/{release} {}", dir.join("modules").display()))?;
+    debugfs(image, &format!("rdump /usr/lib/modules/{release} {}", modules.display()))?;
     let initramfs = dir.join("boot/hninit-initramfs");
     debugfs(image, &format!("dump /boot/initramfs {}", initramfs.display()))?;
     for f in [&vmlinuz, &initramfs] {
@@ -257,7 +259,7 @@ fn image_kernel(image: &Path, release: &str, dir: &Path) -> Result<(Kernel, Path
             bail!("debugfs could not dump {} from {}", f.display(), image.display());
         }
     }
-    Ok((kernel_from_dir(&vmlinuz, &dir.join("modules").join(release))?, initramfs))
+    Ok((kernel_from_dir(&vmlinuz, &modules.join(release))?, initramfs))
 }
 
 /// Runs the Debian bench and writes its section of the report.
@@ -309,24 +311,36 @@ pub fn run_debian(opts: &DebianOptions) -> Result<PathBuf> {
     }
 
     let mut power_runs = Vec::new();
+    let mut unbuilt: Vec<String> = Vec::new();
     if !power.is_empty() {
         let mut initrds: Vec<(PowerOn, PathBuf)> = Vec::new();
         for v in &power {
             let t = Instant::now();
-            let p = match v {
-                PowerOn::Hninit => hn_initrd.clone(),
-                PowerOn::InitramfsTools => {
-                    let out = dir.join("initramfs-tools.img");
-                    super::prepare::cached_initramfs_tools(&kernel, &dir, &out)?;
-                    out
-                }
-                PowerOn::Dracut | PowerOn::DracutWrite => {
-                    let out = dir.join("dracut.img");
-                    if !out.is_file() {
-                        let version = super::dracut::cached_dracut(&kernel, &dir, &out)?;
-                        notes.push(format!("dracut {version}: `{}`", super::dracut::BUILD_COMMAND));
+            let got = (|| -> Result<PathBuf> {
+                Ok(match v {
+                    PowerOn::Hninit => hn_initrd.clone(),
+                    PowerOn::InitramfsTools => {
+                        let out = dir.join("initramfs-tools.img");
+                        super::prepare::cached_initramfs_tools(&kernel, &dir, &out)?;
+                        out
                     }
-                    out
+                    PowerOn::Dracut | PowerOn::DracutWrite => {
+                        let out = dir.join("dracut.img");
+                        if !out.is_file() {
+                            let version = super::dracut::cached_dracut(&kernel, &dir, &out)?;
+                            notes.push(format!("dracut {version}: `{}`", super::dracut::BUILD_COMMAND));
+                        }
+                        out
+                    }
+                })
+            })();
+            // One initrd that cannot be built costs its variant, not the run.
+            let p = match got {
+                Ok(p) => p,
+                Err(e) => {
+                    notes.push(format!("{}: not booted, its initrd could not be built: {e:#}", v.key()));
+                    unbuilt.push(format!("{}: initrd: {e:#}", v.key()));
+                    continue;
                 }
             };
             let size = fs::metadata(&p)?.len();
@@ -384,11 +398,12 @@ pub fn run_debian(opts: &DebianOptions) -> Result<PathBuf> {
     let md = render(&results, &power, &modes);
     util::write_atomic(&dir.join("report.md"), md.as_bytes())?;
     write_section(&opts.out, &md)?;
-    let failed: Vec<String> = results
-        .power_on
+    let failed: Vec<String> = unbuilt
+        .into_iter()
+        .chain(results.power_on
         .iter()
         .filter_map(|r| r.error.as_ref().map(|e| format!("{} round {}: {e}", r.variant.key(), r.round + 1)))
-        .chain(results.upgrade.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{} round {}: {e}", r.mode.key(), r.round + 1))))
+        .chain(results.upgrade.iter().filter_map(|r| r.error.as_ref().map(|e| format!("{} round {}: {e}", r.mode.key(), r.round + 1)))))
         .collect();
     if !failed.is_empty() {
         bail!("{} Debian bench run(s) failed (report written to {}):\n{}", failed.len(), opts.out.display(), failed.join("\n"));
@@ -539,8 +554,8 @@ fn render(r: &DebianResults, power: &[PowerOn], modes: &[AfterRotate]) -> String
     }
     if !modes.is_empty() {
         let _ = writeln!(s, "**Upgrade cycle**: Debian 12 image (kernel 6.1) booted through OVMF + GRUB, the Debian 13 image (kernel {}) staged inside it with `hnctl stage /dev/vdb`, then `systemctl reboot` → ssh answers on Debian 13; QEMU resets on reboot (firmware and GRUB again), modes alternating per round:\n", r.kernel);
-        let _ = writeln!(s, "| after the rotation | runs ok | reboot → ssh on the new image, s | reboot → hninit leaves the old kernel, s | reboot → new kernel's first line, s | hnctl stage, s | loads at start |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| after the rotation | runs ok | reboot → ssh on the new image, s | reboot → hninit leaves the old kernel, s | hninit leaves it → new kernel's first line, s | new kernel → ssh, s | hnctl stage, s | loads at start |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for m in modes {
             let runs: Vec<&UpgradeRun> = r.upgrade.iter().filter(|x| x.mode == *m).collect();
             let ok = runs.iter().filter(|x| x.error.is_none()).count();
@@ -551,11 +566,12 @@ fn render(r: &DebianResults, power: &[PowerOn], modes: &[AfterRotate]) -> String
             };
             let _ = writeln!(
                 s,
-                "| {title} | {ok}/{} | {} | {} | {} | {} | {} |",
+                "| {title} | {ok}/{} | {} | {} | {} | {} | {} | {} |",
                 runs.len(),
                 spread(runs.iter().map(|x| x.cycle_s)),
                 spread(runs.iter().map(|x| x.handover_s)),
-                spread(runs.iter().map(|x| x.new_kernel_s)),
+                spread(runs.iter().map(|x| Some(x.new_kernel_s? - x.handover_s?))),
+                spread(runs.iter().map(|x| Some(x.cycle_s? - x.new_kernel_s?))),
                 spread(runs.iter().map(|x| x.stage_s)),
                 loads.join(", ")
             );
