@@ -96,11 +96,6 @@ impl Vm {
         sh.lines.iter().find(|(t, l)| *t >= after && l.contains(pat)).map(|(t, _)| *t)
     }
 
-    /// How many console lines contain `pat`.
-    pub(super) fn count(&self, pat: &str) -> usize {
-        self.shared.lock().map_or(0, |sh| sh.lines.iter().filter(|(_, l)| l.contains(pat)).count())
-    }
-
     /// A note in the console log (not a console line).
     pub(super) fn note(&self, text: &str) {
         let t = self.now();
