@@ -150,9 +150,15 @@ enum Cmd {
         /// Repetitions of each staging method.
         #[arg(long, default_value_t = 3)]
         staging_runs: usize,
-        /// Boot only these variants (comma-separated keys: hninit, busybox, initramfs-tools, …).
+        /// Boot only these variants (comma-separated keys: hninit, busybox, initramfs-tools, …;
+        /// with --debian: hninit, initramfs-tools, dracut, dracut-rw, kexec, reboot).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Instead: the factory's Debian images, power-on → ssh (hninit, initramfs-tools,
+        /// dracut) and the upgrade cycle (kexec, reboot); --runs rounds [default here: 3].
+        /// Manual only: tens of minutes under TCG.
+        #[arg(long, conflicts_with = "smoke")]
+        debian: bool,
     },
 }
 
@@ -382,7 +388,24 @@ fn real_main() -> Result<()> {
             staging_mib,
             staging_runs,
             only,
+            debian,
         } => {
+            if debian {
+                let command = std::iter::once("cargo xtask bench".to_string())
+                    .chain(std::env::args().skip(2))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let runs_given = std::env::args().any(|a| a == "--runs" || a.starts_with("--runs="));
+                let opts = xtask::bench::DebianOptions {
+                    runs: if runs_given { runs.max(1) } else { 3 },
+                    out: out.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md")),
+                    only,
+                    command,
+                };
+                let report = xtask::bench::run_debian(&opts)?;
+                println!("bench: Debian report written to {}", report.display());
+                return Ok(());
+            }
             let out = out.unwrap_or_else(|| {
                 if smoke {
                     build_dir().join("bench/BENCHMARKS.md")

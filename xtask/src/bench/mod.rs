@@ -32,14 +32,22 @@
 //! * [`staging`]: `hnctl stage` against `cp` + `sha256sum`;
 //! * [`machine`]: the host facts for the report;
 //! * [`report`]: the figures rendered as the generated section of `BENCHMARKS.md`.
+//!
+//! `cargo xtask bench --debian` is a separate, manual run ([`debian`], with
+//! [`vm`]): power-on → ssh on the factory's Debian 13 image through hninit,
+//! initramfs-tools and dracut, and the upgrade cycle (kexec against reboot).
 
 mod archive;
 mod boot;
+mod debian;
 mod dracut;
 mod machine;
 mod prepare;
 mod report;
 mod staging;
+mod vm;
+
+pub use debian::{run_debian, DebianOptions};
 
 use crate::initbin::build_init;
 use crate::kernel::debian_kernel;
