@@ -1,6 +1,5 @@
 //! `qemu-tests [-j N] [--list] [--fail-fast] [--out DIR] [FILTER...]`: runs the boot
 //! scenarios from `scenarios.rs`; exits non-zero if any failed or none ran.
-//! `debian-stage-http` runs only when named exactly (see `BY_NAME_ONLY`).
 
 mod debian;
 mod scenarios;
@@ -42,22 +41,18 @@ fn main() {
         args.out_dir = out;
     }
     // The long scenarios first, so the two job slots finish together.
-    const LONG: [&str; 5] = [
+    const LONG: [&str; 7] = [
         "debian-e2e",
-        "power-cut-steps",
         "debian-boot",
+        "debian-stage-http",
+        "power-cut-steps",
+        "debian-platform",
         "debian-boot-bookworm",
         "power-cut-random",
     ];
-    // Run only when named exactly (`cargo xtask test debian-stage-http`): too
-    // long for every run of the suite (about 13 min under TCG, most of it the
-    // guest re-hashing its running 1.5 GiB image for the adaptive download).
-    const BY_NAME_ONLY: [&str; 1] = ["debian-stage-http"];
-    let named = |n: &str| args.filter.iter().any(|f| f == n);
     let mut all = debian::scenarios();
     all.extend(debian::platform_scenarios());
     all.extend(scenarios::all());
-    all.retain(|s| !BY_NAME_ONLY.contains(&s.name) || named(s.name));
     all.sort_by_key(|s| LONG.iter().position(|l| *l == s.name).unwrap_or(LONG.len()));
     let ok = run_all(&all, args);
     std::process::exit(if ok { 0 } else { 1 });
