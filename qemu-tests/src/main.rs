@@ -52,8 +52,8 @@ fn main() {
     // Run only when named exactly (`cargo xtask test debian-stage-http`): too
     // long for every run of the suite (about 13 min under TCG, most of it the
     // guest re-hashing its running 1.5 GiB image for the adaptive download).
-    // debian-newuser: about 17 min (a stock VM copies its / into an image,
-    // installs it, three boots and two kernel package operations).
+    // debian-newuser: about 13 min (a stock VM copies its / into an image,
+    // installs it, four boots and two kernel package operations).
     const BY_NAME_ONLY: [&str; 2] = ["debian-stage-http", "debian-newuser"];
     let named = |n: &str| args.filter.iter().any(|f| f == n);
     let mut all = debian::scenarios();
