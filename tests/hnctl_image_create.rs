@@ -1,6 +1,7 @@
 //! `hnctl image create --from DIR`: the real binary on a chroot-like tree with a
 //! fake kernel; the image read back with `debugfs -R rdump`: generalized, the
-//! old mounts gone from fstab, /proc's contents left out, hard links and
+//! old mounts gone from fstab, the package's units enabled (new ssh host
+//! keys at first boot), /proc's contents left out, hard links and
 //! symlinks kept, `/boot/kernel` + `/boot/initramfs` set for the newest kernel.
 #![cfg(feature = "image")]
 
@@ -37,6 +38,9 @@ fn image_from_a_root_tree() {
     w(&root, "etc/fstab", "UUID=1234 / ext4 errors=remount-ro 0 1\nUUID=ABCD /boot/efi vfat umask=0077 0 1\n");
     w(&root, "etc/ssh/ssh_host_ed25519_key", "secret");
     w(&root, "etc/ssh/sshd_config", "cfg");
+    // The hninit package is installed in the source (its units, not enabled).
+    w(&root, "lib/systemd/system/hninit-ssh-hostkeys.service", "[Unit]\n");
+    w(&root, "lib/systemd/system/hninit-mark-good.service", "[Unit]\n");
     w(&root, "var/log/syslog", "old logs");
     w(&root, "proc/1/status", "a chroot's stray file");
     w(&root, "usr/bin/tool", "tool");
@@ -73,6 +77,15 @@ fn image_from_a_root_tree() {
     assert_eq!(r("etc/hostname"), "localhost\n");
     assert!(!x.join("etc/ssh/ssh_host_ed25519_key").exists() && x.join("etc/ssh/sshd_config").exists());
     assert!(!x.join("var/log/syslog").exists());
+    // The host keys are gone, so the unit that makes new ones at first boot
+    // is enabled (else sshd does not start), as is the trial's mark-good.
+    for unit in ["hninit-ssh-hostkeys.service", "hninit-mark-good.service"] {
+        assert_eq!(
+            fs::read_link(x.join("etc/systemd/system/multi-user.target.wants").join(unit)).unwrap(),
+            Path::new("/lib/systemd/system").join(unit),
+            "{unit} enabled"
+        );
+    }
     assert!(x.join("proc").is_dir() && fs::read_dir(x.join("proc")).unwrap().count() == 0);
     let fstab = r("etc/fstab");
     assert!(fstab.contains("# (source system) UUID=1234 / ext4") && !fstab.lines().any(|l| l.starts_with("UUID=")), "{fstab}");

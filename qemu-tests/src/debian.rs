@@ -47,6 +47,7 @@ use xtask::{
     qemu_command, Boot, DiskLayout, DiskSpec, Drive, HostpartSpec, ImageSpec, QemuSpec, SwapDisk,
 };
 
+mod newuser;
 mod platform;
 mod qmp;
 mod stage_http;
@@ -75,6 +76,7 @@ pub fn scenarios() -> Vec<Scenario> {
             run: debian_e2e,
         },
         stage_http::scenario(),
+        newuser::scenario(),
     ]
 }
 

@@ -10,7 +10,8 @@
 //! 2. Generalize like the factory ([`super::generalize::generalize`]).
 //! 3. Make it an hninit image: `/etc/fstab` without the old mounts (kept as
 //!    comments), `/hostpart`, `/data0 -> /hostpart/data`, the `hostpart.mount`
-//!    drop-in, `hninit-mark-good.service` enabled when installed, and
+//!    drop-in, `hninit-mark-good.service` and `hninit-ssh-hostkeys.service`
+//!    enabled when installed (the host keys were removed), and
 //!    `/boot/kernel` + `/boot/initramfs` for the newest kernel
 //!    ([`super::bootpair::update`], what the kernel hooks run).
 //! 4. An ext4 image sized to the content plus headroom (`mkfs.ext4 -d`).
@@ -158,12 +159,17 @@ fn configure(stage: &Path) -> Result<()> {
     fs::create_dir_all(stage.join("hostpart"))?;
     link(stage, "data0", "/hostpart/data")?;
     put(stage, "etc/systemd/system/hostpart.mount.d/hninit.conf", HOSTPART_MOUNT_DROPIN, 0o644)?;
-    if has_unit(stage, "hninit-mark-good.service") {
-        link(
-            stage,
-            "etc/systemd/system/multi-user.target.wants/hninit-mark-good.service",
-            "/lib/systemd/system/hninit-mark-good.service",
-        )?;
+    // The package's units: generalize removed the ssh host keys, so without
+    // hninit-ssh-hostkeys.service (ordered before ssh.service) sshd would not
+    // start on the image's first boot.
+    for unit in ["hninit-mark-good.service", "hninit-ssh-hostkeys.service"] {
+        if has_unit(stage, unit) {
+            link(
+                stage,
+                &format!("etc/systemd/system/multi-user.target.wants/{unit}"),
+                &format!("/lib/systemd/system/{unit}"),
+            )?;
+        }
     }
     // initramfs-tools' initrds are never used: hninit's is /boot/initramfs.
     if let Ok(rd) = fs::read_dir(stage.join("boot")) {

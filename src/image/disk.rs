@@ -152,19 +152,32 @@ impl DiskLayout {
 
 /// Builds the GPT disk image `out` (replaced) from `spec`.
 pub fn build_disk(spec: &DiskSpec, out: &Path) -> Result<DiskLayout> {
-    let name = out.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    // Partition images are made beside a disk file (same filesystem, its
-    // space), in the temporary directory for a block device.
-    let work = if is_block_device(out) {
-        std::env::temp_dir().join(format!("hninit-{name}.work-{}", util::unique_suffix()))
-    } else {
-        out.with_file_name(format!(".{name}.work-{}", util::unique_suffix()))
-    };
+    let work = work_dir(spec, out, is_block_device(out));
     util::remove_any(&work)?;
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let res = build_disk_in(spec, out, &work);
     util::remove_any(&work).ok();
     res.with_context(|| format!("building disk image {}", out.display()))
+}
+
+/// Where the partition images are made: beside a disk file (same
+/// filesystem, its space). For a block device, beside the host partition's
+/// first file (the image to install): the image is hard-linked into the
+/// staging tree instead of copied, and the partition image needs about its
+/// size there; the temporary directory only when there is no file. Not
+/// `/tmp` for an image: Debian 13 mounts a tmpfs there, half the RAM, and an
+/// image twice over does not fit.
+fn work_dir(spec: &DiskSpec, out: &Path, block_device: bool) -> PathBuf {
+    let name = out.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let suffix = util::unique_suffix();
+    if !block_device {
+        return out.with_file_name(format!(".{name}.work-{suffix}"));
+    }
+    match spec.hostpart.files.first().map(|(_, src)| src.parent().unwrap_or(Path::new(""))) {
+        Some(d) if d.as_os_str().is_empty() => PathBuf::from(format!(".hninit-{name}.work-{suffix}")),
+        Some(d) => d.join(format!(".hninit-{name}.work-{suffix}")),
+        None => std::env::temp_dir().join(format!("hninit-{name}.work-{suffix}")),
+    }
 }
 
 fn build_disk_in(spec: &DiskSpec, out: &Path, work: &Path) -> Result<DiskLayout> {
@@ -473,6 +486,25 @@ fn checked_rel(p: &str) -> Result<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn work_dir_beside_the_image_for_a_block_device() {
+        let spec = |files: Vec<(String, PathBuf)>| DiskSpec {
+            esp: None,
+            hostpart: HostpartSpec { files, ..Default::default() },
+            extra_hostparts: Vec::new(),
+        };
+        let img = spec(vec![("hn-root.img".into(), PathBuf::from("/srv/big/hn-root.img"))]);
+        let in_dir = |w: PathBuf, d: &str, prefix: &str| {
+            assert_eq!(w.parent().unwrap(), Path::new(d), "{}", w.display());
+            assert!(w.file_name().unwrap().to_string_lossy().starts_with(prefix), "{}", w.display());
+        };
+        in_dir(work_dir(&img, Path::new("/dev/vdc"), true), "/srv/big", ".hninit-vdc.work-");
+        in_dir(work_dir(&img, Path::new("/vm/disk.img"), false), "/vm", ".disk.img.work-");
+        let rel = spec(vec![("hn-root.img".into(), PathBuf::from("hn-root.img"))]);
+        in_dir(work_dir(&rel, Path::new("/dev/vdc"), true), "", ".hninit-vdc.work-");
+        in_dir(work_dir(&spec(Vec::new()), Path::new("/dev/vdc"), true), &std::env::temp_dir().to_string_lossy(), "hninit-vdc.work-");
+    }
+
     use super::*;
     use std::process::Command;
 

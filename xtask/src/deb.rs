@@ -185,6 +185,9 @@ mod tests {
         // The one provider at a time, as initramfs-tools and dracut declare.
         assert_eq!(field("Conflicts").trim(), "linux-initramfs-tool");
         assert_eq!(field("Package").trim(), "hninit");
+        // What hnctl runs on every system it is installed on: xz for Debian
+        // 13's .ko.xz modules (the kernel hooks), mkfs.ext4 (image create).
+        assert_eq!(field("Depends").trim(), "xz-utils, e2fsprogs");
         let list = util::run_stdout(Command::new("dpkg-deb").arg("-c").arg(&deb)).unwrap();
         for f in [
             "./usr/lib/hninit/init",

@@ -46,10 +46,14 @@ use std::time::{Duration, Instant, SystemTime};
 /// iproute2 and sudo. networkd itself is part of `systemd` and has the DHCP
 /// client minbase lacks. `e2fsprogs` (no longer `Priority: required` in
 /// Debian 13, so minbase lacks it there) gives `fsck.ext4`: data disks are
-/// checked before they are mounted (`hnctl platform disk`).
+/// checked before they are mounted (`hnctl platform disk`). `xz-utils`: the
+/// hninit package depends on it (Debian 13's modules are `.ko.xz`, which the
+/// kernel hooks' `hnctl initramfs update` unpacks with `xz`), and minbase
+/// lacks it.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "e2fsprogs",
+    "xz-utils",
     "udev",
     "dbus",
     "systemd-resolved",
