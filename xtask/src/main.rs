@@ -151,7 +151,7 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         staging_runs: usize,
         /// Boot only these variants (comma-separated keys: hninit, busybox, initramfs-tools, …;
-        /// with --debian: hninit, initramfs-tools, dracut, dracut-rw, kexec, reboot).
+        /// with --debian: hninit, initramfs-tools, initramfs-tools-part, dracut, dracut-rw, kexec, reboot).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Instead: the factory's Debian images, power-on → ssh (hninit, initramfs-tools,

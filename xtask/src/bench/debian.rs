@@ -64,7 +64,7 @@ pub struct DebianOptions {
     pub runs: usize,
     /// The report whose `debian-bench` section is replaced.
     pub out: PathBuf,
-    /// Only these keys (power-on: hninit, initramfs-tools, dracut, dracut-rw;
+    /// Only these keys (power-on: hninit, initramfs-tools, initramfs-tools-part, dracut, dracut-rw;
     /// upgrade: kexec, reboot); empty: all.
     pub only: Vec<String>,
     /// The command line as typed.
@@ -76,17 +76,22 @@ pub struct DebianOptions {
 enum PowerOn {
     Hninit,
     InitramfsTools,
+    /// The same image as the root filesystem of a disk of its own (the image
+    /// file as a virtio disk, `root=/dev/vda`): a system installed normally,
+    /// no host partition, no loop device.
+    InitramfsToolsPartition,
     Dracut,
     DracutWrite,
 }
 
 impl PowerOn {
-    const ALL: [PowerOn; 4] = [PowerOn::Hninit, PowerOn::InitramfsTools, PowerOn::Dracut, PowerOn::DracutWrite];
+    const ALL: [PowerOn; 5] = [PowerOn::Hninit, PowerOn::InitramfsTools, PowerOn::InitramfsToolsPartition, PowerOn::Dracut, PowerOn::DracutWrite];
 
     fn key(self) -> &'static str {
         match self {
             PowerOn::Hninit => "hninit",
             PowerOn::InitramfsTools => "initramfs-tools",
+            PowerOn::InitramfsToolsPartition => "initramfs-tools-part",
             PowerOn::Dracut => "dracut",
             PowerOn::DracutWrite => "dracut-rw",
         }
@@ -96,6 +101,7 @@ impl PowerOn {
         match self {
             PowerOn::Hninit => "hninit (the image's /boot/initramfs)",
             PowerOn::InitramfsTools => "initramfs-tools + loop-root script",
+            PowerOn::InitramfsToolsPartition => "initramfs-tools, installed normally (root on its own disk, no loop)",
             PowerOn::Dracut => "dracut live (RAM overlay)",
             PowerOn::DracutWrite => "dracut live, write-through",
         }
@@ -105,6 +111,7 @@ impl PowerOn {
         let own = match self {
             PowerOn::Hninit => "rw real_root=/hn-root.img loopdev_hostpart=LABEL=hostpart",
             PowerOn::InitramfsTools => "rw root=LABEL=hostpart loop=/hn-root.img loopfstype=ext4",
+            PowerOn::InitramfsToolsPartition => "rw root=/dev/vda",
             PowerOn::Dracut => "root=live:LABEL=hostpart rd.live.dir=live",
             PowerOn::DracutWrite => "root=live:LABEL=hostpart rd.live.dir=live rd.live.overlay=none rw",
         };
@@ -275,7 +282,7 @@ pub fn run_debian(opts: &DebianOptions) -> Result<PathBuf> {
     let power: Vec<PowerOn> = PowerOn::ALL.into_iter().filter(|v| want(v.key())).collect();
     let modes: Vec<AfterRotate> = AfterRotate::ALL.into_iter().filter(|m| want(m.key())).collect();
     if power.is_empty() && modes.is_empty() {
-        bail!("--only {}: no Debian bench variant (hninit, initramfs-tools, dracut, dracut-rw, kexec, reboot)", opts.only.join(","));
+        bail!("--only {}: no Debian bench variant (hninit, initramfs-tools, initramfs-tools-part, dracut, dracut-rw, kexec, reboot)", opts.only.join(","));
     }
     let dir = build_dir().join("bench-debian");
     util::remove_any(&dir)?;
@@ -322,7 +329,7 @@ pub fn run_debian(opts: &DebianOptions) -> Result<PathBuf> {
             let got = (|| -> Result<PathBuf> {
                 Ok(match v {
                     PowerOn::Hninit => hn_initrd.clone(),
-                    PowerOn::InitramfsTools => {
+                    PowerOn::InitramfsTools | PowerOn::InitramfsToolsPartition => {
                         let out = dir.join("initramfs-tools.img");
                         super::prepare::cached_initramfs_tools(&kernel, &dir, &out)?;
                         out
@@ -371,7 +378,8 @@ pub fn run_debian(opts: &DebianOptions) -> Result<PathBuf> {
         for round in 0..opts.runs {
             for i in 0..initrds.len() {
                 let (v, initrd) = &initrds[(round + i) % initrds.len()];
-                let r = power_on(&dir, &key, &kernel, initrd, *v, round, &disk);
+                let boot_disk = if *v == PowerOn::InitramfsToolsPartition { &new_image } else { &disk };
+                let r = power_on(&dir, &key, &kernel, initrd, *v, round, boot_disk);
                 eprintln!(
                     "bench: debian power-on round {}/{} {:<16} ssh {} (load {}){}",
                     round + 1,
