@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")"
 secs="${1:-5}"
 runs="${RUNS:--1}"
-targets=(ustar config_json probe partition grubenv trial bootlog accounts cmdline modindex uevent bzimage minisign)
+targets=(ustar config_json probe partition grubenv trial bootlog accounts cmdline modindex uevent bzimage minisign remote_records)
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "run-smoke: cargo-fuzz is not installed (cargo install cargo-fuzz)" >&2
@@ -58,6 +58,10 @@ printf 'BOOT_IMAGE=(loop)/boot/kernel real_root=/images/hn-root.img "loopdev_hos
 printf 'kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio_ring.ko:\n\x01alias virtio:d00000002v* virtio_blk\nalias fs-ext4 ext4\n\x01kernel/fs/ext4/ext4.ko\n' > corpus/modindex/seed-index
 printf 'add@/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:04.0/virtio1/block/vda\0SUBSYSTEM=block\0DEVNAME=vda\0DEVTYPE=disk\0SEQNUM=1234\0MODALIAS=virtio:d00000002v00001AF4\0' > corpus/uevent/seed-uevent
 for k in /boot/vmlinuz-*; do [ -r "$k" ] && head -c 65536 "$k" > corpus/bzimage/seed-vmlinuz && break; done
+# A block index, a resume record (adaptive) and a zstd blob's hash state.
+printf 'HNBIDX1\n' > corpus/remote_records/seed-magic
+printf '{"version":1,"url":"http://h/x.img","etag":null,"last_modified":null,"remote_len":100,"zstd":false,"written":40,"offset":40,"adaptive":{"index_sha256":"ab","locals":["1-2-3-4-65536.bidx"]}}' > corpus/remote_records/seed-record
+printf '6a09e667bb67ae853c6ef372a54ff53a510e527f9b05688c1f83d9ab5be0cd19:3:616263' > corpus/remote_records/seed-sha-state
 # Keys and signatures (prehashed and legacy) made by the real minisign tool.
 if command -v minisign >/dev/null 2>&1; then
   printf 'image' > "$seed/img"

@@ -462,3 +462,83 @@ fn an_interrupted_pull_resumes_with_a_range() {
     let gets: Vec<_> = reg.log(&format!("/blobs/{d}")).into_iter().filter(|l| l.0 == "GET").collect();
     assert_eq!(gets, vec![("GET".to_string(), 206, (raw.len() - kept) as u64)], "only the rest was sent");
 }
+
+/// A zstd layer, pulled through nginx in front of the registry at 1 MiB/s and
+/// killed (-9) twice at random points with a boot in between: each run resumes
+/// at the last frame boundary with the hash state of the compressed bytes kept
+/// in its record, so the layer's digest is still checked over every byte; the
+/// blob goes over the wire once plus at most a frame and a second per
+/// interruption. A record whose hash state was altered ends in a digest refusal.
+#[test]
+fn a_zstd_layer_resumes_after_kill_and_its_digest_is_still_checked() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("reg"), "");
+    let ngx = common::nginx::Nginx::start_with(&t.path().join("ngx"), "1m", None, Some(reg.port))
+        .expect("nginx (Debian nginx-light) is needed");
+    let via = ngx
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let img = t.path().join("web.img");
+    let raw = image(&img, 10, 23);
+    std::fs::create_dir(t.path().join("z")).unwrap();
+    let zst = t.path().join("z/web.img.zst");
+    zstd_frames(&img, &zst);
+    let blob = std::fs::read(&zst).unwrap();
+    let h = host();
+    ok(hnctl(
+        &h,
+        &["publish", &reg.oci("fleet/web:z"), zst.to_str().unwrap()],
+    ));
+    let reference = format!("oci://{via}/fleet/web:z");
+
+    let first = (2 << 20) + random_below(1 << 20);
+    kill_at(&h, &reference, first);
+    assert_nothing_staged(&h);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.dir.join(RECORD)).unwrap()).unwrap();
+    assert!(
+        record["zstd"] == true && record["blob_sha256_state"].is_string(),
+        "{record}"
+    );
+    boot(&h);
+    assert!(
+        h.dir.join(PART).exists(),
+        "the boot removed a resumable .part"
+    );
+    kill_at(&h, &reference, first + (2 << 20) + random_below(1 << 20));
+    assert_nothing_staged(&h);
+    let out = ok(hnctl(&h, &["stage", &reference]));
+    assert_eq!(staged(&h).as_deref(), Some(&raw[..]), "{out}");
+    assert!(!h.dir.join(RECORD).exists());
+
+    let path = format!("v2/fleet/web/blobs/{}", digest(&blob));
+    let log = ngx.log(&path);
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[0].2, "-", "the first request has no Range: {log:?}");
+    assert!(log[1..].iter().all(|l| l.0 == 206), "{log:?}");
+    let sent: u64 = log.iter().map(|l| l.1).sum();
+    eprintln!("blob {} bytes, sent {sent}: {log:?}", blob.len());
+    // Per interruption: a second at 1 MiB/s past the last checkpoint and the rest of a 1 MiB frame.
+    assert!(
+        sent >= blob.len() as u64 && sent - blob.len() as u64 <= 2 * (3 << 20),
+        "{log:?}"
+    );
+
+    // The same interruption, then the record's hash state replaced by that of
+    // other bytes of the same length: the resumed pull fails the layer's digest.
+    ok(hnctl(&h, &["unstage"]));
+    kill_at(&h, &reference, 2 << 20);
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.dir.join(RECORD)).unwrap()).unwrap();
+    let state = rec["blob_sha256_state"].as_str().unwrap().to_string();
+    let mut other = hninit::remote::sha256_resume::Sha256State::new();
+    other.update(&vec![0u8; rec["offset"].as_u64().unwrap() as usize]);
+    assert_ne!(other.to_hex(), state);
+    rec["blob_sha256_state"] = other.to_hex().into();
+    std::fs::write(h.dir.join(RECORD), rec.to_string()).unwrap();
+    let o = hnctl(&h, &["stage", &reference]);
+    assert_refused(&h, &o, "its manifest says sha256:");
+    assert_nothing_staged(&h);
+}

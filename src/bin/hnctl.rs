@@ -660,6 +660,9 @@ fn stage_url(
             "adaptive: {} bytes fetched in {} range requests (+ {} bytes of index), {} bytes reused from local images ({} local indexes from hn-state/bidx-cache)\n",
             d.fetched, d.requests, d.index_bytes, d.reused, d.cached_indexes
         );
+        if let Some(at) = d.resumed_at {
+            s += &format!("adaptive: resumed the interrupted download at byte {at}\n");
+        }
     }
     if let Some(why) = &r.fell_back {
         s += &format!("warning: the adaptive download did not check out ({why}): downloaded whole\n");

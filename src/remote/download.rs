@@ -25,6 +25,7 @@
 
 use super::adaptive::{Delta, Skip};
 use super::http::{self, Reply};
+use super::sha256_resume::Sha256State;
 use super::state::{self, ResumeState, Start};
 use super::writer::Sink;
 use crate::slots::dir::{remove_if_exists, write_atomic, CopyInfo, CopyMethod, Dir};
@@ -64,9 +65,9 @@ pub struct RemoteOptions {
     /// The `Authorization` header of every request for the image (a registry's).
     pub auth: Option<String>,
     /// The sha256 of the resource's bytes as served (a registry's zstd blob
-    /// digest; a raw blob's is `sha256`). Checked at the end; a zstd download
-    /// with it is not resumed by a later process (the hash of the compressed
-    /// prefix is not kept), an in-process retry still is.
+    /// digest; a raw blob's is `sha256`). Checked at the end; for zstd the
+    /// hash state of the compressed prefix is kept in the resume record, so a
+    /// later process resumes it too.
     pub blob_sha256: Option<[u8; 32]>,
     /// The state directory (`hn-state/`) holding the local images' index cache.
     pub state_dir: Option<PathBuf>,
@@ -237,8 +238,10 @@ struct Dl<'a> {
     verifier: &'a mut dyn Verifier,
     auth: Option<&'a str>,
     /// sha256 of the resource's bytes (only with `blob_sha256`, from byte 0;
-    /// zstd only: a raw resource's is `hash`).
-    blob_hash: Option<Sha256>,
+    /// zstd only: a raw resource's is `hash`), and its state at `boundary`,
+    /// which the resume record keeps.
+    blob_hash: Option<Sha256State>,
+    boundary_blob: Option<Sha256State>,
     /// The `.part`'s writer thread during an attempt ([`super::writer`]).
     sink: Option<Sink>,
 }
@@ -257,7 +260,8 @@ impl Dl<'_> {
         self.hash = Sha256::new();
         self.verifier.restart();
         if self.blob_hash.is_some() {
-            self.blob_hash = Some(Sha256::new());
+            self.blob_hash = Some(Sha256State::new());
+            self.boundary_blob = Some(Sha256State::new());
         }
         self.zstd = None;
         self.decoder = None;
@@ -282,6 +286,11 @@ impl Dl<'_> {
             zstd: self.zstd == Some(true),
             written,
             offset,
+            adaptive: None,
+            blob_sha256_state: match (self.zstd, &self.boundary_blob) {
+                (Some(true), Some(h)) => Some(h.to_hex()),
+                _ => None,
+            },
         };
         (r.url.len() <= state::MAX_URL && r.validator().is_some() && written > 0).then_some(r)
     }
@@ -365,9 +374,8 @@ impl Dl<'_> {
             self.offset += data.len() as u64;
             return Ok(());
         }
-        if let Some(h) = &mut self.blob_hash {
-            h.update(data);
-        }
+        // The blob hash follows the frame boundaries, where its state is kept.
+        let mut hashed = 0;
         let mut dec = match self.decoder.take() {
             Some(d) => d,
             None => Decoder::new().map_err(|e| Failure::Fatal(RemoteError::Zstd(e.to_string())))?,
@@ -420,6 +428,11 @@ impl Dl<'_> {
             if hint == 0 {
                 // A frame ended and was flushed: a later process can start here.
                 self.boundary = (self.written, self.offset + input.pos() as u64);
+                if let Some(h) = &mut self.blob_hash {
+                    h.update(&data[hashed..input.pos()]);
+                    hashed = input.pos();
+                    self.boundary_blob = Some(h.clone());
+                }
             }
             // Done when the input is used and the frame ended (another call
             // would wait for the next frame's header) or a call made no
@@ -430,6 +443,9 @@ impl Dl<'_> {
             }
         };
         self.decoder = Some(dec);
+        if let Some(h) = &mut self.blob_hash {
+            h.update(&data[hashed..]);
+        }
         self.offset += data.len() as u64;
         res
     }
@@ -469,8 +485,8 @@ pub fn stage_url(
         .map_err(io_step(format!("stat {}", names.part)))?
         .map(|i| i.size);
     let mut start = state::decide(record, url, part_size);
-    if opts.blob_sha256.is_some() && matches!(&start, Start::Resume(r) if r.zstd) {
-        // The compressed prefix's hash is not kept: the blob's digest needs every byte.
+    if opts.blob_sha256.is_some() && matches!(&start, Start::Resume(r) if r.zstd && r.blob_sha256_state.is_none()) {
+        // A record without the compressed prefix's hash: the blob's digest needs every byte.
         start = Start::Fresh;
     }
     if start == Start::Fresh {
@@ -501,8 +517,23 @@ pub fn stage_url(
 
     let mut fell_back = None;
     let raw_url = !url.to_ascii_lowercase().ends_with(".zst");
-    if start == Start::Fresh && opts.adaptive && raw_url && opts.blob_sha256.is_none() {
-        match super::adaptive::fill_part(images, names, url, opts, &agent, free_total, verifier, progress)? {
+    let adaptive_resume = match &start {
+        Start::Resume(r) if r.adaptive.is_some() => Some(r.clone()),
+        _ => None,
+    };
+    if adaptive_resume.is_some() && !(opts.adaptive && raw_url && opts.blob_sha256.is_none()) {
+        // `--whole` after an interrupted adaptive stage: a whole download from byte 0.
+        discard(images, names, &record_name);
+        start = Start::Fresh;
+    }
+    if (start == Start::Fresh || adaptive_resume.is_some()) && opts.adaptive && raw_url && opts.blob_sha256.is_none() {
+        let resume = adaptive_resume.as_ref();
+        let filled = super::adaptive::fill_part(images, names, url, resume, opts, &agent, free_total, verifier, progress);
+        if adaptive_resume.is_some() {
+            // Whatever it did, what follows (a whole download) starts afresh.
+            start = Start::Fresh;
+        }
+        match filled? {
             Ok((delta, sha, size)) => {
                 // fill_part fed the verifier from its read-back of the `.part`.
                 if let Err(e) = verifier.finish() {
@@ -511,8 +542,11 @@ pub fn stage_url(
                 }
                 let info = CopyInfo { bytes: size, method: CopyMethod::Download, sha256: Some(sha) };
                 let late: &dyn Fn(u64) -> Result<(), StageError> = &check_space;
-                let stage = complete_part(images, names, &info, opts.sha256, Some(late), verifier.sidecar())?;
-                return Ok(RemoteReport { stage, delta: Some(delta), fell_back: None, restarts: 0 });
+                let stage = complete_part(images, names, &info, opts.sha256, Some(late), verifier.sidecar());
+                // As for a whole download: the record goes after the rename (or the refusal).
+                remove_if_exists(images, &record_name).map_err(io_step(format!("removing {record_name}")))?;
+                images.sync().map_err(io_step("fsync of the images directory"))?;
+                return Ok(RemoteReport { stage: stage?, delta: Some(delta), fell_back: None, restarts: 0 });
             }
             Err(Skip::NoIndex(_)) => {}
             Err(Skip::Mismatch(why)) => fell_back = Some(why),
@@ -541,7 +575,8 @@ pub fn stage_url(
         signed_size,
         verifier,
         auth: opts.auth.as_deref(),
-        blob_hash: opts.blob_sha256.map(|_| Sha256::new()),
+        blob_hash: opts.blob_sha256.map(|_| Sha256State::new()),
+        boundary_blob: opts.blob_sha256.map(|_| Sha256State::new()),
         sink: None,
     };
     dl.verifier.restart();
@@ -560,6 +595,12 @@ pub fn stage_url(
             dl.etag = r.etag;
             dl.last_modified = r.last_modified;
             dl.remote_len = r.remote_len;
+            if dl.blob_hash.is_some() && r.zstd {
+                // `parse` checked that it is a state of the `offset` bytes before.
+                let h = r.blob_sha256_state.as_deref().and_then(Sha256State::from_hex).unwrap_or_default();
+                dl.blob_hash = Some(h.clone());
+                dl.boundary_blob = Some(h);
+            }
         }
     }
 
@@ -610,7 +651,7 @@ pub fn stage_url(
         dl.file.sync_all().map_err(io_step(format!("fsync {}", names.part)))?;
         let sha: [u8; 32] = dl.hash.clone().finalize().into();
         if let (Some(want), Some(h)) = (opts.blob_sha256, dl.blob_hash.clone()) {
-            let got: [u8; 32] = if dl.zstd == Some(true) { h.finalize().into() } else { sha };
+            let got: [u8; 32] = if dl.zstd == Some(true) { h.finish() } else { sha };
             if got != want {
                 return Err(RemoteError::Digest(format!(
                     "the blob {url} has sha256:{}, its manifest says sha256:{}",

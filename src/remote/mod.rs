@@ -17,6 +17,8 @@
 //!   download, the image verified in the same pass that writes it).
 //! - [`oci`]: `oci://` registries (pull into the same download loop, and
 //!   `hnctl publish`).
+//! - [`sha256_resume`]: a sha256 whose state the resume record keeps (a
+//!   registry's zstd blob digest across an interruption).
 //! - [`bidx`], [`adaptive`], [`index_cache`]: the block-hash index (`hnctl
 //!   index`), the download of only the blocks the host does not have, and the
 //!   local images' indexes cached in `hn-state/`.
@@ -27,6 +29,7 @@ pub mod download;
 pub mod http;
 pub mod index_cache;
 pub mod oci;
+pub mod sha256_resume;
 pub mod signed;
 pub mod state;
 pub mod writer;

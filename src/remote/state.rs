@@ -35,6 +35,24 @@ pub struct ResumeState {
     pub written: u64,
     /// The offset in the resource where `written` ends (raw: `written`).
     pub offset: u64,
+    /// An adaptive download ([`super::adaptive`]): every byte of the `.part`
+    /// below `written` (= `offset`) is final, the blocks past it that are
+    /// fetched are fetched again, those copied from local images are in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveMark>,
+    /// zstd whose blob digest is checked (a registry layer): the sha256 state
+    /// of the compressed bytes before `offset` ([`super::sha256_resume`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_sha256_state: Option<String>,
+}
+
+/// What an adaptive download is resumed against: the same index (its sha256
+/// pins the image, as a validator would) and the same local images (their
+/// identities, as `hn-state/bidx-cache/` keys them), else it starts over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdaptiveMark {
+    pub index_sha256: String,
+    pub locals: Vec<String>,
 }
 
 impl ResumeState {
@@ -62,7 +80,11 @@ pub fn parse(bytes: &[u8]) -> Option<ResumeState> {
         && s.url.len() <= MAX_URL
         && (s.zstd || s.offset == s.written)
         && s.remote_len.is_none_or(|n| s.offset <= n)
-        && s.validator().is_some();
+        && (s.validator().is_some() || s.adaptive.is_some())
+        && !(s.adaptive.is_some() && s.zstd)
+        && s.blob_sha256_state.as_deref().is_none_or(|h| {
+            s.zstd && super::sha256_resume::Sha256State::from_hex(h).is_some_and(|st| st.len() == s.offset)
+        });
     sane.then_some(s)
 }
 
@@ -98,6 +120,8 @@ mod tests {
             zstd: false,
             written: 40,
             offset: 40,
+            adaptive: None,
+            blob_sha256_state: None,
         }
     }
 
@@ -114,8 +138,24 @@ mod tests {
         assert_eq!(parse(&past.to_json()), None, "offset past the resource's end");
         let none = ResumeState { etag: None, ..r.clone() };
         assert_eq!(parse(&none.to_json()), None, "no validator: If-Range impossible");
-        let other = ResumeState { version: 2, ..r };
+        let other = ResumeState { version: 2, ..r.clone() };
         assert_eq!(parse(&other.to_json()), None);
+        // An adaptive record: the index's sha256 stands for the validator.
+        let mark = AdaptiveMark { index_sha256: "ab".into(), locals: vec!["k".into()] };
+        let ad = ResumeState { etag: None, adaptive: Some(mark.clone()), ..r.clone() };
+        assert_eq!(parse(&ad.to_json()), Some(ad.clone()));
+        assert_eq!(parse(&ResumeState { zstd: true, ..ad }.to_json()), None, "adaptive is raw");
+        // A blob hash state must be zstd's and end where `offset` does.
+        let mut h = super::super::sha256_resume::Sha256State::new();
+        h.update(&[7u8; 12]);
+        let zb = ResumeState { zstd: true, offset: 12, blob_sha256_state: Some(h.to_hex()), ..r.clone() };
+        assert_eq!(parse(&zb.to_json()), Some(zb.clone()));
+        assert_eq!(parse(&ResumeState { offset: 13, ..zb.clone() }.to_json()), None, "state of other bytes");
+        assert_eq!(parse(&ResumeState { blob_sha256_state: Some("00".into()), ..zb.clone() }.to_json()), None);
+        assert_eq!(parse(&ResumeState { zstd: false, offset: 40, ..zb }.to_json()), None, "raw blobs rehash the .part");
+        // Records of the earlier format (no new fields) still parse.
+        let old = br#"{"version":1,"url":"http://h/x.img","etag":"\"abc\"","last_modified":null,"remote_len":100,"zstd":false,"written":40,"offset":40}"#;
+        assert_eq!(parse(old), Some(r));
     }
 
     #[test]

@@ -38,6 +38,12 @@ impl Nginx {
     /// key) for a second, TLS server on the same tree. Returns once every
     /// port accepts connections.
     pub fn start(prefix: &Path, rate: &str, tls: Option<(&Path, &Path)>) -> io::Result<Nginx> {
+        Self::start_with(prefix, rate, tls, None)
+    }
+
+    /// [`Nginx::start`], and with `upstream` a reverse proxy of `/v2/` (a
+    /// registry on that port of 127.0.0.1) at `rate` bytes/s, ranges passed on.
+    pub fn start_with(prefix: &Path, rate: &str, tls: Option<(&Path, &Path)>, upstream: Option<u16>) -> io::Result<Nginx> {
         std::fs::create_dir_all(prefix.join("www"))?;
         std::fs::create_dir_all(prefix.join("tmp"))?;
         let port = free_port()?;
@@ -54,6 +60,10 @@ impl Nginx {
                 key.display()
             ),
             _ => String::new(),
+        };
+        let proxy = match upstream {
+            Some(up) => format!("location /v2/ {{ proxy_pass http://127.0.0.1:{up}; limit_rate {rate}; }}"),
+            None => String::new(),
         };
         let conf = format!(
             "daemon off;
@@ -74,6 +84,7 @@ http {{
     listen 127.0.0.1:{port};
     root {p}/www;
     location /slow/ {{ alias {p}/www/; limit_rate {rate}; }}
+    {proxy}
   }}
   {tls_server}
 }}

@@ -8,6 +8,7 @@
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const PART: &str = "hn-root-new.img.part";
 pub const RECORD: &str = "hn-root-new.img.part.json";
@@ -153,4 +154,70 @@ impl SignKey {
         std::fs::copy(self.dir.join(format!("{}.pub", self.name)), etc.join(format!("trusted.d/{}.pub", self.name))).unwrap();
         etc
     }
+}
+
+/// `zstd` of the whole file: one frame.
+pub fn zstd_one_frame(src: &Path, dst: &Path) {
+    let st = Command::new("zstd").args(["-q", "-f", "-3", "-o"]).arg(dst).arg(src).status().unwrap();
+    assert!(st.success());
+}
+
+/// One zstd frame per MiB (docs/publishing.md's recipe: split, zstd, cat).
+pub fn zstd_frames(src: &Path, dst: &Path) {
+    let data = std::fs::read(src).unwrap();
+    let mut out = Vec::new();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        let piece = dst.with_extension(format!("piece{i}"));
+        std::fs::write(&piece, chunk).unwrap();
+        let z = piece.with_extension(format!("piece{i}.zst"));
+        zstd_one_frame(&piece, &z);
+        out.extend(std::fs::read(&z).unwrap());
+        std::fs::remove_file(&piece).unwrap();
+        std::fs::remove_file(&z).unwrap();
+    }
+    std::fs::write(dst, out).unwrap();
+}
+
+/// Starts `hnctl stage URL`, waits until its record says at least `at` bytes are
+/// durable, then kills it with SIGKILL.
+pub fn kill_at(h: &Host, url: &str, at: u64) {
+    kill_at_with(h, &["stage", url], at)
+}
+
+pub fn kill_at_with(h: &Host, args: &[&str], at: u64) {
+    let mut child = hnctl_cmd(h, args).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(b) = std::fs::read(h.dir.join(RECORD)) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                if v["written"].as_u64().unwrap_or(0) >= at {
+                    break;
+                }
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("hnctl ended ({st}) before {at} bytes were durable");
+        }
+        assert!(Instant::now() < deadline, "no progress to {at} bytes");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Somewhere between two checkpoints, not right after one.
+    std::thread::sleep(Duration::from_millis(random_below(1000)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// What the boot does to the host partition when nothing is staged (`slots::settle`).
+pub fn boot(h: &Host) {
+    use hninit::slots::dir::RealDir;
+    use hninit::slots::{settle, Names, Request};
+    let images = RealDir::open(&h.dir, false).unwrap();
+    let state = RealDir::open(&h.dir.join("hn-state"), true).unwrap();
+    let req = Request { revert: None, tries: 3, count_tries: false };
+    settle(&images, &state, &Names::new("hn-root.img"), &req, &mut |_| Ok(())).unwrap();
+}
+
+pub fn random_below(n: u64) -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    (t ^ (std::process::id() as u64).wrapping_mul(0x9e37_79b9)) % n
 }
