@@ -14,6 +14,14 @@
 //! order from where the writer started, so the hash the writer hands back in
 //! [`Sink::finish`] covers everything the caller's hash had plus them.
 //!
+//! Runs of zeros are not written: the writer only ever writes past the end of
+//! the `.part` (a fresh download starts at 0, a resumed one is cut to its
+//! durable bytes first), where the file reads as zeros already, so a 64 KiB
+//! span of zeros (aligned in the file) is left as a hole and the file is
+//! extended over it. A disk image is mostly empty space: its zeros then cost
+//! neither the page cache's copy nor the disk's writes, and the staged image
+//! is sparse.
+//!
 //! Checkpoints keep the crash guarantee of [`super::state`]: [`Sink::checkpoint`]
 //! sends the record after every byte it claims; the writer fsyncs the `.part`
 //! once those bytes are written and only then hands the record back
@@ -34,6 +42,9 @@ pub const BUF: usize = 1 << 20;
 pub const BUFS: usize = 8;
 /// The writer starts the writeback after this many bytes written.
 const KICK: u64 = 8 << 20;
+/// Zeros are left as holes in spans of this size, aligned in the file.
+pub const HOLE: usize = 64 * 1024;
+static ZEROS: [u8; HOLE] = [0; HOLE];
 
 enum Job {
     Write { at: u64, buf: Vec<u8> },
@@ -267,11 +278,12 @@ impl Drop for Sink {
 /// checkpoints; returns the hash when the download's side hangs up.
 fn run(file: File, jobs: Receiver<Job>, done: Sender<Done>, start: u64, mut hash: Sha256) -> Sha256 {
     let mut kicked = start;
+    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
     for job in jobs {
         let answer = match job {
             Job::Write { at, buf } => {
                 hash.update(&buf);
-                match file.write_all_at(&buf, at) {
+                match write_sparse(&file, &buf, at, &mut len) {
                     Ok(()) => {
                         let end = at + buf.len() as u64;
                         if at < kicked {
@@ -297,6 +309,77 @@ fn run(file: File, jobs: Receiver<Job>, done: Sender<Done>, start: u64, mut hash
         }
     }
     hash
+}
+
+/// Writes `buf` at `at` (past the file's end, `len`), leaving aligned spans
+/// of zeros as holes; the file ends at least at `at + buf.len()` on return.
+pub fn write_sparse(file: &File, buf: &[u8], at: u64, len: &mut u64) -> io::Result<()> {
+    let end = at + buf.len() as u64;
+    if at < *len {
+        // Inside the file (not a case the download makes): its bytes may not be zeros.
+        file.write_all_at(buf, at)?;
+        *len = (*len).max(end);
+        return Ok(());
+    }
+    let mut pos = 0usize;
+    // The start of the data not yet written: [run, pos) is to be written.
+    let mut run = 0usize;
+    while pos < buf.len() {
+        let abs = at + pos as u64;
+        let next = ((abs / HOLE as u64 + 1) * HOLE as u64).min(end);
+        let seg = &buf[pos..(next - at) as usize];
+        if seg.len() == HOLE && seg == &ZEROS[..] {
+            if run < pos {
+                file.write_all_at(&buf[run..pos], at + run as u64)?;
+            }
+            run = pos + seg.len();
+        }
+        pos += seg.len();
+    }
+    if run < buf.len() {
+        file.write_all_at(&buf[run..], at + run as u64)?;
+    } else if end > at {
+        // It ends in a hole: the file is extended over it.
+        file.set_len(end)?;
+    }
+    *len = end;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_become_holes_and_the_bytes_read_back() {
+        let t = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).open(t.path().join("p")).unwrap();
+        let mut expect = Vec::new();
+        let mut len = 0;
+        // Unaligned pieces: data, a long run of zeros, data, zeros at the end.
+        let mut piece = vec![7u8; 1000];
+        piece.extend(vec![0u8; 5 * HOLE]);
+        piece.extend(vec![9u8; 3000]);
+        for (i, chunk) in piece.chunks(HOLE / 3 + 17).enumerate() {
+            let at = expect.len() as u64;
+            write_sparse(&f, chunk, at, &mut len).unwrap();
+            expect.extend_from_slice(chunk);
+            assert_eq!(f.metadata().unwrap().len(), expect.len() as u64, "piece {i}");
+        }
+        let at = expect.len() as u64;
+        write_sparse(&f, &vec![0u8; 3 * HOLE], at, &mut len).unwrap();
+        expect.extend(vec![0u8; 3 * HOLE]);
+        assert_eq!(std::fs::read(t.path().join("p")).unwrap(), expect);
+        // Fewer blocks than bytes: the zeros were not written (where holes exist).
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata().unwrap();
+        if m.blocks() > 0 {
+            assert!(m.blocks() * 512 < expect.len() as u64, "{} blocks for {} bytes", m.blocks(), expect.len());
+        }
+        // Inside the file: written as given.
+        write_sparse(&f, &[0u8; HOLE], 0, &mut len).unwrap();
+        assert_eq!(&std::fs::read(t.path().join("p")).unwrap()[..HOLE], &[0u8; HOLE][..]);
+    }
 }
 
 /// Starts writing back `len` bytes at `from` without waiting for it (a hint:

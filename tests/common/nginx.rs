@@ -128,6 +128,12 @@ http {{
         self.prefix.join("www").join(name)
     }
 
+    /// The paths requested, in the order of the access log.
+    pub fn log_paths(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default();
+        text.lines().filter_map(|l| l.split_whitespace().nth(1).map(str::to_string)).collect()
+    }
+
     /// The access log's lines for `/PATH`: (status, bytes sent, Range header).
     pub fn log(&self, path: &str) -> Vec<(u16, u64, String)> {
         let text = std::fs::read_to_string(self.prefix.join("access.log")).unwrap_or_default();

@@ -11,9 +11,16 @@
 //! reboot the second image runs (`/etc/hn-image-id`), the first is kept as
 //! `hn-root-old.img`, nothing is staged and the trial was ended by the image's
 //! mark-good unit. nginx's access log must show the index and the image's
-//! bytes fetched by the guest. The images are unsigned (the trixie pair is
-//! shared with `debian-boot` and `debian-e2e`, which trust no keys): the
-//! signature-first path of `hnctl stage URL` is host-tested in `tests/remote.rs`.
+//! bytes fetched by the guest.
+//!
+//! Signed: the test makes two minisign key pairs with the real `minisign`
+//! tool and signs the served image with each (`version=`, `size=` in the
+//! trusted comment) under two names; the guest trusts one (`--keys DIR`, the
+//! public key copied in over ssh: the factory pair is shared with `debian-boot`
+//! and `debian-e2e`, which trust no keys). The image signed by the other key is
+//! refused (exit 3) after nginx sent its `.minisig` and not one byte of the
+//! image or its index; the trusted one is accepted, its signature fetched
+//! before any image byte and kept as `hn-root-new.img.minisig`.
 
 use super::*;
 
@@ -46,9 +53,42 @@ fn serve(ngx: &nginx::Nginx, src: &Path, name: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The name the image signed by an untrusted key is served as.
+const SERVED_OTHER: &str = "debian-second-other.img";
+/// Where the guest keeps the trusted key (`--keys`: `DIR/trusted.d/*.pub`).
+const GUEST_KEYS: &str = "/root/stage-keys";
+
+/// The real `minisign` in `dir`.
+fn minisign(dir: &Path, args: &[&str]) -> Result<(), Failure> {
+    let o = Command::new("minisign")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Failure::new(format!("minisign (Debian package minisign) is needed: {e}")))?;
+    if !o.status.success() {
+        return Err(Failure::new(format!(
+            "minisign {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// A key pair `NAME.pub`/`NAME.key` in `dir`; `IMG` signed by it as `to`.
+fn sign(dir: &Path, name: &str, img: &Path, comment: &str, to: &Path) -> Result<(), Failure> {
+    let (p, k) = (format!("{name}.pub"), format!("{name}.key"));
+    if !dir.join(&k).exists() {
+        minisign(dir, &["-G", "-W", "-p", &p, "-s", &k])?;
+    }
+    let (img, to) = (img.display().to_string(), to.display().to_string());
+    minisign(dir, &["-S", "-s", &k, "-m", &img, "-x", &to, "-t", comment])
+}
+
 /// `hnctl stage URL` over ssh: (exit status, stdout, stderr).
 fn stage(m: &Machine, r: &Running, url: &str) -> Result<(std::process::ExitStatus, String, String), Failure> {
-    let cmd = m.ssh_cmd(r, &m.imgs.root_key, "root", HostKey::Strict, &format!("hnctl stage {url}"));
+    let cmd = m.ssh_cmd(r, &m.imgs.root_key, "root", HostKey::Strict, &format!("hnctl stage {url} --keys {GUEST_KEYS}"));
     let out = run_limited(cmd, STAGE_WAIT).map_err(|e| vm_failure(&r.vm, format!("hnctl stage {url}: {e}")))?;
     Ok((
         out.status,
@@ -74,22 +114,57 @@ fn debian_stage_http(ctx: &mut Ctx) -> Result<(), Failure> {
         .map_err(|e| Failure::new(format!("nginx: {e}")))?;
     serve(&ngx, second, SERVED)?;
     serve(&ngx, &bidx, &format!("{SERVED}.bidx"))?;
+    serve(&ngx, second, SERVED_OTHER)?;
+    serve(&ngx, &bidx, &format!("{SERVED_OTHER}.bidx"))?;
+    let image_len = std::fs::metadata(second)?.len();
+    let keys = ctx.dir().join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let comment = format!("version=2 size={image_len}");
+    sign(&keys, "fleet", second, &comment, &ngx.www(&format!("{SERVED}.minisig")))?;
+    sign(&keys, "other", second, &comment, &ngx.www(&format!("{SERVED_OTHER}.minisig")))?;
+    let public = std::fs::read_to_string(keys.join("fleet.pub"))?;
     let url = format!("http://10.0.2.2:{}/{SERVED}", ngx.port);
+    let other_url = format!("http://10.0.2.2:{}/{SERVED_OTHER}", ngx.port);
     let m = Machine::new(ctx, imgs, None)?;
 
     // Boot 1: the first image stages the second from nginx.
     let r = m.boot(ctx, "boot 1")?;
     let report = m.root_ssh_ready(ctx, &r, "boot 1", HostKey::AcceptNew)?;
     check_root_report(ctx, imgs, &r, &report, "first")?;
+    // The fleet's public key (two lines of base64 and comments: no shell quoting needed).
+    let lines: Vec<String> = public.lines().map(|l| format!("'{l}'")).collect();
+    m.ssh(
+        &r,
+        &imgs.root_key,
+        "root",
+        HostKey::Strict,
+        &format!("mkdir -p {GUEST_KEYS}/trusted.d && printf '%s\\n' {} > {GUEST_KEYS}/trusted.d/fleet.pub", lines.join(" ")),
+    )?;
+    // Signed by a key the guest does not trust: refused on the signature alone.
+    let (st, so, se) = stage(&m, &r, &other_url)?;
+    if st.code() != Some(3) || !se.contains("unknown-key") {
+        return Err(vm_failure(
+            &r.vm,
+            format!("hnctl stage {other_url} (an untrusted key): expected exit 3 and a refusal, got {st}\nstdout:\n{so}\nstderr:\n{se}"),
+        ));
+    }
+    let sent_other: Vec<_> = ngx.log(SERVED_OTHER).into_iter().chain(ngx.log(&format!("{SERVED_OTHER}.bidx"))).collect();
+    if ngx.log(&format!("{SERVED_OTHER}.minisig")).len() != 1 || !sent_other.is_empty() {
+        return Err(Failure::new(format!(
+            "nginx's access log: the refused stage must fetch its .minisig once and no image or index byte, got {sent_other:?}"
+        )));
+    }
+    ctx.note(format!("boot 1: {other_url} refused on its signature: {}", se.lines().last().unwrap_or("").trim()));
     let t = Instant::now();
     let (st, so, se) = stage(&m, &r, &url)?;
     let said = format!("stdout:\n{so}\nstderr:\n{se}");
     if !st.success() {
         return Err(vm_failure(&r.vm, format!("hnctl stage {url}: {st}\n{said}")));
     }
-    let image_len = std::fs::metadata(second)?.len();
     let expect = [
         format!("staged hn-root-new.img from {url}: {image_len} bytes"),
+        "signature: accepted".to_string(),
+        "version=2".to_string(),
     ];
     if let Some(missing) = expect.iter().find(|e| !so.contains(e.as_str())) {
         return Err(vm_failure(
@@ -111,6 +186,19 @@ fn debian_stage_http(ctx: &mut Ctx) -> Result<(), Failure> {
             &r.vm,
             format!("hnctl status does not show hn-root-new.img staged:\n{status}"),
         ));
+    }
+    m.ssh(&r, &imgs.root_key, "root", HostKey::Strict, "test -s /hostpart/hn-root-new.img.minisig")
+        .map_err(|e| vm_failure(&r.vm, format!("the accepted signature was not kept as hn-root-new.img.minisig: {e}")))?;
+    // The signature was the first thing asked for (the access log is in order).
+    let order = ngx.log_paths();
+    let first_of = |name: &str| order.iter().position(|p| p == &format!("/{name}"));
+    match (first_of(&format!("{SERVED}.minisig")), first_of(SERVED), first_of(&format!("{SERVED}.bidx"))) {
+        (Some(sig), Some(img), Some(idx)) if sig < img && sig < idx => {}
+        _ => {
+            return Err(Failure::new(format!(
+                "nginx's access log: the .minisig must come before the index and the image: {order:?}"
+            )))
+        }
     }
     // What nginx sent: the index, then the image's bytes (whole or ranges).
     let index = ngx.log(&format!("{SERVED}.bidx"));
