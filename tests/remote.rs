@@ -94,13 +94,7 @@ fn resume_after_kill(name: &str, zstd: bool) {
     let url = ngx.url(&format!("slow/{name}"));
     let h = host();
     let first = (1 << 20) + random_below(2 << 20);
-    kill_at(&h, &url, first);
-    assert_nothing_staged(&h);
-    // A power cut then a boot: the boot keeps a `.part` that has a resume record.
-    boot(&h);
-    assert!(h.dir.join(PART).exists(), "the boot removed a resumable .part");
-    kill_at(&h, &url, first + (2 << 20) + random_below(1 << 20));
-    assert_nothing_staged(&h);
+    kill_twice_with_a_boot(&h, &url, first);
     // `hnctl status` shows the interrupted stage.
     let st = hnctl(&h, &["status"]);
     let text = String::from_utf8_lossy(&st.stdout);
@@ -366,18 +360,8 @@ fn an_adaptive_stage_resumes_after_kill() {
     let url = ngx.url("slow/web.img");
 
     let first = (2 << 20) + random_below(1 << 20);
-    kill_at(&h, &url, first);
-    assert_nothing_staged(&h);
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(h.dir.join(RECORD)).unwrap()).unwrap();
+    let record = kill_twice_with_a_boot(&h, &url, first);
     assert!(record["adaptive"]["index_sha256"].is_string(), "{record}");
-    boot(&h);
-    assert!(
-        h.dir.join(PART).exists(),
-        "the boot removed a resumable .part"
-    );
-    kill_at(&h, &url, first + (2 << 20) + random_below(1 << 20));
-    assert_nothing_staged(&h);
     let st = hnctl(&h, &["status"]);
     assert!(
         String::from_utf8_lossy(&st.stdout).contains(&url),

@@ -494,21 +494,8 @@ fn a_zstd_layer_resumes_after_kill_and_its_digest_is_still_checked() {
     let reference = format!("oci://{via}/fleet/web:z");
 
     let first = (2 << 20) + random_below(1 << 20);
-    kill_at(&h, &reference, first);
-    assert_nothing_staged(&h);
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(h.dir.join(RECORD)).unwrap()).unwrap();
-    assert!(
-        record["zstd"] == true && record["blob_sha256_state"].is_string(),
-        "{record}"
-    );
-    boot(&h);
-    assert!(
-        h.dir.join(PART).exists(),
-        "the boot removed a resumable .part"
-    );
-    kill_at(&h, &reference, first + (2 << 20) + random_below(1 << 20));
-    assert_nothing_staged(&h);
+    let record = kill_twice_with_a_boot(&h, &reference, first);
+    assert!(record["zstd"] == true && record["blob_sha256_state"].is_string(), "{record}");
     let out = ok(hnctl(&h, &["stage", &reference]));
     assert_eq!(staged(&h).as_deref(), Some(&raw[..]), "{out}");
     assert!(!h.dir.join(RECORD).exists());

@@ -346,6 +346,16 @@ pub fn write_sparse(file: &File, buf: &[u8], at: u64, len: &mut u64) -> io::Resu
     Ok(())
 }
 
+/// Starts writing back `len` bytes at `from` without waiting for it (a hint:
+/// durability still comes only from the fsyncs).
+fn start_writeback(file: &File, from: u64, len: u64) {
+    let (Ok(off), Ok(n)) = (i64::try_from(from), i64::try_from(len)) else { return };
+    // SAFETY: a plain syscall on a file descriptor this function borrows; no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,7 +363,7 @@ mod tests {
     #[test]
     fn zeros_become_holes_and_the_bytes_read_back() {
         let t = tempfile::tempdir().unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).open(t.path().join("p")).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(t.path().join("p")).unwrap();
         let mut expect = Vec::new();
         let mut len = 0;
         // Unaligned pieces: data, a long run of zeros, data, zeros at the end.
@@ -379,15 +389,5 @@ mod tests {
         // Inside the file: written as given.
         write_sparse(&f, &[0u8; HOLE], 0, &mut len).unwrap();
         assert_eq!(&std::fs::read(t.path().join("p")).unwrap()[..HOLE], &[0u8; HOLE][..]);
-    }
-}
-
-/// Starts writing back `len` bytes at `from` without waiting for it (a hint:
-/// durability still comes only from the fsyncs).
-fn start_writeback(file: &File, from: u64, len: u64) {
-    let (Ok(off), Ok(n)) = (i64::try_from(from), i64::try_from(len)) else { return };
-    // SAFETY: a plain syscall on a file descriptor this function borrows; no memory is passed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
     }
 }

@@ -207,6 +207,20 @@ pub fn kill_at_with(h: &Host, args: &[&str], at: u64) {
     child.wait().unwrap();
 }
 
+/// kill -9 at `first` durable bytes, then a power cut and a boot (which must
+/// keep the resumable `.part`), then kill -9 again 2–3 MiB further: an
+/// interrupted stage, twice. Returns the record the first kill left.
+pub fn kill_twice_with_a_boot(h: &Host, url: &str, first: u64) -> serde_json::Value {
+    kill_at(h, url, first);
+    assert_nothing_staged(h);
+    let record = serde_json::from_slice(&std::fs::read(h.dir.join(RECORD)).unwrap()).unwrap();
+    boot(h);
+    assert!(h.dir.join(PART).exists(), "the boot removed a resumable .part");
+    kill_at(h, url, first + (2 << 20) + random_below(1 << 20));
+    assert_nothing_staged(h);
+    record
+}
+
 /// What the boot does to the host partition when nothing is staged (`slots::settle`).
 pub fn boot(h: &Host) {
     use hninit::slots::dir::RealDir;
