@@ -82,9 +82,9 @@ fn not_found_and_not_an_image_are_refused_without_leftovers() {
 /// went over the wire once, plus at most `overlap` per interruption.
 fn resume_after_kill(name: &str, zstd: bool) {
     let t = tempfile::tempdir().unwrap();
-    // 1 MiB/s: an 8 MiB image takes seconds, a checkpoint is at most a second behind.
+    // 1 MiB/s: a 10 MiB image takes seconds, a checkpoint is at most a second behind.
     let ngx = nginx(&t.path().join("ngx"), "1m", None);
-    let raw = image(&t.path().join("src.img"), 8, 11);
+    let raw = image(&t.path().join("src.img"), 10, 11);
     if zstd {
         zstd_frames(&t.path().join("src.img"), &ngx.www(name));
     } else {
@@ -342,13 +342,14 @@ fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
 #[test]
 fn an_adaptive_stage_resumes_after_kill() {
     let t = tempfile::tempdir().unwrap();
-    // 1 MiB/s: the changed half of a 12 MiB image takes about 5.5 s.
+    // 1 MiB/s: the changed half of a 16 MiB image takes about 7.5 s; the record's
+    // offset (image bytes) moves at about 2 MiB/s, so both kills come well before the end.
     let ngx = nginx(&t.path().join("ngx"), "1m", None);
     let h = host();
-    let old = image(&h.dir.join("hn-root.img"), 12, 41);
+    let old = image(&h.dir.join("hn-root.img"), 16, 41);
     let block = 64 * 1024;
     let mut new = old.clone();
-    // Every other block past the first MiB: 88 ranges of one block each.
+    // Every other block past the first MiB: 120 ranges of one block each.
     let changed: Vec<usize> = (16..old.len() / block).step_by(2).collect();
     for &b in &changed {
         new[b * block + 7] ^= 0xa5;
@@ -359,7 +360,7 @@ fn an_adaptive_stage_resumes_after_kill() {
     std::fs::write(ngx.www("web.img.bidx"), &idx.stdout).unwrap();
     let url = ngx.url("slow/web.img");
 
-    let first = (2 << 20) + random_below(1 << 20);
+    let first = (3 << 19) + random_below(1 << 20);
     let record = kill_twice_with_a_boot(&h, &url, first);
     assert!(record["adaptive"]["index_sha256"].is_string(), "{record}");
     let st = hnctl(&h, &["status"]);
