@@ -451,6 +451,36 @@ fn an_adaptive_stage_resumes_after_kill() {
     );
 }
 
+/// An interrupted adaptive stage whose index is gone from the server when it
+/// is taken up: its `.part` and record go, and the image is downloaded whole
+/// from byte 0 (no Range), the right image staged.
+#[test]
+fn an_interrupted_adaptive_stage_without_its_index_downloads_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let ngx = nginx(&t.path().join("ngx"), "1m", None);
+    let h = host();
+    let old = image(&h.dir.join("hn-root.img"), 6, 43);
+    let block = 64 * 1024;
+    let mut new = old.clone();
+    for b in (16..old.len() / block).step_by(2) {
+        new[b * block + 3] ^= 0x11;
+    }
+    std::fs::write(ngx.www("web.img"), &new).unwrap();
+    let idx = hnctl(&h, &["index", ngx.www("web.img").to_str().unwrap()]);
+    std::fs::write(ngx.www("web.img.bidx"), &idx.stdout).unwrap();
+    let url = ngx.url("slow/web.img");
+    kill_at(&h, &url, 1 << 20);
+    assert!(h.dir.join(PART).exists() && h.dir.join(RECORD).exists());
+    std::fs::remove_file(ngx.www("web.img.bidx")).unwrap();
+    let o = hnctl(&h, &["stage", &url, "--sha256", &sha256_hex(&new)]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(staged(&h).as_deref(), Some(&new[..]));
+    assert!(!h.dir.join(RECORD).exists() && !h.dir.join(PART).exists());
+    let log = ngx.log("slow/web.img");
+    let last = log.last().unwrap();
+    assert_eq!((last.0, last.1, last.2.as_str()), (200, new.len() as u64, "-"), "{log:?}");
+}
+
 fn sig_of(p: &Path) -> PathBuf {
     PathBuf::from(format!("{}.minisig", p.display()))
 }

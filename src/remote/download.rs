@@ -530,8 +530,12 @@ pub fn stage_url(
         let resume = adaptive_resume.as_ref();
         let filled = super::adaptive::fill_part(images, names, url, resume, opts, &agent, free_total, verifier, progress);
         if adaptive_resume.is_some() {
-            // Whatever it did, what follows (a whole download) starts afresh.
+            // What follows, if anything, is a whole download from byte 0: the
+            // interrupted adaptive stage's `.part` and record go first.
             start = Start::Fresh;
+            if matches!(filled, Ok(Err(_))) {
+                discard(images, names, &record_name);
+            }
         }
         match filled? {
             Ok((delta, sha, size)) => {
