@@ -529,3 +529,44 @@ fn a_zstd_layer_resumes_after_kill_and_its_digest_is_still_checked() {
     assert_refused(&h, &o, "its manifest says sha256:");
     assert_nothing_staged(&h);
 }
+
+/// An adaptive pull (an index layer, 10 MiB of 16 changed) through nginx in
+/// front of the registry at 1 MiB/s, killed twice with a boot in between: each
+/// run asks the registry only for the missing ranges past the record's offset,
+/// and the image staged is the published one.
+#[test]
+fn an_adaptive_pull_resumes_after_kill() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("reg"), "");
+    let ngx = common::nginx::Nginx::start_with(&t.path().join("ngx"), "1m", None, Some(reg.port))
+        .expect("nginx (Debian nginx-light) is needed");
+    let via = ngx.url("").trim_start_matches("http://").trim_end_matches('/').to_string();
+    let h = host();
+    let old = image(&h.dir.join("hn-root.img"), 16, 47);
+    let block = 64 * 1024;
+    let mut new = old.clone();
+    let changed = resume_test_blocks(old.len() / block);
+    for &b in &changed {
+        new[b * block + 5] ^= 0x42;
+    }
+    let img = t.path().join("web.img");
+    std::fs::write(&img, &new).unwrap();
+    let idx = hnctl(&h, &["index", img.to_str().unwrap()]);
+    std::fs::write(t.path().join("web.img.bidx"), &idx.stdout).unwrap();
+    ok(hnctl(&h, &["publish", &reg.oci("fleet/web:a"), img.to_str().unwrap()]));
+    let reference = format!("oci://{via}/fleet/web:a");
+
+    let record = kill_twice_with_a_boot(&h, &reference, (3 << 19) + random_below(1 << 20));
+    assert!(record["adaptive"]["index_sha256"].is_string(), "{record}");
+    let out = ok(hnctl(&h, &["stage", &reference]));
+    assert_eq!(staged(&h).as_deref(), Some(&new[..]), "{out}");
+    assert!(out.contains("resumed the interrupted download at byte"), "{out}");
+    let log = ngx.log(&format!("v2/fleet/web/blobs/{}", digest(&new)));
+    assert!(log.iter().all(|l| l.0 == 206), "{log:?}");
+    let sent: u64 = log.iter().map(|l| l.1).sum();
+    let changed_bytes = (changed.len() * block) as u64;
+    eprintln!("changed {changed_bytes}, sent {sent} in {} requests", log.len());
+    // Per interruption: a second at 1 MiB/s past the last checkpoint, what was
+    // in flight, and a resumed reply's first second sent at once.
+    assert!(sent >= changed_bytes && sent - changed_bytes <= 2 * (3 << 20), "{log:?}");
+}

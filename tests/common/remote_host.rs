@@ -221,6 +221,16 @@ pub fn kill_twice_with_a_boot(h: &Host, url: &str, first: u64) -> serde_json::Va
     record
 }
 
+/// The 64 KiB blocks the adaptive resume tests change in a 16 MiB image: a run
+/// of 9 MiB from the second MiB, fetched as one Range request (nginx's
+/// `limit_rate` lets every reply send its first second's worth at once, so
+/// only a reply longer than that is slowed: one-block replies would go at
+/// full speed), then every fourth block of the last 5 MiB (small ranges with
+/// skipped blocks between them).
+pub fn resume_test_blocks(blocks: usize) -> Vec<usize> {
+    (16..160).chain((176..blocks).step_by(4)).collect()
+}
+
 /// What the boot does to the host partition when nothing is staged (`slots::settle`).
 pub fn boot(h: &Host) {
     use hninit::slots::dir::RealDir;
