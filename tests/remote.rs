@@ -291,19 +291,9 @@ fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
     let t = tempfile::tempdir().unwrap();
     let ngx = nginx(&t.path().join("ngx"), "0", None);
     let h = host();
-    let old = image(&h.dir.join("hn-root.img"), 8, 31);
-    let block = 64 * 1024;
-    let blocks = old.len() / block;
-    let mut new = old.clone();
-    // 5 % of the blocks, past the first MiB (the filesystem's metadata stays valid).
-    let changed: Vec<usize> = (0..blocks * 5 / 100).map(|k| 16 + k * 17 % (blocks - 16)).collect();
-    for &b in &changed {
-        new[b * block + 100] ^= 0x5a;
-    }
-    std::fs::write(ngx.www("web.img"), &new).unwrap();
-    let idx = hnctl(&h, &["index", ngx.www("web.img").to_str().unwrap()]);
-    assert_eq!(idx.status.code(), Some(0), "{}", show(&idx));
-    std::fs::write(ngx.www("web.img.bidx"), &idx.stdout).unwrap();
+    let (_, new, changed) = next_image(&h, 8, 31, five_percent, &ngx.www("web.img"));
+    let block = BLOCK;
+    let idx = std::fs::read(ngx.www("web.img.bidx")).unwrap();
 
     let o = hnctl(&h, &["stage", &ngx.url("web.img"), "--sha256", &sha256_hex(&new)]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -321,7 +311,7 @@ fn adaptive_fetches_only_the_changed_blocks_and_falls_back_once() {
     // An index of another image: the assembled image fails the index's sha256,
     // the stage downloads the whole file once, and the right image is staged.
     let other = image(&ngx.www("other.img"), 8, 77);
-    std::fs::write(ngx.www("other.img.bidx"), &idx.stdout).unwrap();
+    std::fs::write(ngx.www("other.img.bidx"), &idx).unwrap();
     let o = hnctl(&h, &["stage", &ngx.url("other.img")]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(staged(&h).as_deref(), Some(&other[..]));
@@ -346,17 +336,8 @@ fn an_adaptive_stage_resumes_after_kill() {
     // come inside it (at 1.5-2.5 MiB, then 2-3 MiB later).
     let ngx = nginx(&t.path().join("ngx"), "1m", None);
     let h = host();
-    let old = image(&h.dir.join("hn-root.img"), 16, 41);
-    let block = 64 * 1024;
-    let mut new = old.clone();
-    let changed = resume_test_blocks(old.len() / block);
-    for &b in &changed {
-        new[b * block + 7] ^= 0xa5;
-    }
-    std::fs::write(ngx.www("web.img"), &new).unwrap();
-    let idx = hnctl(&h, &["index", ngx.www("web.img").to_str().unwrap()]);
-    assert_eq!(idx.status.code(), Some(0), "{}", show(&idx));
-    std::fs::write(ngx.www("web.img.bidx"), &idx.stdout).unwrap();
+    let (old, new, changed) = next_image(&h, 16, 41, resume_test_blocks, &ngx.www("web.img"));
+    let block = BLOCK;
     let url = ngx.url("slow/web.img");
 
     let first = (3 << 19) + random_below(1 << 20);
@@ -459,15 +440,8 @@ fn an_interrupted_adaptive_stage_without_its_index_downloads_whole() {
     let t = tempfile::tempdir().unwrap();
     let ngx = nginx(&t.path().join("ngx"), "1m", None);
     let h = host();
-    let old = image(&h.dir.join("hn-root.img"), 6, 43);
-    let block = 64 * 1024;
-    let mut new = old.clone();
-    for b in (16..old.len() / block).step_by(2) {
-        new[b * block + 3] ^= 0x11;
-    }
-    std::fs::write(ngx.www("web.img"), &new).unwrap();
-    let idx = hnctl(&h, &["index", ngx.www("web.img").to_str().unwrap()]);
-    std::fs::write(ngx.www("web.img.bidx"), &idx.stdout).unwrap();
+    let every_other = |blocks: usize| (16..blocks).step_by(2).collect();
+    let (_, new, _) = next_image(&h, 6, 43, every_other, &ngx.www("web.img"));
     let url = ngx.url("slow/web.img");
     kill_at(&h, &url, 1 << 20);
     assert!(h.dir.join(PART).exists() && h.dir.join(RECORD).exists());

@@ -288,18 +288,9 @@ fn adaptive_pull_fetches_only_changed_blocks() {
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(&t.path().join("reg"), "");
     let h = host();
-    let old = image(&h.dir.join("hn-root.img"), 8, 31);
-    let block = 64 * 1024;
-    let blocks = old.len() / block;
-    let mut new = old.clone();
-    let changed: Vec<usize> = (0..blocks * 5 / 100).map(|k| 16 + k * 17 % (blocks - 16)).collect();
-    for &b in &changed {
-        new[b * block + 100] ^= 0x5a;
-    }
     let img = t.path().join("web.img");
-    std::fs::write(&img, &new).unwrap();
-    let idx = hnctl(&h, &["index", img.to_str().unwrap()]);
-    std::fs::write(t.path().join("web.img.bidx"), &idx.stdout).unwrap();
+    let (_, new, changed) = next_image(&h, 8, 31, five_percent, &img);
+    let block = BLOCK;
     ok(hnctl(&h, &["publish", &reg.oci("fleet/web:8"), img.to_str().unwrap()]));
     let out = ok(hnctl(&h, &["stage", &reg.oci("fleet/web:8")]));
     assert_eq!(staged(&h).as_deref(), Some(&new[..]));
@@ -542,17 +533,9 @@ fn an_adaptive_pull_resumes_after_kill() {
         .expect("nginx (Debian nginx-light) is needed");
     let via = ngx.url("").trim_start_matches("http://").trim_end_matches('/').to_string();
     let h = host();
-    let old = image(&h.dir.join("hn-root.img"), 16, 47);
-    let block = 64 * 1024;
-    let mut new = old.clone();
-    let changed = resume_test_blocks(old.len() / block);
-    for &b in &changed {
-        new[b * block + 5] ^= 0x42;
-    }
     let img = t.path().join("web.img");
-    std::fs::write(&img, &new).unwrap();
-    let idx = hnctl(&h, &["index", img.to_str().unwrap()]);
-    std::fs::write(t.path().join("web.img.bidx"), &idx.stdout).unwrap();
+    let (_, new, changed) = next_image(&h, 16, 47, resume_test_blocks, &img);
+    let block = BLOCK;
     ok(hnctl(&h, &["publish", &reg.oci("fleet/web:a"), img.to_str().unwrap()]));
     let reference = format!("oci://{via}/fleet/web:a");
 

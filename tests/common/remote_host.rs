@@ -221,6 +221,32 @@ pub fn kill_twice_with_a_boot(h: &Host, url: &str, first: u64) -> serde_json::Va
     record
 }
 
+/// The block size of the indexes the tests publish (`hnctl index`'s default).
+pub const BLOCK: usize = 64 * 1024;
+
+/// A current image of `mib` MiB on `h` (`hn-root.img`) and the next one,
+/// written at `at` with its index at `at.bidx`, differing in the blocks
+/// `changed(number of blocks)` names (one byte of each flipped): (current,
+/// next, the changed blocks).
+pub fn next_image(h: &Host, mib: u32, seed: u64, changed: impl Fn(usize) -> Vec<usize>, at: &Path) -> (Vec<u8>, Vec<u8>, Vec<usize>) {
+    let old = image(&h.dir.join("hn-root.img"), mib, seed);
+    let blocks = changed(old.len() / BLOCK);
+    let mut new = old.clone();
+    for &b in &blocks {
+        new[b * BLOCK + 100] ^= 0x5a;
+    }
+    std::fs::write(at, &new).unwrap();
+    let idx = hnctl(h, &["index", at.to_str().unwrap()]);
+    assert_eq!(idx.status.code(), Some(0), "{}", show(&idx));
+    std::fs::write(format!("{}.bidx", at.display()), &idx.stdout).unwrap();
+    (old, new, blocks)
+}
+
+/// 5 % of the blocks, past the first MiB (the filesystem's metadata stays valid).
+pub fn five_percent(blocks: usize) -> Vec<usize> {
+    (0..blocks * 5 / 100).map(|k| 16 + k * 17 % (blocks - 16)).collect()
+}
+
 /// The 64 KiB blocks the adaptive resume tests change in a 16 MiB image: a run
 /// of 9 MiB from the second MiB, fetched as one Range request (nginx's
 /// `limit_rate` lets every reply send its first second's worth at once, so
